@@ -1,0 +1,46 @@
+# Every target creates .venv and installs what it needs; nothing by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= demo_output
+
+.PHONY: help install demo test lint format docs bench clean
+
+help:
+	@echo "make demo   - find and classify critical points of the toy problems, write $(OUT)/index.html"
+	@echo "make test   - run the test suite (slow tests included)"
+	@echo "make lint   - ruff check + ruff format --check"
+	@echo "make docs   - build the Sphinx docs into docs/_build/html"
+	@echo "make bench  - run the benchmarks, write benchmarks/RESULTS.md"
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,docs,examples]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hessian-tools demo --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hessian_tools tests examples benchmarks
+	$(VENV)/bin/ruff format --check hessian_tools tests examples benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format hessian_tools tests examples benchmarks
+	$(VENV)/bin/ruff check --fix hessian_tools tests examples benchmarks
+
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(OUT) docs/_build docs/auto_examples .pytest_cache
