@@ -140,6 +140,28 @@ def _jit_hvp_columns(f, params, vs, args):
     return jax.vmap(one)(vs)
 
 
+@functools.lru_cache(maxsize=None)
+def _matvec_factory(f: Loss, linearize: bool) -> Callable:
+    """``make(operands) -> (v_flat -> H v_flat)`` for use *inside* jit.
+
+    Cached per (loss, linearize) so that the same function object comes back
+    and jitted callers that take it as a static argument compile once.
+    ``linearize=True`` runs the forward pass once (``jax.linearize`` of the
+    gradient) and applies only the linear map per product: faster per HVP,
+    but it holds the activations in memory.
+    """
+
+    def make(operands):
+        params, args = operands
+        flat, unravel = ravel_pytree(params)
+        grad_flat = lambda x: ravel_pytree(jax.grad(f)(unravel(x), *args))[0]  # noqa: E731
+        if linearize:
+            return jax.linearize(grad_flat, flat)[1]
+        return lambda v: jax.jvp(grad_flat, (flat,), (v,))[1]
+
+    return make
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _jit_value_and_grad(f, params, args):
     return jax.value_and_grad(f)(params, *args)
@@ -402,6 +424,21 @@ class HessianOperator(CurvatureOperator):
         return super().matvec(v)
 
     __matmul__ = matvec
+
+    def jittable(self, linearize: bool = False) -> tuple[Callable, PyTree] | None:
+        """``(make_matvec, operands)`` for iterative methods compiled as a whole.
+
+        Inside a jitted function, ``mv = make_matvec(operands)`` (call once)
+        gives ``mv(v_flat) -> H v_flat``. ``operands`` are passed as jit
+        arguments, so nothing is baked in as a constant, and ``make_matvec``
+        is the same object for the same loss, so compiled code is reused
+        across operators (checkpoints). ``linearize=True`` shares one forward
+        pass between all products. Returns None for ``batches=`` operators,
+        whose products loop over batches in Python.
+        """
+        if self.batches is not None:
+            return None
+        return _matvec_factory(self.f, bool(linearize)), (self.params, self.args)
 
     def value_and_grad(self) -> tuple[jax.Array, PyTree]:
         """Loss (the batch-weighted mean) and its gradient at params."""
