@@ -32,7 +32,7 @@ __all__ = [
 
 def vdot(x: PyTree, y: PyTree) -> jax.Array:
     """Sum over leaves of ``vdot(x_leaf, y_leaf)`` (no complex conjugation)."""
-    leaves = [jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
+    leaves = [jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)]
     return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros(())
 
 
@@ -87,7 +87,7 @@ def check_same_structure(reference: PyTree, other: PyTree, *, name: str = "v") -
             f"params is {ref_def}, {name} is {other_def}."
         )
     for path_leaf, leaf in zip(
-        jax.tree_util.tree_leaves_with_path(reference), jax.tree.leaves(other)
+        jax.tree_util.tree_leaves_with_path(reference), jax.tree.leaves(other), strict=True
     ):
         path, ref_leaf = path_leaf
         if jnp.shape(ref_leaf) != jnp.shape(leaf):

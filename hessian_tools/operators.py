@@ -136,11 +136,11 @@ def _jit_hvp_flat(f, params, v_flat, args):
 def _jit_hvp_columns(f, params, vs, args):
     # vs: (k, n) flat vectors, one HVP each, vectorised with vmap.
     _, unravel = ravel_pytree(params)
-    one = lambda v: ravel_pytree(_hvp_tree(f, params, unravel(v), args))[0]  # noqa: E731
+    one = lambda v: ravel_pytree(_hvp_tree(f, params, unravel(v), args))[0]
     return jax.vmap(one)(vs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _matvec_factory(f: Loss, linearize: bool) -> Callable:
     """``make(operands) -> (v_flat -> H v_flat)`` for use *inside* jit.
 
@@ -154,7 +154,7 @@ def _matvec_factory(f: Loss, linearize: bool) -> Callable:
     def make(operands):
         params, args = operands
         flat, unravel = ravel_pytree(params)
-        grad_flat = lambda x: ravel_pytree(jax.grad(f)(unravel(x), *args))[0]  # noqa: E731
+        grad_flat = lambda x: ravel_pytree(jax.grad(f)(unravel(x), *args))[0]
         if linearize:
             return jax.linearize(grad_flat, flat)[1]
         return lambda v: jax.jvp(grad_flat, (flat,), (v,))[1]
@@ -252,9 +252,13 @@ class CurvatureOperator:
     def _is_flat(self, v: Any) -> bool:
         if not isinstance(v, (jax.Array, np.ndarray)):
             return False
-        return v.ndim in (1, 2) and v.shape[0] == self.n and not (
-            # a single-array params of the same shape is the pytree case; same result
-            isinstance(self.params, (jax.Array, np.ndarray)) and v.ndim == 2
+        return (
+            v.ndim in (1, 2)
+            and v.shape[0] == self.n
+            and not (
+                # a single-array params of the same shape is the pytree case; same result
+                isinstance(self.params, (jax.Array, np.ndarray)) and v.ndim == 2
+            )
         )
 
     def matvec(self, v: PyTree | jax.Array) -> PyTree | jax.Array:
@@ -405,7 +409,7 @@ class HessianOperator(CurvatureOperator):
         for w, args in self._weighted():
             out = fn(args)
             if w != 1.0:
-                out = jax.tree.map(lambda o: o * jnp.asarray(w, o.dtype), out)
+                out = jax.tree.map(lambda o, w=w: o * jnp.asarray(w, o.dtype), out)
             total = out if total is None else jax.tree.map(jnp.add, total, out)
         return total
 

@@ -1,0 +1,109 @@
+"""Newton-MR: Newton's method for ``grad f = 0`` that converges to saddles
+and maxima as readily as to minima.
+
+Each step solves ``H p = -g`` in the least-squares sense (MINRES, or a dense
+pseudo-inverse for small n), then backtracks on ``||grad f||^2`` with the
+Armijo condition ``||g(x + a p)||^2 <= ||g||^2 + 2 rho a <p, H g>``
+(Roosta, Liu, Xu & Mahoney 2022, "Newton-MR: inexact Newton method with
+minimum residual sub-problem solver"; Frye et al. 2019 use it to find
+critical points of neural networks). MINRES iterates from 0 always satisfy
+``<p, H g> <= 0``, so the direction descends on ``||g||^2`` even where H is
+indefinite; should rounding break that, the step falls back to ``-H g``,
+the gradient of ``||g||^2 / 2``.
+
+Everything runs on flat vectors inside one ``lax.while_loop``, so the
+solver is jitted and ``vmap``-ed over many starting points.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from hessian_tools._minres import minres
+
+
+def _dense_step(hess: jax.Array, g: jax.Array) -> jax.Array:
+    # Minimum-norm least-squares solution of H p = -g: the limit of MINRES
+    # on a consistent system, and well defined on singular Hessians.
+    w, v = jnp.linalg.eigh((hess + hess.T) / 2)
+    cut = g.shape[0] * jnp.finfo(g.dtype).eps * jnp.max(jnp.abs(w))
+    inv = jnp.where(jnp.abs(w) > cut, 1 / jnp.where(w == 0, 1, w), 0)
+    return -v @ (inv * (v.T @ g))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
+def newton_mr(
+    flat_loss: Callable,
+    z0: jax.Array,
+    args: tuple,
+    max_iter: int,
+    solver: str,
+    minres_maxiter: int,
+    max_backtracks: int,
+    minres_rtol: float = 1e-6,
+    rho: float = 1e-4,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Run Newton-MR from each row of ``z0`` (m, n).
+
+    Stops a start when its gradient vanishes, when no step along the search
+    direction decreases ``||g||^2`` (it has reached rounding level, or a
+    gradient-flat point), or after ``max_iter`` steps.
+
+    Returns:
+        ``(z, grad_norm, iterations)``, each with leading axis m.
+    """
+    grad = jax.grad(flat_loss)
+
+    def run(z):
+        g = grad(z, *args)
+
+        def cond(s):
+            it, _, _, gn2, stalled = s
+            return (it < max_iter) & ~stalled & (gn2 > 0)
+
+        def body(s):
+            it, z, g, gn2, _ = s
+            lin = jax.linearize(lambda u: grad(u, *args), z)[1]
+            if solver == "dense":
+                hess = jax.vmap(lin)(jnp.eye(z.shape[0], dtype=z.dtype))
+                p = _dense_step(hess, g)
+            else:
+                p = minres(lin, -g, maxiter=minres_maxiter, rtol=minres_rtol)[0]
+            hg = lin(g)
+            slope = 2 * jnp.vdot(p, hg)  # d/da ||g(z + a p)||^2 at a = 0
+            bad = ~(slope < 0) | ~jnp.all(jnp.isfinite(p))
+            p = jnp.where(bad, -hg, p)
+            slope = jnp.where(bad, -2 * jnp.vdot(hg, hg), slope)
+
+            def gn2_at(a):
+                gz = grad(z + a * p, *args)
+                return jnp.vdot(gz, gz)
+
+            def armijo_fails(a, val):
+                return ~(val <= gn2 + rho * a * slope)  # NaN fails too
+
+            def ls_cond(t):
+                a, k, val = t
+                return armijo_fails(a, val) & (k < max_backtracks)
+
+            def ls_body(t):
+                a, k, _ = t
+                return a / 2, k + 1, gn2_at(a / 2)
+
+            one = jnp.ones((), z.dtype)
+            a, _, val = lax.while_loop(ls_cond, ls_body, (one, 0, gn2_at(one)))
+            ok = ~armijo_fails(a, val) & (slope < 0)
+            z_new = jnp.where(ok, z + a * p, z)
+            g_new = jnp.where(ok, grad(z_new, *args), g)
+            return it + 1, z_new, g_new, jnp.vdot(g_new, g_new), ~ok
+
+        init = (jnp.asarray(0), z, g, jnp.vdot(g, g), jnp.asarray(False))
+        it, z, g, gn2, _ = lax.while_loop(cond, body, init)
+        return z, jnp.sqrt(gn2), it
+
+    return jax.vmap(run)(z0)

@@ -1,0 +1,128 @@
+"""Leaving a saddle: the most negative curvature direction and the
+saddle-free Newton step.
+
+At a saddle the gradient vanishes, so first-order methods stall there; the
+eigenvector of the most negative Hessian eigenvalue is the direction along
+which the loss falls fastest to second order. The saddle-free Newton step
+(Dauphin et al. 2014, "Identifying and attacking the saddle point problem in
+high-dimensional non-convex optimization") rescales the gradient by
+``|H|^-1``, the Hessian with its eigenvalues replaced by their absolute
+values: a Newton step where curvature is positive and a step *away* from
+the saddle where it is negative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hessian_tools.critical import DENSE_MAX
+from hessian_tools.eigen import eigenpairs
+from hessian_tools.operators import HessianOperator, Loss, PyTree
+
+__all__ = ["EscapeDirection", "escape_direction", "saddle_free_newton_step"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EscapeDirection:
+    """The direction of most negative curvature at a point.
+
+    Attributes:
+        direction: unit vector (pytree like x), signed so that it does not
+            ascend: ``<grad f, direction> <= 0``.
+        curvature: its Rayleigh quotient, the smallest Hessian eigenvalue.
+            Negative at a saddle; ``>= 0`` means there is no direction of
+            negative curvature to escape along.
+        slope: ``<grad f, direction>`` (0 at an exact critical point).
+        residual: ``||H d - curvature d||`` of the eigenpair.
+        num_matvecs: HVPs spent.
+    """
+
+    direction: PyTree
+    curvature: jax.Array
+    slope: jax.Array
+    residual: jax.Array
+    num_matvecs: int = dataclasses.field(metadata=dict(static=True))
+
+    def predicted_change(self, step: float) -> jax.Array:
+        """Second-order model of ``f(x + step * direction) - f(x)``."""
+        return step * self.slope + 0.5 * step**2 * self.curvature
+
+
+def escape_direction(
+    f: Loss,
+    x: PyTree,
+    *args: Any,
+    batches: Iterable | None = None,
+    key: jax.Array | None = None,
+    tol: float | None = None,
+    max_matvecs: int | None = None,
+) -> EscapeDirection:
+    """Direction of most negative curvature of ``f`` at ``x``.
+
+    The eigenvector of the algebraically smallest Hessian eigenvalue, from
+    ``eigenpairs(op, 1, which="smallest")``; its sign is chosen so that the
+    first-order change along it is not positive.
+
+    Cost: one gradient plus the eigenpair's HVPs (n for small problems,
+    formed densely; Lanczos products for large ones).
+    """
+    op = HessianOperator(f, x, *args, batches=batches)
+    _, grad = op.value_and_grad()
+    g = op.ravel(grad)
+    ep = eigenpairs(op, 1, which="smallest", key=key, tol=tol, max_matvecs=max_matvecs)
+    d = ep.vectors[:, 0]
+    slope = jnp.vdot(g, d)
+    d, slope = jnp.where(slope > 0, -d, d), -jnp.abs(slope)
+    return EscapeDirection(op.unravel(d), ep.values[0], slope, ep.residuals[0], ep.num_matvecs)
+
+
+def saddle_free_newton_step(
+    f: Loss,
+    x: PyTree,
+    *args: Any,
+    damping: float | None = None,
+    batches: Iterable | None = None,
+) -> PyTree:
+    """The saddle-free Newton step ``-|H|^-1 grad f`` (Dauphin et al. 2014).
+
+    With ``H = V diag(lambda) V^T``, ``|H| = V diag(max(|lambda|, damping))
+    V^T``. Along positive curvature this is the Newton step; along negative
+    curvature it moves downhill instead of towards the saddle. ``damping``
+    (default ``sqrt(eps) * ||H||``) keeps near-zero eigenvalues from blowing
+    the step up; Dauphin et al. damp the same way.
+
+    Args:
+        f: scalar loss ``f(x, *args)``.
+        x: the point (pytree).
+        *args: data for ``f``.
+        damping: floor on ``|lambda|``.
+        batches: as in ``HessianOperator``.
+
+    Returns:
+        The step, a pytree like ``x`` (add it to x to take it).
+
+    Cost: one gradient plus n HVPs (the dense Hessian). Restricted to n <=
+    2000 for now; larger problems need the Krylov-subspace variant of
+    Dauphin et al. (section 7).
+    """
+    op = HessianOperator(f, x, *args, batches=batches)
+    if op.n > DENSE_MAX:
+        raise ValueError(
+            f"saddle_free_newton_step forms the dense Hessian and is limited to n <= {DENSE_MAX}; "
+            f"this problem has n = {op.n}."
+        )
+    _, grad = op.value_and_grad()
+    g = op.ravel(grad)
+    w, v = jnp.linalg.eigh(op.to_dense())
+    if damping is None:
+        damping = float(np.sqrt(np.finfo(np.dtype(op.dtype)).eps)) * float(jnp.max(jnp.abs(w)))
+    scale = jnp.maximum(jnp.abs(w), jnp.asarray(damping, w.dtype))
+    scale = jnp.where(scale > 0, scale, 1)  # H = 0 and damping 0: no curvature to use
+    return op.unravel(-(v @ ((v.T @ g) / scale)))
