@@ -1,0 +1,434 @@
+"""Loss-landscape slices: the loss along a line or over a plane in parameter space.
+
+``slice_1d`` evaluates ``f(params + alpha * d)`` and ``slice_2d`` evaluates
+``f(params + x * d1 + y * d2)`` on a grid, after Li et al. (2018),
+"Visualizing the Loss Landscape of Neural Nets". The grid follows the
+``np.meshgrid(xs, ys)`` / ``plt.contour(xs, ys, values)`` convention:
+``values[i, j]`` is the loss at ``(xs[j], ys[i])``, so ``values`` has shape
+``(len(ys), len(xs))``. Coordinate 0 is the given ``params``, which are
+never modified.
+
+Evaluation is vectorised with ``vmap`` over chunks of grid points and
+compiled once per loss, metrics and shapes: params, directions and data are
+arguments of the compiled function, never constants. Long 2-D grids can be
+checkpointed row by row and resumed.
+
+The directions (``random_direction``, ``eigen_directions``, ...) live in
+``hessian_tools.directions`` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hessian_tools._progress import progress_bar
+from hessian_tools._tree import check_same_structure, num_elements
+from hessian_tools.directions import (
+    Subspace,
+    eigen_directions,
+    gradient_direction,
+    interpolation,
+    normalize_direction,
+    pca_directions,
+    random_direction,
+)
+from hessian_tools.landscape_metrics import extreme_eigenvalue_metric
+from hessian_tools.operators import _as_args, _cast_like, _check_params, _prepare_batches
+
+PyTree = Any
+
+__all__ = [
+    "Slice1D",
+    "Slice2D",
+    "Subspace",
+    "eigen_directions",
+    "extreme_eigenvalue_metric",
+    "gradient_direction",
+    "interpolation",
+    "normalize_direction",
+    "pca_directions",
+    "random_direction",
+    "slice_1d",
+    "slice_2d",
+]
+
+_CHECKPOINT_FORMAT = "hessian_tools.slice_2d/1"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Slice1D:
+    """The loss along a line ``params + alpha * direction``.
+
+    Attributes:
+        alphas: (m,) coordinates along the direction (0 is params).
+        values: (m,) loss values, the batch-weighted mean with ``batches=``.
+        metrics: name -> (m,) values of each extra metric.
+    """
+
+    alphas: np.ndarray
+    values: np.ndarray
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Slice2D:
+    """The loss over a plane ``params + x * d1 + y * d2``.
+
+    Attributes:
+        xs: (nx,) coordinates along d1.
+        ys: (ny,) coordinates along d2.
+        values: (ny, nx) loss values; ``values[i, j]`` is at
+            ``(xs[j], ys[i])`` (the ``np.meshgrid(xs, ys)`` convention, ready
+            for ``plt.contour(xs, ys, values)``).
+        metrics: name -> (ny, nx) values of each extra metric.
+    """
+
+    xs: np.ndarray
+    ys: np.ndarray
+    values: np.ndarray
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# Input checks
+
+
+def _coords(name: str, values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of coordinates, got shape {arr.shape}.")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: give at least one coordinate.")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf.")
+    return arr.astype(np.float64)
+
+
+def _check_scalar(name: str, fn: Callable, params: PyTree, args: tuple) -> None:
+    out = jax.eval_shape(fn, params, *args)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"{name} must return a scalar; it returned shape {shape}.")
+
+
+def _check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise TypeError("metrics must be a dict mapping names to functions of (params, *args).")
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or not callable(fn):
+            raise TypeError(f"metrics entry {name!r} must map a str name to a callable.")
+    return dict(metrics)
+
+
+# --------------------------------------------------------------------------
+# Vectorised evaluation
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_points(fns: tuple, params: PyTree, directions: tuple, coeffs: jax.Array, args: tuple):
+    """(m, len(fns)) values of each fn at params + sum_k coeffs[:, k] d_k."""
+
+    def one(c):
+        def move(x, *ds):
+            out = x
+            for k, d in enumerate(ds):
+                out = out + c[k].astype(x.dtype) * d
+            return out
+
+        point = jax.tree.map(move, params, *directions)
+        outs = [jnp.asarray(fn(point, *args)) for fn in fns]
+        dtype = jnp.result_type(*[o.dtype for o in outs], jnp.float32)
+        return jnp.stack([o.astype(dtype) for o in outs])
+
+    return jax.vmap(one)(coeffs)
+
+
+class _Evaluator:
+    """Evaluates loss and metrics at points ``params + coeffs @ directions``,
+    in chunks of ``chunk_size`` points, averaged over batches."""
+
+    def __init__(self, f, params, directions, args, batches, metrics, chunk_size):
+        _check_params(params)
+        for i, d in enumerate(directions):
+            name = "direction" if len(directions) == 1 else f"directions[{i}]"
+            check_same_structure(params, d, name=name)
+        self.params = params
+        self.directions = tuple(_cast_like(params, d) for d in directions)
+        if batches is not None:
+            if args:
+                raise ValueError("pass the data either as *args or as batches=, not both.")
+            self.batches, sizes = _prepare_batches(batches)
+            total = float(sum(sizes))
+            self.weights = [s / total for s in sizes]
+            first = _as_args(next(iter(self.batches)))
+        else:
+            self.batches, self.weights, first = None, [1.0], args
+            sizes = None
+        self.args = args
+        self.batch_sizes = sizes
+        self.metrics = _check_metrics(metrics)
+        _check_scalar("the loss f", f, params, first)
+        for name, fn in self.metrics.items():
+            _check_scalar(f"metric {name!r}", fn, params, first)
+        self.f = f
+        self.fns = (f, *self.metrics.values())
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+        self.chunk_size = chunk_size
+        flat_dtype = jnp.result_type(*jax.tree.leaves(params))
+        self.coeff_dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+        self.bytes_per_point = max(1, num_elements(params) * jnp.dtype(flat_dtype).itemsize)
+
+    def _chunk(self, m: int) -> int:
+        if self.chunk_size is not None:
+            return min(m, self.chunk_size)
+        # each vmapped point holds a perturbed copy of params (plus the loss's
+        # own intermediates); keep the copies to ~64 MB.
+        return max(1, min(m, 256, (64 << 20) // self.bytes_per_point))
+
+    def _all_args(self) -> Iterable[tuple[float, tuple]]:
+        if self.batches is None:
+            yield 1.0, self.args
+            return
+        for w, batch in zip(self.weights, self.batches, strict=False):
+            yield w, _as_args(batch)
+
+    def __call__(self, coeffs: np.ndarray, bar: Any = None) -> np.ndarray:
+        """(m, 1 + num_metrics) float64 values at the m points ``coeffs``;
+        ``bar`` (a progress bar) is advanced by the points done."""
+        m = coeffs.shape[0]
+        chunk = self._chunk(m)
+        out = []
+        for start in range(0, m, chunk):
+            block = coeffs[start : start + chunk]
+            pad = chunk - block.shape[0]
+            if pad:  # one compiled shape: pad the last chunk with the origin
+                block = np.concatenate([block, np.zeros((pad, block.shape[1]))])
+            block = jnp.asarray(block, self.coeff_dtype)
+            total = None
+            for w, args in self._all_args():
+                vals = np.asarray(_eval_points(self.fns, self.params, self.directions, block, args))
+                vals = vals.astype(np.float64) * w
+                total = vals if total is None else total + vals
+            out.append(total[: chunk - pad])
+            if bar is not None:
+                bar.update(chunk - pad)
+        return np.concatenate(out)
+
+    def fingerprint(self, extra: str) -> str:
+        """Hash of the problem: params, directions, data, loss and metric names."""
+        h = hashlib.sha256(extra.encode())
+        h.update(repr(getattr(self.f, "__qualname__", type(self.f).__name__)).encode())
+        h.update(repr(sorted(self.metrics)).encode())
+        trees = [self.params, self.directions]
+        trees.append(self.args if self.batches is None else self.batch_sizes)
+        for tree in trees:
+            h.update(str(jax.tree.structure(tree)).encode())
+            for leaf in jax.tree.leaves(tree):
+                arr = np.asarray(leaf)
+                h.update(f"{arr.dtype}{arr.shape}".encode())
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+
+def _warn_non_finite(values: np.ndarray, what: str) -> None:
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        warnings.warn(
+            f"{bad} of {np.size(values)} {what} values are NaN or inf (the loss diverges "
+            "there?); they are kept as they are in the result.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def slice_1d(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    direction: PyTree,
+    alphas: Sequence[float] | np.ndarray,
+    *args: Any,
+    batches: Iterable | None = None,
+    metrics: Mapping[str, Callable] | None = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> Slice1D:
+    """The loss along a line: ``values[i] = f(params + alphas[i] * direction)``.
+
+    Args:
+        f: loss ``f(params, *args) -> scalar``; the same function object
+            reuses the compilation.
+        params: the centre (alpha = 0); any pytree of floating arrays. Never
+            modified.
+        direction: pytree like params (see ``random_direction``,
+            ``eigen_directions``, ``gradient_direction``, ``interpolation``).
+        alphas: 1-D array of coordinates, in any order.
+        *args: data for ``f`` and the metrics.
+        batches: instead of ``*args``, a re-iterable of argument tuples: each
+            value is the mean over all samples, ``sum_b (size_b / N) f(., *b)``
+            (same convention as ``HessianOperator``); metrics are averaged
+            the same way.
+        metrics: name -> function ``(params, *args) -> scalar`` evaluated at
+            the same points (accuracy, a norm, ``extreme_eigenvalue_metric``).
+        chunk_size: points per vectorised call (bounds memory); default:
+            as many as keep the perturbed copies of params near 64 MB, at
+            most 256.
+        progress: show a progress bar (tqdm) over the points.
+
+    Returns:
+        A ``Slice1D`` (numpy float64 arrays). Costs one loss evaluation per
+        point and batch (no HVPs, unless a metric uses them). Non-finite
+        values are kept and reported with a ``RuntimeWarning``.
+    """
+    alphas = _coords("alphas", alphas)
+    ev = _Evaluator(f, params, (direction,), args, batches, metrics, chunk_size)
+    with progress_bar(alphas.size, "slice_1d", enabled=progress, unit="point") as bar:
+        out = ev(alphas[:, None], bar)
+    _warn_non_finite(out[:, 0], "loss")
+    names = list(ev.metrics)
+    return Slice1D(alphas, out[:, 0], {n: out[:, 1 + k] for k, n in enumerate(names)})
+
+
+# --------------------------------------------------------------------------
+# Checkpoint files
+
+
+def _load_checkpoint(path: str, xs, ys, fingerprint: str, names: list[str]):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            saved = {k: data[k] for k in data.files}
+    except Exception as err:  # a foreign or damaged file: never overwrite it silently
+        raise ValueError(
+            f"cannot read checkpoint {path!r} as a slice_2d checkpoint: {err}"
+        ) from err
+    if str(saved.get("format", "")) != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{path!r} is not a slice_2d checkpoint (format {_CHECKPOINT_FORMAT}).")
+    if not (
+        saved["xs"].shape == xs.shape
+        and saved["ys"].shape == ys.shape
+        and np.array_equal(saved["xs"], xs)
+        and np.array_equal(saved["ys"], ys)
+    ):
+        raise ValueError(
+            f"checkpoint {path!r} was written for a different grid (xs of length "
+            f"{saved['xs'].size}, ys of length {saved['ys'].size}); refusing to mix grids. "
+            "Delete it or pass another path."
+        )
+    if list(saved["metric_names"]) != names or str(saved["fingerprint"]) != fingerprint:
+        raise ValueError(
+            f"checkpoint {path!r} was written for a different problem (params, "
+            "directions, data, loss or metrics differ); refusing to mix them. Delete it "
+            "or pass another path."
+        )
+    return saved["rows"]
+
+
+def _save_checkpoint(path: str, xs, ys, fingerprint: str, names: list[str], rows) -> None:
+    # write a temporary file in the same directory, then rename: a crash
+    # mid-write leaves the previous checkpoint intact
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".slice_2d-", suffix=".npz.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(
+                fh,
+                format=np.str_(_CHECKPOINT_FORMAT),
+                xs=xs,
+                ys=ys,
+                fingerprint=np.str_(fingerprint),
+                metric_names=np.array(names, dtype=str),
+                rows=rows,
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def slice_2d(
+    f: Callable[..., jax.Array],
+    params: PyTree,
+    directions: Sequence[PyTree],
+    xs: Sequence[float] | np.ndarray,
+    ys: Sequence[float] | np.ndarray,
+    *args: Any,
+    batches: Iterable | None = None,
+    metrics: Mapping[str, Callable] | None = None,
+    chunk_size: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Slice2D:
+    """The loss over a plane: ``values[i, j] = f(params + xs[j] * d1 + ys[i] * d2)``.
+
+    The ``np.meshgrid(xs, ys)`` convention: ``values`` has shape
+    ``(len(ys), len(xs))`` and ``plt.contour(xs, ys, values)`` draws it the
+    right way round (Li et al.'s tool stores (len(x), len(y)) in meshgrid
+    order, which scrambles non-square grids).
+
+    Args:
+        f: loss ``f(params, *args) -> scalar``.
+        params: the centre, at (0, 0); never modified.
+        directions: ``(d1, d2)``, pytrees like params.
+        xs: 1-D coordinates along d1 (columns of ``values``).
+        ys: 1-D coordinates along d2 (rows of ``values``).
+        *args: data for ``f`` and the metrics.
+        batches: as in ``slice_1d``.
+        metrics: as in ``slice_1d``; each gives an (ny, nx) array.
+        chunk_size: as in ``slice_1d``.
+        checkpoint: path of an ``.npz`` file. Finished rows (one y each) are
+            written to it atomically after each row; if it exists, its rows
+            are reused and the rest computed, so a crash or Ctrl-C loses
+            only the row in progress. A checkpoint from another grid or
+            problem (params, directions, data, loss name, metrics) raises
+            ``ValueError``. The file is left in place when done.
+        progress: show a progress bar (tqdm) over the grid points.
+
+    Returns:
+        A ``Slice2D``. Costs one loss evaluation per grid point and batch.
+    """
+    if isinstance(directions, Mapping) or len(directions) != 2:
+        raise ValueError("directions must be a pair (d1, d2) of pytrees like params.")
+    xs, ys = _coords("xs", xs), _coords("ys", ys)
+    ev = _Evaluator(f, params, tuple(directions), args, batches, metrics, chunk_size)
+    names = list(ev.metrics)
+    nx, ny = xs.size, ys.size
+
+    bar = progress_bar(nx * ny, "slice_2d", enabled=progress, unit="point")
+    with bar:
+        if checkpoint is None:
+            gx, gy = np.meshgrid(xs, ys)  # row-major: point i * nx + j is (xs[j], ys[i])
+            rows = [ev(np.stack([gx.ravel(), gy.ravel()], axis=1), bar).reshape(ny, nx, -1)]
+        else:
+            path = os.fspath(checkpoint)
+            fingerprint = ev.fingerprint(f"{xs.tobytes().hex()}|{ys.tobytes().hex()}")
+            done = np.zeros((0, nx, 1 + len(names)))
+            if os.path.exists(path):
+                done = _load_checkpoint(path, xs, ys, fingerprint, names)
+            bar.update(done.shape[0] * nx)
+            rows = [done]
+            for i in range(done.shape[0], ny):
+                rows.append(ev(np.stack([xs, np.full(nx, ys[i])], axis=1), bar)[None])
+                _save_checkpoint(path, xs, ys, fingerprint, names, np.concatenate(rows))
+    out = np.concatenate(rows)
+    _warn_non_finite(out[..., 0], "loss")
+    return Slice2D(xs, ys, out[..., 0], {n: out[..., 1 + k] for k, n in enumerate(names)})

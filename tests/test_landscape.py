@@ -1,0 +1,382 @@
+"""Directions and loss-landscape slices (hessian_tools.landscape)."""
+
+import os
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hessian_tools import landscape as L
+from hessian_tools.dense import hessian
+from hessian_tools.operators import HessianOperator
+
+
+def asym_loss(p, a):
+    """Asymmetric in every coordinate: swapping x and y changes the value."""
+    w, b = p["w"], p["b"]
+    return jnp.sum(a * w**2) + w[0, 1] ** 3 + jnp.sum(jnp.sin(b)) + 0.3 * w[1, 2] * b[0]
+
+
+@pytest.fixture
+def problem():
+    params = {"w": jnp.arange(6.0).reshape(2, 3) / 3 - 0.5, "b": jnp.array([0.2, -0.4, 0.7])}
+    a = jnp.arange(1.0, 7.0).reshape(2, 3)
+    d1 = {"w": jnp.array([[1.0, 0.0, 0.5], [0.0, -1.0, 0.0]]), "b": jnp.array([0.0, 1.0, 0.0])}
+    d2 = {"w": jnp.array([[0.0, 2.0, 0.0], [0.3, 0.0, 1.0]]), "b": jnp.array([1.0, 0.0, -0.5])}
+    return params, a, d1, d2
+
+
+def at(params, coefs, dirs):
+    out = params
+    for c, d in zip(coefs, dirs, strict=True):
+        out = jax.tree.map(lambda p, v, c=c: p + c * v, out, d)
+    return out
+
+
+XS = np.array([-1.0, -0.4, 0.0, 0.3, 0.9, 1.5, 2.0])  # 7 columns
+YS = np.array([-0.8, 0.0, 0.6, 1.7])  # 4 rows
+
+
+# --------------------------------------------------------------------------
+# Slices against direct evaluation
+
+
+def test_slice_2d_matches_direct_evaluation_on_non_square_grid(problem):
+    params, a, d1, d2 = problem
+    s = L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, chunk_size=5)
+    assert s.values.shape == (len(YS), len(XS))
+    ref = np.array([[asym_loss(at(params, (x, y), (d1, d2)), a) for x in XS] for y in YS])
+    np.testing.assert_allclose(s.values, ref, rtol=1e-12)
+    # the orientation that Li et al.'s tool gets wrong: transposed would differ
+    assert not np.allclose(s.values, ref.T.reshape(s.values.shape))
+    np.testing.assert_array_equal(s.xs, XS)
+    np.testing.assert_array_equal(s.ys, YS)
+    i0, j0 = 1, 2  # (xs[2], ys[1]) == (0, 0) is params itself
+    assert s.values[i0, j0] == pytest.approx(float(asym_loss(params, a)), rel=1e-14)
+
+
+def test_slice_1d_matches_direct_evaluation(problem):
+    params, a, d1, _ = problem
+    alphas = np.array([0.5, -2.0, 0.0, 1.0, 3.0])  # unsorted on purpose
+    s = L.slice_1d(asym_loss, params, d1, alphas, a, chunk_size=2)
+    ref = [asym_loss(at(params, (t,), (d1,)), a) for t in alphas]
+    np.testing.assert_allclose(s.values, ref, rtol=1e-12)
+    np.testing.assert_array_equal(s.alphas, alphas)
+
+
+def test_chunk_size_does_not_change_values(problem):
+    params, a, d1, d2 = problem
+    ref = L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a).values
+    for chunk in (1, 3, 28, 100):
+        v = L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, chunk_size=chunk).values
+        np.testing.assert_allclose(v, ref, rtol=1e-13)
+
+
+def test_float32_params_stay_float32(problem):
+    params, a, d1, _ = problem
+    p32 = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    seen = []
+
+    def f(p, a):
+        seen.append(p["w"].dtype)
+        return asym_loss(p, a.astype(jnp.float32))
+
+    s = L.slice_1d(f, p32, d1, XS, a)
+    assert set(seen) == {jnp.dtype(jnp.float32)}
+    ref = [asym_loss(at(params, (t,), (d1,)), a) for t in XS]
+    np.testing.assert_allclose(s.values, ref, rtol=1e-5)
+
+
+def test_batches_weighted_by_size(problem):
+    params, _, d1, d2 = problem
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(10, 3))
+
+    def f(p, x):  # a per-sample mean
+        return jnp.mean((x @ p["w"].T) ** 2) + jnp.sum(p["b"] ** 2)
+
+    batches = [(data[:3],), (data[3:],)]  # uneven: 3 and 7 samples
+    s = L.slice_2d(f, params, (d1, d2), XS[:3], YS[:2], batches=batches)
+    full = L.slice_2d(f, params, (d1, d2), XS[:3], YS[:2], data)
+    np.testing.assert_allclose(s.values, full.values, rtol=1e-12)
+    with pytest.raises(ValueError, match="either"):
+        L.slice_1d(f, params, d1, XS, data, batches=batches)
+
+
+def test_metrics_and_curvature_metric(problem):
+    params, a, d1, d2 = problem
+    metrics = {
+        "wnorm": lambda p, a: jnp.sum(p["w"] ** 2),
+        "lmax": L.extreme_eigenvalue_metric(asym_loss, num_steps=9),
+        "lmin": L.extreme_eigenvalue_metric(asym_loss, "smallest", num_steps=9),
+    }
+    xs, ys = XS[:3], YS[:2]
+    s = L.slice_2d(asym_loss, params, (d1, d2), xs, ys, a, metrics=metrics)
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            p = at(params, (x, y), (d1, d2))
+            w = np.linalg.eigvalsh(np.asarray(hessian(asym_loss, p, a)))
+            assert s.metrics["wnorm"][i, j] == pytest.approx(float(jnp.sum(p["w"] ** 2)))
+            assert s.metrics["lmax"][i, j] == pytest.approx(w[-1], rel=1e-9)
+            assert s.metrics["lmin"][i, j] == pytest.approx(w[0], rel=1e-9, abs=1e-9)
+
+
+def test_params_not_mutated(problem):
+    params, a, d1, d2 = problem
+    p_np = jax.tree.map(lambda x: np.array(x), params)
+    before = jax.tree.map(np.copy, p_np)
+    L.slice_2d(asym_loss, p_np, (d1, d2), XS, YS, a)
+    L.slice_1d(asym_loss, p_np, d1, XS, a)
+    L.random_direction(jax.random.PRNGKey(0), p_np)
+    jax.tree.map(np.testing.assert_array_equal, p_np, before)
+
+
+def test_non_finite_values_warn(problem):
+    params, a, d1, _ = problem
+    f = lambda p, a: jnp.log(jnp.sum(p["w"]) + 1.0)  # log of a negative number for large alpha
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        L.slice_1d(f, params, d1, np.array([0.0, -100.0]), a)
+
+
+# --------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_inputs(problem):
+    params, a, d1, d2 = problem
+    wrong = {"w": d1["w"]}
+    with pytest.raises(ValueError, match="structure"):
+        L.slice_1d(asym_loss, params, wrong, XS, a)
+    with pytest.raises(ValueError, match=r"directions\[1\]"):
+        L.slice_2d(asym_loss, params, (d1, {"w": d1["w"], "b": jnp.ones(4)}), XS, YS, a)
+    with pytest.raises(ValueError, match="empty"):
+        L.slice_2d(asym_loss, params, (d1, d2), XS, [], a)
+    with pytest.raises(ValueError, match="1-D"):
+        L.slice_2d(asym_loss, params, (d1, d2), np.ones((2, 3)), YS, a)
+    with pytest.raises(ValueError, match="1-D"):
+        L.slice_1d(asym_loss, params, d1, 0.5, a)
+    with pytest.raises(ValueError, match="NaN"):
+        L.slice_1d(asym_loss, params, d1, [0.0, np.nan], a)
+    with pytest.raises(ValueError, match="pair"):
+        L.slice_2d(asym_loss, params, (d1,), XS, YS, a)
+    with pytest.raises(ValueError, match="scalar"):
+        L.slice_1d(lambda p, a: p["w"], params, d1, XS, a)
+    with pytest.raises(ValueError, match="metric 'm'"):
+        L.slice_1d(asym_loss, params, d1, XS, a, metrics={"m": lambda p, a: p["b"]})
+    with pytest.raises(ValueError, match="chunk_size"):
+        L.slice_1d(asym_loss, params, d1, XS, a, chunk_size=0)
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+
+
+def test_checkpoint_resume_equals_uninterrupted(problem, tmp_path, monkeypatch):
+    params, a, d1, d2 = problem
+    path = tmp_path / "grid.npz"
+    full = L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, metrics={"s": lambda p, a: p["b"][0]})
+
+    metric = {"s": lambda p, a: p["b"][0]}
+    real = L._eval_points
+    calls = []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 3:  # rows 0 and 1 done, interrupted during row 2
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(L, "_eval_points", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, metrics=metric, checkpoint=path)
+    with np.load(path) as saved:
+        assert saved["rows"].shape[0] == 2  # only the row in progress was lost
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+    monkeypatch.setattr(L, "_eval_points", real)
+    counted = []
+    monkeypatch.setattr(L, "_eval_points", lambda *args: counted.append(1) or real(*args))
+    resumed = L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, metrics=metric, checkpoint=path)
+    assert len(counted) == len(YS) - 2  # rows 0 and 1 were not recomputed
+    np.testing.assert_allclose(resumed.values, full.values, rtol=1e-14)
+    np.testing.assert_allclose(resumed.metrics["s"], full.metrics["s"], rtol=1e-14)
+    # a finished checkpoint answers without evaluating anything
+    counted.clear()
+    again = L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, metrics=metric, checkpoint=path)
+    assert not counted
+    np.testing.assert_array_equal(again.values, resumed.values)
+
+
+def test_checkpoint_from_other_grid_or_problem_is_refused(problem, tmp_path):
+    params, a, d1, d2 = problem
+    path = str(tmp_path / "grid.npz")
+    L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, checkpoint=path)
+    with pytest.raises(ValueError, match="different grid"):
+        L.slice_2d(asym_loss, params, (d1, d2), XS, YS[:3], a, checkpoint=path)
+    with pytest.raises(ValueError, match="different grid"):
+        L.slice_2d(asym_loss, params, (d1, d2), XS + 0.1, YS, a, checkpoint=path)
+    with pytest.raises(ValueError, match="different problem"):
+        L.slice_2d(asym_loss, params, (d2, d1), XS, YS, a, checkpoint=path)
+    other = jax.tree.map(lambda x: x + 1e-9, params)
+    with pytest.raises(ValueError, match="different problem"):
+        L.slice_2d(asym_loss, other, (d1, d2), XS, YS, a, checkpoint=path)
+    with pytest.raises(ValueError, match="different problem"):
+        L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a + 1, checkpoint=path)
+    with pytest.raises(ValueError, match="different problem"):
+        L.slice_2d(
+            asym_loss, params, (d1, d2), XS, YS, a, checkpoint=path, metrics={"m": asym_loss}
+        )
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="cannot read"):
+        L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, checkpoint=junk)
+    assert junk.read_bytes() == b"not a zip file"
+
+
+# --------------------------------------------------------------------------
+# Directions
+
+
+def filter_norms(x, axis=-1):
+    x = np.asarray(x)
+    axis = axis % x.ndim
+    return np.sqrt(np.sum(x**2, axis=tuple(i for i in range(x.ndim) if i != axis)))
+
+
+def conv_params():
+    k = jax.random.split(jax.random.PRNGKey(3), 4)
+    return {
+        "conv": {"kernel": jax.random.normal(k[0], (3, 3, 2, 5)), "bias": jnp.ones(5)},
+        "dense": {"kernel": jax.random.normal(k[1], (7, 4)) * 3, "bias": jnp.arange(4.0)},
+        "norm": {"scale": jnp.full(4, 2.0)},
+    }
+
+
+def test_filter_normalisation_matches_param_filter_norms():
+    params = conv_params()
+    d = L.random_direction(jax.random.PRNGKey(0), params)  # filter, 1-D zeroed
+    for layer in ("conv", "dense"):
+        np.testing.assert_allclose(
+            filter_norms(d[layer]["kernel"]), filter_norms(params[layer]["kernel"]), rtol=1e-12
+        )
+        assert not np.any(d[layer]["bias"])
+    assert not np.any(d["norm"]["scale"])
+    # PyTorch layout: filters along axis 0
+    d0 = L.random_direction(jax.random.PRNGKey(1), params, filter_axis=0)
+    np.testing.assert_allclose(
+        filter_norms(d0["conv"]["kernel"], 0), filter_norms(params["conv"]["kernel"], 0)
+    )
+    assert not np.allclose(
+        filter_norms(d0["conv"]["kernel"]), filter_norms(params["conv"]["kernel"])
+    )
+
+
+def test_leaves_1d_keep_and_other_normalisations():
+    params = conv_params()
+    key = jax.random.PRNGKey(2)
+    d = L.random_direction(key, params, leaves_1d="keep")
+    for path in (("conv", "bias"), ("dense", "bias"), ("norm", "scale")):
+        leaf_d, leaf_p = d[path[0]][path[1]], params[path[0]][path[1]]
+        assert np.linalg.norm(leaf_d) == pytest.approx(float(np.linalg.norm(leaf_p)))
+        assert not np.allclose(leaf_d, leaf_p)  # random, not a copy of params
+    layer = L.random_direction(key, params, "layer")
+    for name in ("conv", "dense"):
+        assert np.linalg.norm(layer[name]["kernel"]) == pytest.approx(
+            float(np.linalg.norm(params[name]["kernel"]))
+        )
+    model = L.random_direction(key, params, "model", leaves_1d="keep")
+    flat_p = jax.flatten_util.ravel_pytree(params)[0]
+    flat_d = jax.flatten_util.ravel_pytree(model)[0]
+    assert float(jnp.linalg.norm(flat_d)) == pytest.approx(float(jnp.linalg.norm(flat_p)))
+    raw = L.random_direction(key, params, None, leaves_1d="keep")
+    raw_again = L.random_direction(key, params, None, leaves_1d="keep")
+    jax.tree.map(np.testing.assert_array_equal, raw, raw_again)  # deterministic in the key
+    with pytest.raises(ValueError, match="normalization"):
+        L.random_direction(key, params, "unit")
+    with pytest.raises(ValueError, match="leaves_1d"):
+        L.random_direction(key, params, leaves_1d="drop")
+    with pytest.raises(ValueError, match="identically zero"):
+        L.random_direction(key, jnp.ones(2))  # a 2-D toy: its only leaf is 1-D
+    assert np.linalg.norm(L.random_direction(key, jnp.ones(2), leaves_1d="keep")) > 0
+
+
+def test_eigen_directions_are_hessian_eigenvectors(problem):
+    params, a, _, _ = problem
+    op = HessianOperator(asym_loss, params, a)
+    dense = np.asarray(hessian(asym_loss, params, a))
+    w = np.linalg.eigvalsh(dense)
+    for which, expected in (("largest", w[::-1][:2]), ("smallest", w[:2])):
+        dirs = L.eigen_directions(op, 2, which=which)
+        assert len(dirs) == 2
+        for d, lam in zip(dirs, expected, strict=True):
+            v = np.asarray(jax.flatten_util.ravel_pytree(d)[0])
+            np.testing.assert_allclose(dense @ v, lam * v, atol=1e-10)
+            assert np.linalg.norm(v) == pytest.approx(1.0)
+    with pytest.raises(TypeError, match="unravel"):
+        L.eigen_directions(dense, 1)
+
+
+def test_gradient_direction(problem):
+    params, a, _, _ = problem
+    g = jax.grad(asym_loss)(params, a)
+    gn = float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g))))
+    d = L.gradient_direction(asym_loss, params, a)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v / gn, rtol=1e-12), d, g)
+    raw = L.gradient_direction(asym_loss, params, a, normalization=None)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12), raw, g)
+    # batches: the gradient of the size-weighted mean
+    data = np.random.default_rng(1).normal(size=(5, 3))
+    f = lambda p, x: jnp.mean((x @ p["w"].T) ** 2) + jnp.sum(p["b"] ** 2)
+    db = L.gradient_direction(f, params, batches=[(data[:2],), (data[2:],)], normalization=None)
+    gf = jax.grad(f)(params, data)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12), db, gf)
+    with pytest.raises(ValueError, match="zero"):
+        L.gradient_direction(lambda p: jnp.sum(p**2), jnp.zeros(3))
+
+
+def test_interpolation_line_and_plane(problem):
+    params, a, d1, d2 = problem
+    pb, pc = at(params, (1.0,), (d1,)), at(params, (1.0,), (d2,))
+    line = L.interpolation(params, pb)
+    s = L.slice_1d(asym_loss, line.origin, line.directions[0], [0.0, 1.0], a)
+    np.testing.assert_allclose(s.values, [asym_loss(params, a), asym_loss(pb, a)], rtol=1e-12)
+    plane = L.interpolation(params, pb, pc)
+    np.testing.assert_array_equal(plane.coords, [[0, 0], [1, 0], [0, 1]])
+    ortho = L.interpolation(params, pb, pc, orthonormalize=True)
+    u = [np.asarray(jax.flatten_util.ravel_pytree(d)[0]) for d in ortho.directions]
+    np.testing.assert_allclose(np.array([[x @ y for y in u] for x in u]), np.eye(2), atol=1e-12)
+    # each point is reproduced by its coordinates
+    for point, c in zip((params, pb, pc), ortho.coords, strict=True):
+        rebuilt = at(ortho.origin, c, ortho.directions)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-12), rebuilt, point)
+    with pytest.raises(ValueError, match="collinear"):
+        L.interpolation(params, pb, at(params, (2.0,), (d1,)))
+    with pytest.raises(ValueError, match="identical"):
+        L.interpolation(params, params)
+
+
+def test_pca_directions_recover_a_planar_trajectory(problem):
+    params, _, d1, d2 = problem
+    t = np.linspace(0, 1, 12)
+    path_xy = np.stack([3 * t, np.sin(3 * t)], axis=1)  # a curve in span(d1, d2)
+    traj = [at(params, xy, (d1, d2)) for xy in path_xy]
+    sub = L.pca_directions(traj)
+    assert np.sum(sub.explained_variance) == pytest.approx(1.0)
+    assert sub.explained_variance[0] >= sub.explained_variance[1]
+    assert sub.coords.shape == (12, 2)
+    np.testing.assert_allclose(sub.coords[-1], 0, atol=1e-12)  # origin: the last point
+    for point, c in zip(traj, sub.coords, strict=True):  # in-plane: projection is exact
+        rebuilt = at(sub.origin, c, sub.directions)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-10), rebuilt, point)
+    assert sub.coords[0, 0] < sub.coords[-1, 0]  # runs towards +
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *traj)
+    sub2 = L.pca_directions(stacked)
+    np.testing.assert_allclose(sub2.coords, sub.coords, atol=1e-10)
+    # off-plane noise shows up as unexplained variance
+    rng = np.random.default_rng(0)
+    noisy = [jax.tree.map(lambda x: x + 0.3 * rng.normal(size=x.shape), p) for p in traj]
+    assert np.sum(L.pca_directions(noisy).explained_variance) < 0.99
+    with pytest.raises(ValueError, match="at least 2"):
+        L.pca_directions([params])
