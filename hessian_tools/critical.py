@@ -314,7 +314,13 @@ def find_critical_points(
     if solver not in ("auto", "dense", "minres"):
         raise ValueError(f'solver must be "auto", "dense" or "minres", got {solver!r}.')
     z0, first = _as_batch(starts)
-    check_scalar_loss(f, first, args)
+    try:
+        check_scalar_loss(f, first, args)
+    except (TypeError, IndexError) as err:
+        shapes = jax.tree.map(jnp.shape, first)
+        raise ValueError(
+            f"f cannot be evaluated at a start (one row of starts has shape {shapes}): {err}"
+        ) from err
     n = z0.shape[1]
     solver = ("dense" if n <= 200 else "minres") if solver == "auto" else solver
     minres_maxiter = int(minres_maxiter or min(n, 100))

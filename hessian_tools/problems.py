@@ -41,6 +41,13 @@ __all__ = [
 ]
 
 
+def _check_dim(x: jax.Array, name: str, dim: int | None = 2) -> None:
+    shape = jnp.shape(x)
+    if len(shape) != 1 or (dim is not None and shape[0] != dim) or shape[0] < 1:
+        want = f"({dim},)" if dim is not None else "(N,)"
+        raise ValueError(f"{name} takes a point of shape {want}, got shape {shape}.")
+
+
 def himmelblau(x: jax.Array) -> jax.Array:
     """Himmelblau's function ``(x^2 + y - 11)^2 + (x + y^2 - 7)^2``.
 
@@ -55,6 +62,7 @@ def himmelblau(x: jax.Array) -> jax.Array:
       (-0.127961346731, -1.953714980245) 178.3372;
     * maximum: (-0.270844590667, -0.923038556480), value 181.6165.
     """
+    _check_dim(x, "himmelblau")
     return (x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2
 
 
@@ -66,6 +74,8 @@ def rosenbrock(x: jax.Array, a: float = 1.0, b: float = 100.0) -> jax.Array:
     4 <= N <= 7 there is also a local minimum near (-1, 1, ..., 1) (Kok &
     Sandrock 2009); the global minimum is at (1, ..., 1) with value 0.
     """
+    if jnp.ndim(x) != 1 or jnp.shape(x)[0] < 2:
+        raise ValueError(f"rosenbrock takes a point of shape (N,) with N >= 2, got {jnp.shape(x)}.")
     return jnp.sum(b * (x[1:] - x[:-1] ** 2) ** 2 + (a - x[:-1]) ** 2)
 
 
@@ -83,6 +93,7 @@ def six_hump_camel(x: jax.Array) -> jax.Array:
       (+/-1.296070267167, +/-0.605084388039), 2.229470818030;
     * maxima (+/-1.230229876517, +/-0.162334584459), 2.496295351024.
     """
+    _check_dim(x, "six_hump_camel")
     a, b = x[0], x[1]
     return (4 - 2.1 * a**2 + a**4 / 3) * a**2 + a * b + (-4 + 4 * b**2) * b**2
 
@@ -94,6 +105,7 @@ def three_hump_camel(x: jax.Array) -> jax.Array:
     (+/-1.747552345830, -/+0.873776172915), value 0.298638442237; saddles
     (+/-1.070542291824, -/+0.535271145912), value 0.877361557763.
     """
+    _check_dim(x, "three_hump_camel")
     a, b = x[0], x[1]
     return 2 * a**2 - 1.05 * a**4 + a**6 / 6 + a * b + b**2
 
@@ -109,6 +121,7 @@ def rastrigin(x: jax.Array, amplitude: float = 10.0) -> jax.Array:
     half-integers, and otherwise a saddle whose index is the number of
     half-integer coordinates. Global minimum 0 at the origin.
     """
+    _check_dim(x, "rastrigin", None)
     return amplitude * x.shape[0] + jnp.sum(x**2 - amplitude * jnp.cos(2 * jnp.pi * x))
 
 
@@ -120,17 +133,20 @@ def styblinski_tang(x: jax.Array) -> jax.Array:
     it). So 3^N critical points, with index = the number of coordinates at
     0.156731256780. Global minimum -39.166165703771 N at (-2.903534027771, ...).
     """
+    _check_dim(x, "styblinski_tang", None)
     return 0.5 * jnp.sum(x**4 - 16 * x**2 + 5 * x)
 
 
 def monkey_saddle(x: jax.Array) -> jax.Array:
     """Monkey saddle ``x^3 - 3 x y^2``: one critical point, (0, 0), where the
     Hessian vanishes (degenerate; it is in fact a saddle of order three)."""
+    _check_dim(x, "monkey_saddle")
     return x[0] ** 3 - 3 * x[0] * x[1] ** 2
 
 
 def saddle(x: jax.Array) -> jax.Array:
     """``x^2 - y^2``: one non-degenerate saddle at (0, 0), eigenvalues -2, 2."""
+    _check_dim(x, "saddle")
     return x[0] ** 2 - x[1] ** 2
 
 

@@ -1,0 +1,182 @@
+"""hvp, HessianOperator and hessian() against dense float64 references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+from hypothesis import given
+from hypothesis import strategies as st
+from jax.flatten_util import ravel_pytree
+
+import hessian_tools as ht
+
+
+def mlp_loss(params, x, y):
+    h = jnp.tanh(x @ params["layers"][0]["w"] + params["layers"][0]["b"][None, :])
+    out = h @ params["layers"][1]["w"] + params["scale"] * params["layers"][1]["b"][None, :]
+    return jnp.mean((out - y) ** 2)
+
+
+def make_mlp(key, dtype=jnp.float64, n_samples=9):
+    k = jax.random.split(key, 6)
+    params = {
+        "layers": (
+            {
+                "w": jax.random.normal(k[0], (3, 4), dtype),
+                "b": jax.random.normal(k[1], (4,), dtype),
+            },
+            {
+                "w": jax.random.normal(k[2], (4, 2), dtype),
+                "b": jax.random.normal(k[3], (2,), dtype),
+            },
+        ),
+        "scale": jnp.asarray(0.7, dtype),
+    }
+    x = jax.random.normal(k[4], (n_samples, 3), dtype)
+    y = jax.random.normal(k[5], (n_samples, 2), dtype)
+    return params, x, y
+
+
+def dense_reference(f, params, *args):
+    flat, unravel = ravel_pytree(params)
+    flat64 = flat.astype(jnp.float64)
+    args64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), args)
+    g = lambda z: f(jax.tree.map(lambda a: a.astype(jnp.float64), unravel(z)), *args64)  # noqa: E731
+    return np.asarray(jax.hessian(g)(flat64))
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float64, 1e-10), (jnp.float32, 1e-4)])
+def test_hvp_matches_dense_hessian_on_nested_pytree(dtype, tol):
+    params, x, y = make_mlp(jax.random.PRNGKey(0), dtype)
+    v = jax.tree.map(lambda p: jnp.ones_like(p) * 0.3, params)
+    hv = ht.hvp(mlp_loss, params, v, x, y)
+    assert jax.tree.structure(hv) == jax.tree.structure(params)
+    assert all(a.dtype == dtype for a in jax.tree.leaves(hv))
+    H = dense_reference(mlp_loss, params, x, y)
+    expect = H @ np.asarray(ravel_pytree(v)[0], np.float64)
+    got = np.asarray(ravel_pytree(hv)[0], np.float64)
+    np.testing.assert_allclose(got, expect, rtol=tol, atol=tol * np.abs(expect).max())
+
+
+def test_hvp_under_jit_and_vmap():
+    params, x, y = make_mlp(jax.random.PRNGKey(1))
+    n = ravel_pytree(params)[0].size
+    _, unravel = ravel_pytree(params)
+    basis = jnp.eye(n)
+    cols = jax.jit(jax.vmap(lambda e: ravel_pytree(ht.hvp(mlp_loss, params, unravel(e), x, y))[0]))(
+        basis
+    )
+    np.testing.assert_allclose(
+        cols, dense_reference(mlp_loss, params, x, y), rtol=1e-10, atol=1e-10
+    )
+
+
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 5))
+def test_hvp_agrees_with_dense_hessian_times_v(seed, d):
+    key = jax.random.PRNGKey(seed)
+    k1, k2, k3 = jax.random.split(key, 3)
+    a = jax.random.normal(k1, (d, d))
+    params = {"u": jax.random.normal(k2, (d,)), "t": (jax.random.normal(k3, ()),)}
+    f = lambda p, a: jnp.sum(jnp.sin(a @ p["u"]) * p["t"][0] ** 2) + jnp.sum(p["u"] ** 4)  # noqa: E731
+    v = {"u": jnp.arange(d, dtype=jnp.float64) - 1.5, "t": (jnp.asarray(0.5),)}
+    got = ravel_pytree(ht.hvp(f, params, v, a))[0]
+    H = dense_reference(f, params, a)
+    np.testing.assert_allclose(got, H @ ravel_pytree(v)[0], rtol=1e-9, atol=1e-9)
+
+
+def test_operator_products_dense_and_scipy():
+    params, x, y = make_mlp(jax.random.PRNGKey(2))
+    op = ht.HessianOperator(mlp_loss, params, x, y)
+    H = dense_reference(mlp_loss, params, x, y)
+    n = H.shape[0]
+    assert op.shape == (n, n) and op.dtype == jnp.float64
+    v = np.linspace(-1, 1, n)
+    np.testing.assert_allclose(op @ jnp.asarray(v), H @ v, rtol=1e-10, atol=1e-12)
+    tree = op @ op.unravel(jnp.asarray(v))
+    np.testing.assert_allclose(ravel_pytree(tree)[0], H @ v, rtol=1e-10, atol=1e-12)
+    V = np.stack([v, v**2, np.ones(n)], axis=1)
+    np.testing.assert_allclose(op @ jnp.asarray(V), H @ V, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(op.to_dense(), H, rtol=1e-10, atol=1e-12)
+    top = sla.eigsh(op.as_linear_operator(), k=3, which="LA", return_eigenvectors=False)
+    np.testing.assert_allclose(np.sort(top), np.linalg.eigvalsh(H)[-3:], rtol=1e-8)
+
+
+def test_hessian_chunked_equals_unchunked():
+    params, x, y = make_mlp(jax.random.PRNGKey(3))
+    H = dense_reference(mlp_loss, params, x, y)
+    for chunk in (1, 4, 7, None):
+        np.testing.assert_allclose(
+            ht.hessian(mlp_loss, params, x, y, chunk_size=chunk), H, rtol=1e-10, atol=1e-12
+        )
+
+
+@given(
+    seed=st.integers(0, 1000),
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+)
+def test_batched_operator_equals_full_data_hessian(seed, sizes):
+    n_samples = sum(sizes)
+    params, x, y = make_mlp(jax.random.PRNGKey(seed), n_samples=n_samples)
+    edges = np.cumsum([0, *sizes])
+    batches = [(x[a:b], y[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    op = ht.HessianOperator(mlp_loss, params, batches=batches)
+    H = dense_reference(mlp_loss, params, x, y)
+    np.testing.assert_allclose(op.to_dense(), H, rtol=1e-9, atol=1e-11)
+    value, _ = op.value_and_grad()
+    np.testing.assert_allclose(value, mlp_loss(params, x, y), rtol=1e-12)
+
+
+def test_new_operator_for_same_loss_and_shapes_does_not_recompile():
+    traces = []
+
+    def loss(p, x):
+        traces.append(1)  # runs only while JAX traces
+        return jnp.sum(jnp.tanh(x @ p) ** 2)
+
+    x = jnp.ones((5, 3))
+    for i in range(3):  # e.g. three training checkpoints
+        op = ht.HessianOperator(loss, jnp.full(3, 0.1 * i), x)
+        op @ jnp.ones(3)
+        if i == 0:
+            first = len(traces)
+    assert len(traces) == first
+
+
+class TestBadInput:
+    def test_non_scalar_loss(self):
+        with pytest.raises(ValueError, match="scalar"):
+            ht.hvp(lambda p: p**2, jnp.ones(3), jnp.ones(3))
+        with pytest.raises(ValueError, match="scalar"):
+            ht.HessianOperator(lambda p: p**2, jnp.ones(3))
+
+    def test_non_finite_loss_or_gradient(self):
+        with pytest.raises(FloatingPointError, match="loss"):
+            ht.HessianOperator(lambda p: jnp.sum(jnp.log(p)), -jnp.ones(2))
+        with pytest.raises(FloatingPointError, match="gradient"):
+            ht.hessian(lambda p: jnp.sum(jnp.sqrt(p)), jnp.zeros(2))
+
+    def test_mismatched_structure(self):
+        params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+        with pytest.raises(ValueError, match="structure"):
+            ht.hvp(lambda p: jnp.sum(p["a"]) ** 2, params, {"a": jnp.ones(2)})
+        with pytest.raises(ValueError, match="shape"):
+            ht.hvp(lambda p: jnp.sum(p["a"]) ** 2, params, {"a": jnp.ones(2), "b": jnp.ones(4)})
+        op = ht.HessianOperator(lambda p: jnp.sum(p["a"] ** 2) + jnp.sum(p["b"] ** 2), params)
+        with pytest.raises(ValueError, match="structure"):
+            op @ (jnp.ones(2), jnp.ones(3))
+
+    def test_empty_or_one_shot_batches(self):
+        f = lambda p, x: jnp.mean((x * p) ** 2)  # noqa: E731
+        with pytest.raises(ValueError, match="empty"):
+            ht.HessianOperator(f, jnp.ones(2), batches=[])
+        with pytest.raises(ValueError, match="empty"):
+            ht.HessianOperator(f, jnp.ones(2), batches=[(jnp.ones((0, 2)),)])
+        with pytest.raises(TypeError, match="re-iterable"):
+            ht.HessianOperator(f, jnp.ones(2), batches=((jnp.ones((3, 2)),) for _ in range(2)))
+        with pytest.raises(ValueError, match="not both"):
+            ht.HessianOperator(f, jnp.ones(2), jnp.ones((3, 2)), batches=[(jnp.ones((3, 2)),)])
+
+    def test_integer_params(self):
+        with pytest.raises(TypeError, match="floating"):
+            ht.HessianOperator(lambda p: jnp.sum(p**2.0), jnp.arange(3))
