@@ -115,7 +115,7 @@ def test_points_known_to_working_precision_count_as_critical(dtype, digits):
 def test_gradient_flat_point_is_not_critical():
     # f'(x) = x^2 + 1 never vanishes; |f'|^2 has its minimum at x = 0, where
     # f''(0) f'(0) = 0: a gradient-flat point.
-    f = lambda x: jnp.sum(x**3 / 3 + x)  # noqa: E731
+    f = lambda x: jnp.sum(x**3 / 3 + x)
     assert ht.classify(f, jnp.zeros(1)).kind == "not_critical"
     found = ht.find_critical_points(f, jnp.linspace(-2, 2, 9)[:, None])
     assert found == []

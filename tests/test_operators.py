@@ -1,5 +1,7 @@
 """hvp, HessianOperator and hessian() against dense float64 references."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +44,7 @@ def dense_reference(f, params, *args):
     flat, unravel = ravel_pytree(params)
     flat64 = flat.astype(jnp.float64)
     args64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), args)
-    g = lambda z: f(jax.tree.map(lambda a: a.astype(jnp.float64), unravel(z)), *args64)  # noqa: E731
+    g = lambda z: f(jax.tree.map(lambda a: a.astype(jnp.float64), unravel(z)), *args64)
     return np.asarray(jax.hessian(g)(flat64))
 
 
@@ -78,7 +80,7 @@ def test_hvp_agrees_with_dense_hessian_times_v(seed, d):
     k1, k2, k3 = jax.random.split(key, 3)
     a = jax.random.normal(k1, (d, d))
     params = {"u": jax.random.normal(k2, (d,)), "t": (jax.random.normal(k3, ()),)}
-    f = lambda p, a: jnp.sum(jnp.sin(a @ p["u"]) * p["t"][0] ** 2) + jnp.sum(p["u"] ** 4)  # noqa: E731
+    f = lambda p, a: jnp.sum(jnp.sin(a @ p["u"]) * p["t"][0] ** 2) + jnp.sum(p["u"] ** 4)
     v = {"u": jnp.arange(d, dtype=jnp.float64) - 1.5, "t": (jnp.asarray(0.5),)}
     got = ravel_pytree(ht.hvp(f, params, v, a))[0]
     H = dense_reference(f, params, a)
@@ -119,7 +121,7 @@ def test_batched_operator_equals_full_data_hessian(seed, sizes):
     n_samples = sum(sizes)
     params, x, y = make_mlp(jax.random.PRNGKey(seed), n_samples=n_samples)
     edges = np.cumsum([0, *sizes])
-    batches = [(x[a:b], y[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    batches = [(x[a:b], y[a:b]) for a, b in itertools.pairwise(edges)]
     op = ht.HessianOperator(mlp_loss, params, batches=batches)
     H = dense_reference(mlp_loss, params, x, y)
     np.testing.assert_allclose(op.to_dense(), H, rtol=1e-9, atol=1e-11)
@@ -167,7 +169,7 @@ class TestBadInput:
             op @ (jnp.ones(2), jnp.ones(3))
 
     def test_empty_or_one_shot_batches(self):
-        f = lambda p, x: jnp.mean((x * p) ** 2)  # noqa: E731
+        f = lambda p, x: jnp.mean((x * p) ** 2)
         with pytest.raises(ValueError, match="empty"):
             ht.HessianOperator(f, jnp.ones(2), batches=[])
         with pytest.raises(ValueError, match="empty"):
