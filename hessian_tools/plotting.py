@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from matplotlib import colors as mcolors
+from matplotlib import ticker as mticker
 from matplotlib.axes import Axes
 
 __all__ = [
@@ -213,7 +214,11 @@ def _contour(ax, xs, ys, values, *, levels, log, filled, lines, colorbar, label,
             xs, ys, values, levels=line_levels, colors="black", linewidths=0.4, alpha=0.6, norm=norm
         )
     if colorbar and mappable is not None:
-        ax.figure.colorbar(mappable, ax=ax, label=label)
+        # a contour set's colorbar ticks every level by default: unreadable on a log scale
+        extra = {}
+        if log:
+            extra = {"ticks": mticker.LogLocator(subs=(1.0, 2.0, 5.0)), "format": "%.3g"}
+        ax.figure.colorbar(mappable, ax=ax, label=label, **extra)
     return ax
 
 
