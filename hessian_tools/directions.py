@@ -15,6 +15,7 @@ dense kernel is ``(in, out)`` and a convolution kernel ``(H, W, in, out)``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -99,6 +100,40 @@ def _filter_normalize(d: jax.Array, p: jax.Array, axis: int) -> jax.Array:
     return _rescale(d, p_norm, d_norm)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _normalize(direction, params, normalization, filter_axis, leaves_1d):
+    # one compiled program per parameter layout instead of many eager ops
+    def per_leaf(d, p):
+        if d.ndim <= 1 and leaves_1d == "zero":
+            return jnp.zeros_like(d)
+        if normalization == "filter" and d.ndim >= 2:
+            return _filter_normalize(d, p, filter_axis)
+        if normalization in ("filter", "layer"):
+            return _rescale(d, jnp.linalg.norm(p.ravel()), jnp.linalg.norm(d.ravel()))
+        return d
+
+    out = jax.tree.map(per_leaf, direction, params)
+    if normalization == "model":
+        # the target norm is that of the params leaves the direction keeps
+        kept = jax.tree.map(
+            lambda p: p if p.ndim > 1 or leaves_1d == "keep" else jnp.zeros_like(p), params
+        )
+        factor = _rescale(jnp.ones(()), norm(kept), norm(out))
+        out = jax.tree.map(lambda d: (d * factor).astype(d.dtype), out)
+    return out
+
+
+@jax.jit
+def _gaussian_like(key, params):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    drawn = [
+        jax.random.normal(k, jnp.shape(p), jnp.result_type(p))
+        for k, p in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, drawn)
+
+
 def normalize_direction(
     direction: PyTree,
     params: PyTree,
@@ -134,27 +169,7 @@ def normalize_direction(
     _check_normalization(normalization)
     _check_leaves_1d(leaves_1d)
     check_same_structure(params, direction, name="direction")
-    direction = _cast_like(params, direction)
-
-    def per_leaf(d, p):
-        d = jnp.asarray(d)
-        p = jnp.asarray(p)
-        if d.ndim <= 1 and leaves_1d == "zero":
-            return jnp.zeros_like(d)
-        if normalization == "filter" and d.ndim >= 2:
-            return _filter_normalize(d, p, filter_axis)
-        if normalization in ("filter", "layer"):
-            return _rescale(d, jnp.linalg.norm(p.ravel()), jnp.linalg.norm(d.ravel()))
-        return d
-
-    out = jax.tree.map(per_leaf, direction, params)
-    if normalization == "model":
-        # the target norm is that of the params leaves the direction keeps
-        kept = jax.tree.map(
-            lambda p: p if jnp.ndim(p) > 1 or leaves_1d == "keep" else jnp.zeros_like(p), params
-        )
-        factor = _rescale(jnp.ones(()), norm(kept), norm(out))
-        out = jax.tree.map(lambda d: (d * factor).astype(d.dtype), out)
+    out = _normalize(_cast_like(params, direction), params, normalization, filter_axis, leaves_1d)
     if not any(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(out)):
         raise ValueError(
             "the direction is identically zero after normalisation: every leaf is 1-D "
@@ -183,13 +198,7 @@ def random_direction(
     Loss Landscape of Neural Nets", NeurIPS.
     """
     _check_params(params)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    drawn = [
-        jax.random.normal(k, jnp.shape(p), jnp.result_type(p))
-        for k, p in zip(keys, leaves, strict=True)
-    ]
-    direction = jax.tree.unflatten(treedef, drawn)
+    direction = _gaussian_like(key, params)
     return normalize_direction(
         direction, params, normalization, filter_axis=filter_axis, leaves_1d=leaves_1d
     )

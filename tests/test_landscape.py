@@ -123,6 +123,18 @@ def test_metrics_and_curvature_metric(problem):
             assert s.metrics["lmin"][i, j] == pytest.approx(w[0], rel=1e-9, abs=1e-9)
 
 
+def test_compiled_once_for_new_params_and_data(problem):
+    params, a, d1, d2 = problem
+    L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a)
+    size = L._eval_points._cache_size()
+    # a new point, new directions and new data of the same shapes: no recompilation
+    other = jax.tree.map(lambda x: x + 1.0, params)
+    s = L.slice_2d(asym_loss, other, (d2, d1), XS, YS, a * 2, progress=True)
+    assert L._eval_points._cache_size() == size
+    ref = asym_loss(at(other, (XS[3], YS[2]), (d2, d1)), a * 2)
+    assert s.values[2, 3] == pytest.approx(float(ref), rel=1e-12)
+
+
 def test_params_not_mutated(problem):
     params, a, d1, d2 = problem
     p_np = jax.tree.map(lambda x: np.array(x), params)
