@@ -238,3 +238,23 @@ def test_never_shows_or_saves(monkeypatch):
     P.plot_surface(s)
     P.plot_eigenvalues(np.array([1.0, -1.0]))
     assert not called
+
+
+def test_with_real_critical_points_over_a_toy_function():
+    from hessian_tools.critical import classify
+    from hessian_tools.problems import TOY_2D
+
+    problem = TOY_2D["himmelblau"]
+    points = [classify(problem.f, jnp.asarray(x)) for x, _ in problem.critical_points]
+    expected = {}
+    for _, kind in problem.critical_points:
+        expected[kind] = expected.get(kind, 0) + 1
+    ax = P.plot_function_2d(problem.f, *problem.bounds, num=40, critical_points=points)
+    groups = scatter_by_label(ax)
+    assert {k: len(c.get_offsets()) for k, c in groups.items()} == expected
+    labels = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert labels == {P.KIND_STYLES[k]["label"] for k in expected}
+    ax2 = P.plot_index_vs_loss(points)
+    np.testing.assert_allclose(
+        scatter_by_label(ax2)["maximum"].get_offsets()[:, 0], [1.0]
+    )  # index 2 of n = 2
