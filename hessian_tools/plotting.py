@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from matplotlib import colors as mcolors
@@ -51,8 +50,14 @@ NEGATIVE_COLOR = "tab:red"
 _POSITIVE_COLOR = "tab:blue"
 
 
-def _axes(ax: Axes | None) -> Axes:
-    return plt.figure().add_subplot() if ax is None else ax
+def _axes(ax: Axes | None, **subplot_kw: Any) -> Axes:
+    if ax is not None:
+        return ax
+    # pyplot (and its backend) only when a new figure is needed: importing
+    # hessian_tools stays light
+    import matplotlib.pyplot as plt
+
+    return plt.figure().add_subplot(**subplot_kw)
 
 
 def _log_values(values: np.ndarray, what: str) -> None:
@@ -343,7 +348,7 @@ def plot_surface(slice_: Any, ax: Axes | None = None, *, log: bool = False, **kw
     go to ``ax.plot_surface`` (default ``cmap="viridis"``). Returns the Axes.
     """
     if ax is None:
-        ax = plt.figure().add_subplot(projection="3d")
+        ax = _axes(None, projection="3d")
     elif getattr(ax, "name", None) != "3d":
         raise ValueError('plot_surface needs a 3-D Axes: add_subplot(projection="3d").')
     values = np.asarray(slice_.values, dtype=np.float64)
