@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/hessian-tools demo --out $(OUT)
+	$(VENV)/bin/hessian-tools demo --x64 --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -5,7 +5,7 @@ problems, extreme eigenpairs, critical points found and classified, and toy
 problems whose critical points are known.
 """
 
-from hessian_tools import problems
+from hessian_tools import landscape, plotting, problems
 from hessian_tools.critical import CriticalPoint, classify, find_critical_points
 from hessian_tools.dense import hessian
 from hessian_tools.eigen import Eigenpairs, eigenpairs
@@ -26,6 +26,8 @@ __all__ = [
     "find_critical_points",
     "hessian",
     "hvp",
+    "landscape",
+    "plotting",
     "problems",
     "saddle_free_newton_step",
 ]

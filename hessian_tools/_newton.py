@@ -47,15 +47,17 @@ def newton_mr(
     max_backtracks: int,
     minres_rtol: float = 1e-6,
     rho: float = 1e-4,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Run Newton-MR from each row of ``z0`` (m, n).
 
     Stops a start when its gradient vanishes, when no step along the search
     direction decreases ``||g||^2`` (it has reached rounding level, or a
-    gradient-flat point), or after ``max_iter`` steps.
+    gradient-flat point), when steps shrink to rounding level, or after
+    ``max_iter`` steps.
 
     Returns:
-        ``(z, grad_norm, iterations)``, each with leading axis m.
+        ``(z, grad_norm, iterations, last_step)``, each with leading axis m;
+        ``last_step`` is the length of the last step taken.
     """
     grad = jax.grad(flat_loss)
 
@@ -63,11 +65,13 @@ def newton_mr(
         g = grad(z, *args)
 
         def cond(s):
-            it, _, _, gn2, stalled = s
-            return (it < max_iter) & ~stalled & (gn2 > 0)
+            it, z, _, gn2, stalled, last = s
+            # steps at rounding level: converged (or stuck); nothing more to gain
+            moving = last > 4 * jnp.finfo(z.dtype).eps * jnp.maximum(1, jnp.linalg.norm(z))
+            return (it < max_iter) & ~stalled & (gn2 > 0) & moving
 
         def body(s):
-            it, z, g, gn2, _ = s
+            it, z, g, gn2, _, last = s
             lin = jax.linearize(lambda u: grad(u, *args), z)[1]
             if solver == "dense":
                 hess = jax.vmap(lin)(jnp.eye(z.shape[0], dtype=z.dtype))
@@ -100,10 +104,12 @@ def newton_mr(
             ok = ~armijo_fails(a, val) & (slope < 0)
             z_new = jnp.where(ok, z + a * p, z)
             g_new = jnp.where(ok, grad(z_new, *args), g)
-            return it + 1, z_new, g_new, jnp.vdot(g_new, g_new), ~ok
+            last = jnp.where(ok, a * jnp.linalg.norm(p), last)
+            return it + 1, z_new, g_new, jnp.vdot(g_new, g_new), ~ok, last
 
-        init = (jnp.asarray(0), z, g, jnp.vdot(g, g), jnp.asarray(False))
-        it, z, g, gn2, _ = lax.while_loop(cond, body, init)
-        return z, jnp.sqrt(gn2), it
+        inf = jnp.asarray(jnp.inf, z.dtype)
+        init = (jnp.asarray(0), z, g, jnp.vdot(g, g), jnp.asarray(False), inf)
+        it, z, g, gn2, _, last = lax.while_loop(cond, body, init)
+        return z, jnp.sqrt(gn2), it, last
 
     return jax.vmap(run)(z0)
