@@ -1,0 +1,229 @@
+"""Lanczos tridiagonalisation against dense float64 eigh."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hessian_tools.lanczos import _lanczos_jit, lanczos
+from hessian_tools.operators import CurvatureOperator, HessianOperator
+
+
+def sym_with_spectrum(w, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(len(w), len(w))))
+    return jnp.asarray((q * np.asarray(w)) @ q.T, dtype)
+
+
+def quad_loss(p, a):
+    x = jnp.concatenate([p["a"]["w"].ravel(), p["b"]])
+    return 0.5 * x @ (a @ x)
+
+
+def nested_params(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "a": {"w": jnp.asarray(rng.normal(size=(2, 5)))},
+        "b": jnp.asarray(rng.normal(size=n - 10)),
+    }
+
+
+@given(seed=st.integers(0, 10_000), n=st.sampled_from([6, 25]))  # few shapes: few compiles
+def test_full_run_reproduces_spectrum(seed, n):
+    rng = np.random.default_rng(seed)
+    w = np.concatenate([rng.normal(size=n - 3), [-3.0, -3.0 + 1e-9, 7.0]])  # negative, clustered
+    a = sym_with_spectrum(w, seed)
+    res = lanczos(a, n, key=jax.random.PRNGKey(seed))
+    theta = res.ritz()[0]
+    # repeated/clustered eigenvalues: a single start vector sees one copy, so
+    # compare the set of Ritz values with the set of eigenvalues
+    ev = np.linalg.eigvalsh(np.asarray(a))
+    assert np.all(np.min(np.abs(np.asarray(theta)[:, None] - ev[None]), axis=1) < 1e-9 * 7)
+    q = np.asarray(res.basis[: res.num_steps])
+    np.testing.assert_allclose(q @ q.T, np.eye(res.num_steps), atol=1e-12)
+    t = np.asarray(res.tridiagonal())
+    np.testing.assert_allclose(q @ np.asarray(a) @ q.T, t, atol=1e-10 * 7)
+
+
+def test_partial_run_extreme_ritz_values_converge():
+    w = np.concatenate([[10.0, 9.0, 8.5], np.linspace(-2, 2, 297)])
+    a = sym_with_spectrum(w)
+    res = lanczos(a, 40)
+    theta, vecs, resid = res.ritz()
+    assert res.num_steps == 40 and res.num_matvecs == 40 and not res.breakdown
+    np.testing.assert_allclose(np.asarray(theta)[-3:], [8.5, 9.0, 10.0], rtol=1e-10)
+    assert np.all((np.asarray(theta) >= -2 - 1e-12) & (np.asarray(theta) <= 10 + 1e-12))
+    # residual estimates equal true residuals (Lanczos relation)
+    true = np.linalg.norm(
+        np.asarray(a) @ np.asarray(vecs) - np.asarray(vecs) * np.asarray(theta), axis=0
+    )
+    np.testing.assert_allclose(np.asarray(resid), true, atol=1e-10)
+
+
+def test_no_ghost_copies_of_outlier_float32():
+    rng = np.random.default_rng(1)
+    w = np.concatenate([[50.0], rng.uniform(-1, 1, 999)])
+    a = sym_with_spectrum(w, 1, np.float32)
+    theta = np.asarray(lanczos(a, 90).ritz()[0])
+    assert np.sum(theta > 49) == 1
+    assert abs(theta[-1] - 50) < 1e-4 * 50
+    # the test can fail: without reorthogonalisation ghosts appear
+    plain = np.asarray(lanczos(a, 90, reorthogonalize=False).ritz()[0])
+    assert np.sum(plain > 49) > 1
+
+
+def test_low_rank_breakdown_masks_remaining_steps():
+    rng = np.random.default_rng(2)
+    b = rng.normal(size=(100, 4))
+    a = jnp.asarray(b @ b.T)
+    res = lanczos(a, 30)
+    assert res.breakdown and res.num_steps <= 6
+    assert res.num_matvecs == res.num_steps
+    assert np.all(np.asarray(res.alphas[res.num_steps :]) == 0)
+    assert np.all(np.asarray(res.betas[res.num_steps - 1 :]) == 0)
+    assert np.all(np.isfinite(np.asarray(res.basis)))
+    theta = np.sort(np.asarray(res.ritz()[0]))[-4:]
+    np.testing.assert_allclose(theta, np.linalg.eigvalsh(np.asarray(a))[-4:], rtol=1e-9)
+
+
+def test_zero_matrix():
+    res = lanczos(jnp.zeros((12, 12)), 5)
+    assert res.breakdown and res.num_steps == 1
+    assert np.all(np.asarray(res.alphas) == 0) and np.all(np.isfinite(np.asarray(res.basis)))
+    assert float(res.ritz()[0][0]) == 0.0
+
+
+def test_float64_accumulation_of_float32_operator():
+    a = sym_with_spectrum(np.linspace(-1, 3, 50), 3, np.float32)
+    res = lanczos(a, 10, accumulate_dtype=jnp.float64)
+    assert res.alphas.dtype == jnp.float64 and res.basis.dtype == jnp.float32
+    q = np.asarray(res.basis, np.float64)
+    exact = np.einsum("ij,jk,ik->i", q, np.asarray(a, np.float64), q)
+    np.testing.assert_allclose(np.asarray(res.alphas), exact, rtol=1e-6)
+
+
+def test_hessian_operator_with_nested_params_and_v0():
+    n = 30
+    a = sym_with_spectrum(np.linspace(-4, 5, n), 4)
+    params = nested_params(n)
+    op = HessianOperator(quad_loss, params, a)
+    v0 = jax.tree.map(jnp.ones_like, params)
+    res = lanczos(op, n, v0=v0)
+    np.testing.assert_allclose(np.sort(np.asarray(res.ritz()[0])), np.linspace(-4, 5, n), atol=1e-9)
+    flat = lanczos(op, 5, v0=jnp.ones(n))
+    np.testing.assert_allclose(np.asarray(flat.alphas), np.asarray(res.alphas[:5]), rtol=1e-12)
+
+
+def test_new_operator_for_same_loss_does_not_recompile():
+    n = 20
+    a = sym_with_spectrum(np.linspace(1, 2, n), 5)
+    lanczos(HessianOperator(quad_loss, nested_params(n, 0), a), 6)
+    size = _lanczos_jit._cache_size()
+    for seed in (1, 2):
+        lanczos(HessianOperator(quad_loss, nested_params(n, seed), a * seed), 6, linearize=False)
+    assert _lanczos_jit._cache_size() == size
+
+
+def test_batches_operator_uses_python_loop_and_agrees():
+    n = 20
+    rng = np.random.default_rng(6)
+    xs = jnp.asarray(rng.normal(size=(8, n)))
+
+    def loss(p, x):
+        return jnp.mean(jnp.tanh(x @ p) ** 2) + 0.1 * jnp.sum(p**2)
+
+    p = jnp.asarray(rng.normal(size=n)) * 0.3
+    full = lanczos(HessianOperator(loss, p, xs), 8)
+    batched = HessianOperator(loss, p, batches=[(xs[:4],), (xs[4:],)])
+    assert batched.jittable() is None
+    res = lanczos(batched, 8)
+    np.testing.assert_allclose(np.asarray(res.alphas), np.asarray(full.alphas), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(res.betas), np.asarray(full.betas), rtol=1e-9)
+
+
+class _NaNAtThirdProduct(CurvatureOperator):
+    def __init__(self):
+        super().__init__(jnp.zeros(10))
+        self.calls = 0
+
+    def _matvec_flat(self, v):
+        self.calls += 1
+        return v * (jnp.nan if self.calls == 3 else jnp.arange(1.0, 11.0))
+
+
+def test_nan_in_product_raises_naming_the_step():
+    with pytest.raises(FloatingPointError, match="step 2"):
+        lanczos(_NaNAtThirdProduct(), 6)
+    # jitted path: |x|^1.5 has a finite value and gradient but an infinite
+    # second derivative at 0
+    op = HessianOperator(lambda x: jnp.sum(jnp.abs(x) ** 1.5), jnp.zeros(5))
+    with pytest.raises(FloatingPointError, match="step 0"):
+        lanczos(op, 3)
+
+
+def test_bad_input():
+    a = jnp.eye(4)
+    with pytest.raises(ValueError, match="at least 1"):
+        lanczos(a, 0)
+    with pytest.raises(ValueError, match="exceeds the dimension"):
+        lanczos(a, 5)
+    with pytest.raises(TypeError, match="integer"):
+        lanczos(a, 2.5)
+    with pytest.raises(ValueError, match="square"):
+        lanczos(jnp.ones((3, 4)), 2)
+    with pytest.raises(ValueError, match="nonzero"):
+        lanczos(a, 2, v0=jnp.zeros(4))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        lanczos(a.at[0, 0].set(jnp.nan), 2)
+    with pytest.raises(ValueError, match="floating"):
+        lanczos(a, 2, accumulate_dtype=jnp.int32)
+
+
+# --------------------------------------------------------------------------
+# jaxlib 0.10.2 miscompiled HVP reductions in jitted loops on CPU (DESIGN.md);
+# check the Lanczos alphas of the jitted loop against a Python loop of HVPs.
+
+MLP_SIZES = (64, 256, 256, 10)
+
+
+def mlp_loss(params, x, y):
+    h = x
+    for i, (w, b) in enumerate(params):
+        h = h @ w + b[None, :]
+        if i < len(params) - 1:
+            h = jnp.tanh(h)
+    return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(h), -1))
+
+
+def mlp_problem():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(0, 1, (1797, 64)), jnp.float32)
+    y = jax.nn.one_hot(jnp.asarray(rng.integers(0, 10, 1797)), 10, dtype=jnp.float32)
+    params = []
+    for i, o in itertools.pairwise(MLP_SIZES):
+        b = 1 / np.sqrt(i)
+        params.append(
+            (
+                jnp.asarray(rng.uniform(-b, b, (i, o)), jnp.float32),
+                jnp.asarray(rng.uniform(-b, b, o), jnp.float32),
+            )
+        )
+    return params, x, y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("linearize", [False, True])
+def test_jitted_loop_alphas_match_python_loop_on_85k_mlp(linearize):
+    params, x, y = mlp_problem()
+    op = HessianOperator(mlp_loss, params, x, y)
+    assert op.n >= 85_000
+    res = lanczos(op, 8, linearize=linearize)
+    q = np.asarray(res.basis, np.float64)
+    ref = np.array(
+        [q[j] @ np.asarray(op.matvec(res.basis[j]), np.float64) for j in range(res.num_steps)]
+    )
+    np.testing.assert_allclose(np.asarray(res.alphas, np.float64), ref, rtol=1e-4)
