@@ -24,6 +24,7 @@ Methods for the trace, at equal cost ``m`` products:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -116,8 +117,27 @@ class _Products:
     def probes(self, key: jax.Array, k: int) -> jax.Array:
         """k Rademacher probes as rows; one key per probe, so the probes do
         not depend on how they are chunked."""
-        keys = jax.random.split(key, k)
-        return jax.vmap(lambda kk: jax.random.rademacher(kk, (self.n,), self.dtype))(keys)
+        return _rademacher(jax.random.split(key, k), self.n, self.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _rademacher(keys: jax.Array, n: int, dtype: Any) -> jax.Array:
+    # one key per probe, so the probes do not depend on how they are chunked
+    return jax.vmap(lambda k: jax.random.rademacher(k, (n,), dtype))(keys)
+
+
+@jax.jit
+def _extend_basis(w: jax.Array, basis: jax.Array, start: jax.Array) -> jax.Array:
+    """Put an orthonormal basis of w's part orthogonal to ``basis`` into columns
+    ``start:start + k`` of ``basis`` (n, d), whose columns beyond ``start``
+    are zero (so they drop out of the projections: one compiled shape for
+    every block). Two Gram-Schmidt passes."""
+    for _ in range(2):
+        w = w - basis @ (basis.T @ w)
+    q = jnp.linalg.qr(w)[0]
+    # an invariant subspace makes w ~ 0 and q arbitrary: project q again
+    q = jnp.linalg.qr(q - basis @ (basis.T @ q))[0]
+    return jax.lax.dynamic_update_slice(basis, q, (0, start))
 
 
 def _check(method: str, methods: tuple, num_matvecs: Any, rtol: Any) -> int:
@@ -173,9 +193,7 @@ def _sequential(
         take = min(step, budget - used)
         if budget - used - take == 1:  # never leave a single probe behind
             take += 1
-        z = jax.vmap(lambda kk: jax.random.rademacher(kk, (products.n,), products.dtype))(
-            keys[used : used + take]
-        )
+        z = _rademacher(keys[used : used + take], products.n, products.dtype)
         if transform is not None:
             z = transform(z)
         samples.append(sample(z, products(z)))
@@ -197,21 +215,15 @@ def _block_krylov(
     Costs k*depth products: block Lanczos with full reorthogonalisation
     (two Gram-Schmidt passes), so every product also enlarges the basis.
     """
-    basis = [jnp.linalg.qr(products.probes(key, k).T)[0]]
+    basis = jnp.zeros((products.n, k * depth), products.dtype)
+    basis = _extend_basis(products.probes(key, k).T, basis, 0)
     images = []
     for j in range(depth):
-        w = products(basis[-1].T).T  # A Q_j, (n, k)
+        w = products(basis[:, j * k : (j + 1) * k].T).T  # A Q_j, (n, k)
         images.append(w)
-        if j == depth - 1:
-            break
-        v = jnp.concatenate(basis, axis=1)
-        for _ in range(2):
-            w = w - v @ (v.T @ w)
-        q = jnp.linalg.qr(w)[0]
-        # an invariant subspace makes w ~ 0 and q arbitrary: project q again
-        q = jnp.linalg.qr(q - v @ (v.T @ q))[0]
-        basis.append(q)
-    return jnp.concatenate(basis, axis=1), jnp.concatenate(images, axis=1).T
+        if j < depth - 1:
+            basis = _extend_basis(w, basis, (j + 1) * k)
+    return basis, jnp.concatenate(images, axis=1).T
 
 
 # --------------------------------------------------------------------------
@@ -352,12 +364,19 @@ def _xtrace(products: _Products, key: jax.Array, k: int) -> tuple[jax.Array, jax
         # tr(Q^T A Q) is the trace itself (up to rounding).
         z = products(q.T).T
         return jnp.sum(q * z), jnp.zeros((), q.dtype)
+    return _xtrace_estimates(om, y, q, r, products(q.T).T)
+
+
+@jax.jit
+def _xtrace_estimates(om, y, q, r, z):
+    """The k leave-one-out estimates' mean and stderr from Omega, Y = A Omega = QR
+    and Z = A Q (Epperly et al.'s ``xtrace.m``)."""
+    k = om.shape[1]
     w = q.T @ om
     eye = jnp.eye(k, dtype=q.dtype)
     # S = rownormalise(I - triu(R, 1) R^{-1})^T
     s = eye - jax.scipy.linalg.solve_triangular(r, jnp.triu(r, 1).T, trans="T", lower=False).T
     s = (s / jnp.linalg.norm(s, axis=1, keepdims=True)).T
-    z = products(q.T).T  # A Q
     h = q.T @ z
     hw = h @ w
     t = z.T @ om
