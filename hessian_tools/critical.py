@@ -183,8 +183,8 @@ def classify(
     Cost: one gradient plus n HVPs (dense) or the eigenpairs' HVPs.
 
     Raises:
-        ValueError: non-scalar loss or bad method; FloatingPointError: loss
-        or gradient NaN/inf at x.
+        ValueError: non-scalar loss or bad method.
+        FloatingPointError: loss or gradient NaN/inf at x.
     """
     if method not in ("auto", "dense", "iterative"):
         raise ValueError(f'method must be "auto", "dense" or "iterative", got {method!r}.')
