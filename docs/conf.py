@@ -48,12 +48,12 @@ autosummary_generate = True
 autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"
-autodoc_preserve_defaults = True
+autodoc_preserve_defaults = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 # Attributes as :ivar: fields, so dataclass fields are not documented twice.
 napoleon_use_ivar = True
-napoleon_custom_sections = [("Cost", "notes_style")]
+napoleon_custom_sections = ["Cost"]
 
 # -- myst --------------------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "colon_fence"]
