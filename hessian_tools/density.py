@@ -1,0 +1,273 @@
+"""Spectral density of a symmetric operator by stochastic Lanczos quadrature.
+
+For a unit probe ``v``, ``m`` Lanczos steps give the Gauss quadrature rule of
+the measure ``sum_i (v . u_i)^2 delta(lambda_i)``: nodes are the eigenvalues
+of T and weights the squared *first components* of T's eigenvectors (Golub &
+Meurant 1994). Averaging over Rademacher probes gives an unbiased estimate of
+the spectral measure ``(1/n) sum_i delta(lambda_i)`` (Ubaru, Chen & Saad 2017,
+"Fast estimation of tr(f(A)) via stochastic Lanczos quadrature"; Ghorbani,
+Krishnan & Xiao 2019, "An investigation into neural net optimization via
+Hessian eigenvalue density"). Several probes are needed: one probe
+misjudges the mass of small groups of eigenvalues (e.g. the negative ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hessian_tools import lanczos as lz
+from hessian_tools._progress import progress_bar
+from hessian_tools.operators import CurvatureOperator
+
+__all__ = ["SpectralDensity", "spectral_density"]
+
+#: default Gaussian width, relative to the spectral width (max - min node)
+DEFAULT_RELATIVE_SIGMA = 1e-3
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SpectralDensity:
+    """A stochastic-Lanczos-quadrature estimate of the eigenvalue density.
+
+    Attributes:
+        grid: (g,) points where the smoothed density is evaluated.
+        density: (g,) Gaussian-smoothed density on ``grid``; it integrates to
+            about 1 (a probability density over eigenvalues, i.e. the
+            eigenvalue count divided by n).
+        nodes: (num_probes, num_steps) quadrature nodes (Ritz values) per
+            probe; entries past a probe's breakdown carry zero weight.
+        weights: (num_probes, num_steps) quadrature weights, the squared first
+            components of T's eigenvectors; each row sums to 1.
+        sigma: the Gaussian width used for ``density``.
+        num_matvecs: HVPs spent (all probes).
+    """
+
+    grid: jax.Array
+    density: jax.Array
+    nodes: jax.Array
+    weights: jax.Array
+    sigma: float = dataclasses.field(metadata=dict(static=True))
+    num_matvecs: int = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def num_probes(self) -> int:
+        return int(self.nodes.shape[0])
+
+    @property
+    def lambda_max(self) -> float:
+        """Largest node: an estimate (from below) of the largest eigenvalue."""
+        return float(np.max(np.where(np.asarray(self.weights) > 0, self.nodes, -np.inf)))
+
+    @property
+    def lambda_min(self) -> float:
+        """Smallest node: an estimate (from above) of the smallest eigenvalue."""
+        return float(np.min(np.where(np.asarray(self.weights) > 0, self.nodes, np.inf)))
+
+    def _per_probe(self, fn) -> np.ndarray:
+        nodes = np.asarray(self.nodes, np.float64)
+        weights = np.asarray(self.weights, np.float64)
+        return np.sum(weights * fn(nodes), axis=-1)
+
+    def cdf(self, x: Any) -> np.ndarray:
+        """Estimated fraction of eigenvalues ``<= x`` (array-valued in x),
+        from the quadrature nodes and weights, not the smoothed curve.
+        Monotone, from 0 below the smallest node to 1 above the largest."""
+        x = np.asarray(x, np.float64)
+        nodes = np.asarray(self.nodes, np.float64).ravel()
+        weights = np.asarray(self.weights, np.float64).ravel() / self.num_probes
+        order = np.argsort(nodes)
+        cum = np.concatenate([[0.0], np.cumsum(weights[order])])
+        out = cum[np.searchsorted(nodes[order], x, side="right")]
+        return np.clip(out, 0.0, 1.0)
+
+    def moment(self, k: int) -> tuple[float, float]:
+        """Estimate of ``tr(A^k) / n`` with its standard error over probes."""
+        per = self._per_probe(lambda t: t**k)
+        return float(per.mean()), _stderr(per)
+
+    def negative_fraction(self, threshold: float | None = None) -> tuple[float, float]:
+        """Estimated fraction of eigenvalues below ``threshold`` and its
+        standard error over probes.
+
+        Args:
+            threshold: default ``-1e-3 * lambda_max`` (eigenvalues closer to
+                zero count as zero, not negative).
+
+        Returns:
+            ``(value, stderr)``; multiply by n for the index (count).
+        """
+        if threshold is None:
+            threshold = -1e-3 * max(self.lambda_max, 0.0)
+        per = self._per_probe(lambda t: (t < threshold).astype(np.float64))
+        return float(per.mean()), _stderr(per)
+
+
+def _stderr(per_probe: np.ndarray) -> float:
+    p = per_probe.shape[0]
+    return float(per_probe.std(ddof=1) / np.sqrt(p)) if p > 1 else float("inf")
+
+
+def rademacher_probes(key: jax.Array, num: int, n: int, dtype: Any) -> jax.Array:
+    """(num, n) Rademacher probes (entries +-1), the ones ``spectral_density``
+    draws from ``key``."""
+    return jax.random.rademacher(key, (num, n), dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("make_matvec", "m", "acc"))
+def _slq_chunk(make_matvec, operands, probes, bd_tol, *, m, acc):
+    mv = make_matvec(operands)
+
+    def one(v):
+        carry = lz.init_carry(v, m, acc)
+        out = lz.run_loop(mv, carry, m, reorth=True, acc=acc, breakdown_tol=bd_tol)
+        return out[0], out[2], out[3], out[5]
+
+    return jax.vmap(one)(probes)
+
+
+def _quadrature(alphas: np.ndarray, betas: np.ndarray, steps: int):
+    """Gauss nodes and weights of one probe's T (padded to len(alphas))."""
+    m = alphas.shape[0]
+    off = betas[: steps - 1]
+    t = np.diag(alphas[:steps]) + np.diag(off, 1) + np.diag(off, -1)
+    theta, u = np.linalg.eigh(t)
+    nodes = np.full(m, theta[-1])
+    weights = np.zeros(m)
+    nodes[:steps], weights[:steps] = theta, u[0] ** 2
+    return nodes, weights
+
+
+def _smooth(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """Average over probes of sum_i w_i N(x; node_i, sigma^2), node by node."""
+    out = np.zeros_like(grid)
+    norm = 1.0 / (np.sqrt(2 * np.pi) * sigma)
+    for t, w in zip(nodes.ravel(), weights.ravel(), strict=True):
+        if w > 0:
+            lo, hi = np.searchsorted(grid, [t - 8 * sigma, t + 8 * sigma])
+            out[lo:hi] += w * norm * np.exp(-0.5 * ((grid[lo:hi] - t) / sigma) ** 2)
+    return out / nodes.shape[0]
+
+
+def spectral_density(
+    op: CurvatureOperator | jax.Array | np.ndarray,
+    *,
+    key: jax.Array,
+    num_steps: int = 128,
+    num_probes: int = 12,
+    sigma: float | None = None,
+    grid: Any = None,
+    grid_size: int = 4096,
+    linearize: bool = True,
+    accumulate_dtype: Any = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
+) -> SpectralDensity:
+    """Eigenvalue density by stochastic Lanczos quadrature (SLQ).
+
+    Runs ``num_steps`` Lanczos steps with full reorthogonalisation from each
+    of ``num_probes`` Rademacher probes, vectorised with ``vmap`` in chunks,
+    and averages the Gauss quadrature rules (Ubaru, Chen & Saad 2017;
+    Ghorbani, Krishnan & Xiao 2019). Weights are the squared first components
+    of T's eigenvectors.
+
+    Args:
+        op: a ``HessianOperator`` (any ``CurvatureOperator``) or a dense
+            symmetric array.
+        key: PRNG key for the probes.
+        num_steps: Lanczos steps per probe (nodes per probe), at most n.
+        num_probes: number of probes; the standard errors shrink as
+            1/sqrt(num_probes).
+        sigma: Gaussian width of the smoothed ``density`` (default 1e-3 of
+            the spectral width, max - min node).
+        grid: points for ``density`` (default ``grid_size`` points spanning
+            the nodes plus 6 sigma each side).
+        grid_size: number of default grid points.
+        linearize: share one forward pass between the HVPs of a chunk.
+        accumulate_dtype: dtype for T's entries (e.g. float64 with x64 on).
+        chunk_size: probes per vectorised call (default: as many as fit in
+            about 256 MB of Lanczos bases, ``chunk * (num_steps + 1) * n``
+            numbers).
+        progress: show a progress bar over probe chunks.
+
+    Returns:
+        A ``SpectralDensity`` with ``.grid``, ``.density``, ``.nodes``,
+        ``.weights``, ``.cdf(x)``, ``.negative_fraction()``, ``.moment(k)``.
+
+    Cost: ``num_probes * num_steps`` HVPs (fewer after breakdowns).
+    Defaults (128 steps, 12 probes: 1,536 HVPs) were chosen on the
+    2,410-parameter digits MLP (64-32-10 tanh, float32): Wasserstein-1 error
+    about 1e-3 of the spectral width and the fraction of eigenvalues below
+    -1e-3 lambda_max within 0.015 of the exact one, both at initialisation
+    (where 65% of the eigenvalues lie within 1e-3 of zero) and after 200
+    Adam steps. Fewer steps blur the mass next to zero into one node.
+    """
+    make, operands, n, dtype, matvec = lz.resolve_operator(op, linearize)
+    m = lz.check_num_steps(num_steps, n)
+    if not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
+        raise ValueError(f"num_probes must be a positive integer, got {num_probes!r}.")
+    if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number, got {sigma!r}.")
+    acc = lz.check_accumulate_dtype(accumulate_dtype, dtype)
+    bd_tol = lz.default_breakdown_tol(n, dtype)
+    probes = rademacher_probes(key, int(num_probes), n, dtype)
+    if chunk_size is None:
+        chunk_size = max(1, (256 << 20) // ((m + 1) * n * jnp.dtype(dtype).itemsize))
+    chunk = int(min(max(1, chunk_size), num_probes))
+    results = []
+    with progress_bar(int(num_probes) * m, "spectral density", progress) as bar:
+        for start in range(0, num_probes, chunk):
+            block = probes[start : start + chunk]
+            if make is not None:
+                pad = chunk - block.shape[0]  # one compiled shape for every chunk
+                if pad:
+                    block = jnp.concatenate([block, probes[:pad]])
+                steps, alphas, betas, status = _slq_chunk(
+                    make, operands, block, bd_tol, m=m, acc=acc
+                )
+                part = [x[: chunk - pad] for x in (steps, alphas, betas, status)]
+            else:
+                outs = []
+                for v in block:
+                    c = lz.python_loop(
+                        matvec,
+                        lz.init_carry(v, m, acc),
+                        m,
+                        reorth=True,
+                        acc=acc,
+                        breakdown_tol=bd_tol,
+                    )
+                    outs.append((c[0], c[2], c[3], c[5]))
+                part = [jnp.stack(x) for x in zip(*outs, strict=True)]
+            for i, s in enumerate(np.asarray(part[0])):
+                lz.raise_if_nonfinite(part[3][i], int(s) - 1, f"SLQ (probe {start + i})")
+            results.append([np.asarray(x) for x in part])
+            bar.update(int(np.sum(part[0])))
+    steps, alphas, betas = (np.concatenate([r[i] for r in results]) for i in range(3))
+    quad = [_quadrature(a, b, int(s)) for a, b, s in zip(alphas, betas, steps, strict=True)]
+    nodes = np.stack([q[0] for q in quad])
+    weights = np.stack([q[1] for q in quad])
+    width = float(nodes.max() - nodes.min())
+    if sigma is None:
+        scale = max(width, float(np.abs(nodes).max()), np.finfo(np.float64).tiny)
+        sigma = DEFAULT_RELATIVE_SIGMA * scale
+    if grid is None:
+        grid = np.linspace(nodes.min() - 6 * sigma, nodes.max() + 6 * sigma, int(grid_size))
+    grid = np.asarray(grid, np.float64)
+    if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
+        raise ValueError("grid must be a 1-D increasing array of at least 2 points.")
+    density = _smooth(nodes, weights, grid, float(sigma))
+    return SpectralDensity(
+        grid=jnp.asarray(grid),
+        density=jnp.asarray(density),
+        nodes=jnp.asarray(nodes),
+        weights=jnp.asarray(weights),
+        sigma=float(sigma),
+        num_matvecs=int(steps.sum()),
+    )
