@@ -23,6 +23,7 @@ import numpy as np
 
 from hessian_tools.critical import DENSE_MAX
 from hessian_tools.eigen import eigenpairs
+from hessian_tools.lanczos import lanczos
 from hessian_tools.operators import HessianOperator, Loss, PyTree
 
 __all__ = ["EscapeDirection", "escape_direction", "saddle_free_newton_step"]
@@ -89,6 +90,8 @@ def saddle_free_newton_step(
     *args: Any,
     damping: float | None = None,
     batches: Iterable | None = None,
+    method: str = "auto",
+    num_steps: int = 50,
 ) -> PyTree:
     """The saddle-free Newton step ``-|H|^-1 grad f`` (Dauphin et al. 2014).
 
@@ -98,31 +101,44 @@ def saddle_free_newton_step(
     (default ``sqrt(eps) * ||H||``) keeps near-zero eigenvalues from blowing
     the step up; Dauphin et al. damp the same way.
 
+    For large n (``method="krylov"``, the default above n = 2000) the step is
+    taken in the Krylov subspace of H started at the gradient, as in Dauphin
+    et al. (section 7): ``num_steps`` Lanczos vectors Q, ``T = Q H Q^T``, and
+    ``-Q^T |T|^-1 Q g``.
+
     Args:
         f: scalar loss ``f(x, *args)``.
         x: the point (pytree).
         *args: data for ``f``.
         damping: floor on ``|lambda|``.
         batches: as in ``HessianOperator``.
+        method: "dense", "krylov" or "auto" (dense for n <= 2000).
+        num_steps: Krylov dimension for ``method="krylov"``.
 
     Returns:
         The step, a pytree like ``x`` (add it to x to take it).
 
-    Cost: one gradient plus n HVPs (the dense Hessian). Restricted to n <=
-    2000 for now; larger problems need the Krylov-subspace variant of
-    Dauphin et al. (section 7).
+    Cost: one gradient plus n HVPs (dense) or ``num_steps`` HVPs (krylov).
     """
+    if method not in ("auto", "dense", "krylov"):
+        raise ValueError(f'method must be "auto", "dense" or "krylov", got {method!r}.')
     op = HessianOperator(f, x, *args, batches=batches)
-    if op.n > DENSE_MAX:
-        raise ValueError(
-            f"saddle_free_newton_step forms the dense Hessian and is limited to n <= {DENSE_MAX}; "
-            f"this problem has n = {op.n}."
-        )
     _, grad = op.value_and_grad()
     g = op.ravel(grad)
-    w, v = jnp.linalg.eigh(op.to_dense())
+    if method == "dense" or (method == "auto" and op.n <= DENSE_MAX):
+        basis = None
+        w, v = jnp.linalg.eigh(op.to_dense())
+        coeffs = v.T @ g
+    else:
+        if not bool(jnp.any(g != 0)):
+            return op.unravel(jnp.zeros_like(g))  # at a critical point the step is 0
+        result = lanczos(op, min(int(num_steps), op.n), v0=g)
+        basis = result.basis[: result.num_steps]
+        w, v = jnp.linalg.eigh(result.tridiagonal().astype(g.dtype))
+        coeffs = v.T @ (basis @ g)
     if damping is None:
         damping = float(np.sqrt(np.finfo(np.dtype(op.dtype)).eps)) * float(jnp.max(jnp.abs(w)))
     scale = jnp.maximum(jnp.abs(w), jnp.asarray(damping, w.dtype))
     scale = jnp.where(scale > 0, scale, 1)  # H = 0 and damping 0: no curvature to use
-    return op.unravel(-(v @ ((v.T @ g) / scale)))
+    step = -(v @ (coeffs / scale))
+    return op.unravel(step if basis is None else basis.T @ step)

@@ -170,3 +170,13 @@ def test_escape_direction_and_saddle_free_step():
     b = problems.random_symmetric(jnp.array([1.0, 2.0, 7.0]), jax.random.PRNGKey(5))
     y = jnp.array([1.0, -2.0, 0.5])
     np.testing.assert_allclose(ht.saddle_free_newton_step(problems.quadratic_form, y, b), -y)
+
+
+def test_saddle_free_step_krylov_matches_dense_in_full_subspace():
+    a = problems.random_symmetric(jnp.array([-4.0, -0.5, 1.0, 3.0, 9.0]), jax.random.PRNGKey(6))
+    x = jnp.array([0.3, -0.1, 0.2, 0.5, -0.4])
+    dense = ht.saddle_free_newton_step(problems.quadratic_form, x, a, method="dense")
+    krylov = ht.saddle_free_newton_step(problems.quadratic_form, x, a, method="krylov")
+    np.testing.assert_allclose(krylov, dense, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="method"):
+        ht.saddle_free_newton_step(problems.quadratic_form, x, a, method="newton")
