@@ -199,3 +199,23 @@ def test_defaults_on_digits_mlp(adam_steps):
     exact = np.mean(ev < -1e-3 * ev[-1])
     value, _ = d.negative_fraction()
     assert abs(value - exact) <= 0.03
+
+
+@pytest.mark.slow
+def test_vmapped_loop_matches_python_hvps_on_85k_mlp():
+    # jaxlib 0.10.2 miscompiled HVP reductions in jitted loops (DESIGN.md):
+    # per probe, sum_i w_i theta_i = T[0, 0] = z.Hz / n, checked against a
+    # Python loop of jitted HVPs.
+    from test_lanczos import mlp_loss, mlp_problem
+
+    params, x, y = mlp_problem()
+    op = HessianOperator(mlp_loss, params, x, y)
+    key = jax.random.PRNGKey(0)
+    d = spectral_density(op, key=key, num_steps=4, num_probes=3)
+    probes = rademacher_probes(key, 3, op.n, jnp.float32)
+    ref = [
+        np.dot(np.asarray(z, np.float64), np.asarray(op.matvec(z), np.float64)) / op.n
+        for z in probes
+    ]
+    got = np.sum(np.asarray(d.weights, np.float64) * np.asarray(d.nodes, np.float64), axis=1)
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
