@@ -43,4 +43,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(OUT) docs/_build docs/auto_examples .pytest_cache
+	rm -rf $(OUT) docs/_build docs/auto_examples docs/generated docs/sg_execution_times.rst .pytest_cache
