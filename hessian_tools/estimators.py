@@ -269,9 +269,10 @@ def trace(
     For the deflated methods the stderr is that of the Hutchinson part,
     conditional on the basis (which is then exact); it is unbiased because
     the Hutchinson probes are independent of the basis. Measured on the
-    Hessian of a 64-256-256-10 tanh MLP on digits (n = 85,002, float32)
-    with 100 products, median relative error over 30 seeds: krylov 1.6e-3,
-    hutch++ 3.0e-3, xtrace 3.5e-3, hutchinson 2.3e-2.
+    Hessian of a 64-256-256-10 tanh MLP on digits (n = 85,002, float32,
+    after 200 Adam steps) with 100 products, median relative error against
+    the exact float64 trace over 60 seeds: krylov 2.8e-3, xtrace 2.9e-3,
+    hutch++ 4.2e-3 (hutchinson 2.3e-2 over 30 seeds).
 
     Memory: the deflated methods keep the basis, about 0.8 m (krylov) or
     m/3 (hutch++) vectors of length n.
@@ -434,8 +435,8 @@ def diagonal(
 
     Stderr is per entry, from the sample variance of the Hutchinson part.
     Measured on the 85k-parameter MLP Hessian with 100 products (relative
-    L2 error of the whole diagonal, median of 10 seeds): diag++ 0.49,
-    hutchinson 2.6. Diagonal estimates of network Hessians are noisy: the
+    L2 error of the whole diagonal, median of 10 seeds): krylov 0.31,
+    diag++ 0.49, hutchinson 2.6. Diagonal estimates of network Hessians are noisy: the
     off-diagonal mass is large.
 
     When ``num_matvecs >= n`` the diagonal is computed exactly from n products

@@ -70,7 +70,7 @@ def test_hutchinson_converges_like_one_over_sqrt_m():
 
 def test_deflated_methods_beat_hutchinson_with_outliers():
     a = outlier_matrix()
-    med = {m: np.median(rel_errors(a, m, 60, seeds=12)) for m in TRACE_METHODS}
+    med = {m: np.median(rel_errors(a, m, 60, seeds=8)) for m in TRACE_METHODS}
     assert med["hutch++"] < med["hutchinson"] / 3, med
     assert med["krylov"] < med["hutchinson"] / 3, med
     assert med["xtrace"] < med["hutchinson"] / 3, med
@@ -81,7 +81,7 @@ def test_trace_stderr_is_calibrated(method):
     a = outlier_matrix(400, seed=1)
     exact = float(jnp.trace(a))
     z = []
-    for s in range(40):
+    for s in range(30):
         est = trace(a, key=jax.random.PRNGKey(100 + s), num_matvecs=60, method=method)
         assert est.num_matvecs == 60 and est.method == method
         z.append(abs(float(est.value) - exact) / float(est.stderr))
