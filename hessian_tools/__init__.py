@@ -1,15 +1,21 @@
 """hessian_tools: second-order analysis of JAX loss functions.
 
 Gradients and Hessian-vector products on pytrees, dense Hessians for small
-problems, extreme eigenpairs, critical points found and classified, and toy
-problems whose critical points are known.
+problems, Lanczos eigenpairs at both ends of the spectrum, trace / diagonal /
+spectral-density estimates, Gauss-Newton and Fisher operators, critical
+points found and classified, loss-landscape slices, plots, and toy problems
+whose critical points are known.
 """
 
 from hessian_tools import landscape, plotting, problems
 from hessian_tools.critical import CriticalPoint, classify, find_critical_points
 from hessian_tools.dense import hessian
+from hessian_tools.density import SpectralDensity, spectral_density
 from hessian_tools.eigen import Eigenpairs, eigenpairs
 from hessian_tools.escape import EscapeDirection, escape_direction, saddle_free_newton_step
+from hessian_tools.estimators import Estimate, diagonal, trace
+from hessian_tools.ggn import EmpiricalFisherOperator, GGNOperator
+from hessian_tools.lanczos import LanczosResult, lanczos
 from hessian_tools.operators import CurvatureOperator, HessianOperator, hvp
 
 __version__ = "0.1.0"
@@ -18,16 +24,25 @@ __all__ = [
     "CriticalPoint",
     "CurvatureOperator",
     "Eigenpairs",
+    "EmpiricalFisherOperator",
     "EscapeDirection",
+    "Estimate",
+    "GGNOperator",
     "HessianOperator",
+    "LanczosResult",
+    "SpectralDensity",
     "classify",
+    "diagonal",
     "eigenpairs",
     "escape_direction",
     "find_critical_points",
     "hessian",
     "hvp",
+    "lanczos",
     "landscape",
     "plotting",
     "problems",
     "saddle_free_newton_step",
+    "spectral_density",
+    "trace",
 ]
