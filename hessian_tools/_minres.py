@@ -48,12 +48,13 @@ def minres(
     beta1 = jnp.linalg.norm(b)
     tiny = jnp.finfo(dtype).tiny
 
-    # state: itn, x, r1, r2, y, beta, oldb, dbar, epsln, phibar, cs, sn, w, w2, tnorm2, done
+    # state: itn, x, r1, r2, y, beta, oldb, dbar, epsln, phibar, cs, sn, w, w2,
+    #        tnorm2, gmax, gmin, done
     def cond(s):
         return (s[0] < maxiter) & ~s[-1]
 
     def body(s):
-        itn, x, r1, r2, y, beta, oldb, dbar, epsln, phibar, cs, sn, w, w2, tnorm2, _ = s
+        itn, x, r1, r2, y, beta, oldb, dbar, epsln, phibar, cs, sn, w, w2, tnorm2, gmax, gmin, _ = s
         v = y / beta
         y = matvec(v)
         y = jnp.where(itn >= 1, y - (beta / jnp.where(oldb > 0, oldb, 1)) * r1, y)
@@ -70,9 +71,9 @@ def minres(
         root = jnp.hypot(gbar, dbar)
         anorm = jnp.sqrt(tnorm2)
         gamma_raw = jnp.hypot(gbar, beta)
-        # gamma ~ 0: the new direction lies in A's null space (singular,
-        # incompatible system). Stepping along it would divide by ~0 and
-        # throw the least-squares iterate far away; stop before it.
+        # gamma ~ 0: the new direction lies (numerically) in A's null space
+        # (singular, incompatible system). Stepping along it would divide by
+        # ~0 and throw the least-squares iterate far away; stop before it.
         singular = gamma_raw <= 8 * eps * anorm
         gamma = jnp.maximum(gamma_raw, eps)
         cs, sn = gbar / gamma, beta / gamma
@@ -80,15 +81,25 @@ def minres(
         phibar = jnp.where(singular, phibar, sn * phibar)
         w1, w2 = w2, w
         w = (v - oldeps * w1 - delta * w2) / gamma
-        x = x + phi * w
+        x_new = x + phi * w
+        gmax, gmin = jnp.maximum(gmax, gamma), jnp.minimum(gmin, gamma)
+        # scipy's safety stops, checked *before* the step is kept: T_k as
+        # ill-conditioned as rounding allows, or x so large that its own
+        # rounding swamps b. Either means the step would throw x away.
+        bad_step = (gmax >= 0.1 / eps * gmin) | (anorm * jnp.linalg.norm(x_new) * eps >= beta1)
+        x = jnp.where(bad_step, x, x_new)
         arnorm = phibar * root  # ||A r|| of the previous iterate, as in scipy
         done = (
             singular
+            | bad_step
             | (phibar <= rtol * beta1)
             | (arnorm <= rtol * anorm * phibar)
             | (beta <= eps * anorm + tiny)  # invariant Krylov space: x exact there
         )
-        return (itn + 1, x, r1, r2, y, beta, oldb, dbar, epsln, phibar, cs, sn, w, w2, tnorm2, done)
+        return (
+            itn + 1, x, r1, r2, y, beta, oldb, dbar, epsln, phibar, cs, sn, w, w2, tnorm2,
+            gmax, gmin, done,
+        )  # fmt: skip
 
     init = (
         jnp.asarray(0),
@@ -106,6 +117,8 @@ def minres(
         jnp.zeros_like(b),
         jnp.zeros_like(b),
         zero,
+        zero,
+        jnp.asarray(jnp.finfo(dtype).max, dtype),
         beta1 <= tiny,  # b = 0: x = 0 is the answer
     )
     out = lax.while_loop(cond, body, init)

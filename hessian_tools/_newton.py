@@ -31,7 +31,7 @@ def _dense_step(hess: jax.Array, g: jax.Array) -> jax.Array:
     # Minimum-norm least-squares solution of H p = -g: the limit of MINRES
     # on a consistent system, and well defined on singular Hessians.
     w, v = jnp.linalg.eigh((hess + hess.T) / 2)
-    cut = g.shape[0] * jnp.finfo(g.dtype).eps * jnp.max(jnp.abs(w))
+    cut = jnp.finfo(g.dtype).eps * jnp.max(jnp.abs(w))
     inv = jnp.where(jnp.abs(w) > cut, 1 / jnp.where(w == 0, 1, w), 0)
     return -v @ (inv * (v.T @ g))
 

@@ -172,20 +172,26 @@ def _jit_value_and_grad(f, params, args):
 
 
 def _as_args(batch: Any) -> tuple:
-    return batch if isinstance(batch, tuple) else (batch,)
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
 def _batch_size(args: tuple, i: int) -> int:
-    for leaf in jax.tree.leaves(args):
-        if np.ndim(leaf) >= 1:
-            size = int(np.shape(leaf)[0])
-            if size == 0:
-                raise ValueError(f"batch {i} is empty (its leading axis has length 0).")
-            return size
-    raise ValueError(
-        f"batch {i} has no array argument with a leading (sample) axis, so its "
-        "size, and its weight in the mean loss, cannot be told."
-    )
+    sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(args) if np.ndim(leaf) >= 1}
+    if not sizes:
+        raise ValueError(
+            f"batch {i} has no array argument with a leading (sample) axis, so its "
+            "size, and its weight in the mean loss, cannot be told."
+        )
+    if len(sizes) > 1:
+        raise ValueError(
+            f"the arrays of batch {i} disagree on the leading (sample) axis: lengths "
+            f"{sorted(sizes)}. Every array argument of a batch must carry the samples "
+            "along axis 0 (bind fixed arrays with functools.partial instead)."
+        )
+    size = sizes.pop()
+    if size == 0:
+        raise ValueError(f"batch {i} is empty (its leading axis has length 0).")
+    return size
 
 
 def _prepare_batches(batches: Iterable) -> tuple[Iterable, list[int]]:
@@ -252,14 +258,11 @@ class CurvatureOperator:
     def _is_flat(self, v: Any) -> bool:
         if not isinstance(v, (jax.Array, np.ndarray)):
             return False
-        return (
-            v.ndim in (1, 2)
-            and v.shape[0] == self.n
-            and not (
-                # a single-array params of the same shape is the pytree case; same result
-                isinstance(self.params, (jax.Array, np.ndarray)) and v.ndim == 2
-            )
-        )
+        if isinstance(self.params, (jax.Array, np.ndarray)) and v.shape == np.shape(self.params):
+            # params is a single array of this shape: the pytree case (for 1-D
+            # params both readings give the same answer)
+            return v.ndim == 1
+        return v.ndim in (1, 2) and v.shape[0] == self.n
 
     def matvec(self, v: PyTree | jax.Array) -> PyTree | jax.Array:
         """Product with ``v``: a pytree like params gives a pytree back, a flat
@@ -302,17 +305,40 @@ class CurvatureOperator:
 
     def to_dense(self) -> jax.Array:
         """The (n, n) matrix, built from n HVPs against basis vectors in
-        chunks (memory: the n^2 result plus one chunk). Symmetrised, since
-        forward-over-reverse products agree with the transpose only up to
-        rounding."""
-        rows = []
+        chunks of ``chunk_size``.
+
+        Row blocks are written into one preallocated host buffer and
+        symmetrised there block by block, ``(H + H^T) / 2`` (forward-over-
+        reverse products agree with the transpose only up to rounding), then
+        moved to the device once. Peak memory: about twice the n^2 result
+        (n = 20,000 in float32: 1.6 GB result, 3.3 GB peak) plus one chunk.
+
+        Raises:
+            FloatingPointError: the Hessian has a NaN or inf entry (e.g. a
+                loss like ``|x|^1.5`` at 0, whose gradient is finite).
+        """
         n, chunk = self.n, self._chunk(self.n)
+        dense = np.empty((n, n), dtype=np.dtype(self.dtype))
         for start in range(0, n, chunk):
             idx = start + np.arange(chunk)
             basis = jnp.asarray(idx[:, None] == np.arange(n)[None, :], dtype=self.dtype)
-            rows.append(self._matmat_flat(basis)[: min(chunk, n - start)])
-        dense = jnp.concatenate(rows)
-        return (dense + dense.T) / 2
+            stop = min(start + chunk, n)
+            block = np.asarray(self._matmat_flat(basis)[: stop - start])
+            if not np.all(np.isfinite(block)):
+                row, col = np.argwhere(~np.isfinite(block))[0]
+                raise FloatingPointError(
+                    f"the Hessian is not finite (NaN or inf), first at entry "
+                    f"({start + row}, {col})."
+                )
+            dense[start:stop] = block
+        for i in range(0, n, chunk):  # in place, one block pair at a time
+            for j in range(i, n, chunk):
+                avg = (
+                    dense[i : i + chunk, j : j + chunk] + dense[j : j + chunk, i : i + chunk].T
+                ) / 2
+                dense[i : i + chunk, j : j + chunk] = avg
+                dense[j : j + chunk, i : i + chunk] = avg.T
+        return jax.device_put(dense)
 
     def as_linear_operator(self):
         """A ``scipy.sparse.linalg.LinearOperator`` (symmetric), e.g. for
@@ -343,8 +369,9 @@ class HessianOperator(CurvatureOperator):
         params: the point, any pytree of floating arrays.
         *args: data passed to ``f``. Arrays are traced arguments, never
             baked into the compiled code.
-        batches: instead of ``*args``, a re-iterable of argument tuples (a
-            non-tuple item is a single argument). The operator is then the
+        batches: instead of ``*args``, a re-iterable of argument tuples (or
+            lists; any other item is a single argument). Every array in a
+            batch carries the samples along axis 0. The operator is then the
             Hessian of the *mean loss over all samples*,
             ``sum_b (size_b / N) f(params, *batch_b)``, where ``size_b`` is
             the leading-axis length of the first array in batch b and

@@ -51,16 +51,17 @@ def _check_dim(x: jax.Array, name: str, dim: int | None = 2) -> None:
 def himmelblau(x: jax.Array) -> jax.Array:
     """Himmelblau's function ``(x^2 + y - 11)^2 + (x + y^2 - 7)^2``.
 
-    Nine critical points (value; Hessian eigenvalues):
+    Nine critical points (point: value; Hessian eigenvalues):
 
-    * minima, value 0: (3, 2) with eigenvalues 54 -/+ 20*sqrt(2);
-      (-2.805118086953, 3.131312518251); (-3.779310253378, -3.283185991286);
-      (3.584428340330, -1.848126526964);
-    * saddles: (3.385154183607, 0.073851879838) 13.3119;
-      (0.086677504555, 2.884254701175) 67.7192;
-      (-3.073025750764, -0.081353044288) 104.0152;
-      (-0.127961346731, -1.953714980245) 178.3372;
-    * maximum: (-0.270844590667, -0.923038556480), value 181.6165.
+    * minima, value 0: (3, 2): 54 -/+ 20*sqrt(2) = 25.7157, 82.2843;
+      (-2.805118086953, 3.131312518251): 64.8404, 80.5501;
+      (-3.779310253378, -3.283185991286): 70.7144, 133.7856;
+      (3.584428340330, -1.848126526964): 28.6907, 105.4189;
+    * saddles: (3.385154183607, 0.073851879838): 13.3119; -14.1352, 97.5479;
+      (0.086677504555, 2.884254701175): 67.7192; -31.7066, 75.5076;
+      (-3.073025750764, -0.081353044288): 104.0152; -39.6515, 72.4352;
+      (-0.127961346731, -1.953714980245): 178.3372; -50.6102, 20.2840;
+    * maximum: (-0.270844590667, -0.923038556480): 181.6165; -45.6052, -16.0660.
     """
     _check_dim(x, "himmelblau")
     return (x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2
@@ -71,8 +72,10 @@ def rosenbrock(x: jax.Array, a: float = 1.0, b: float = 100.0) -> jax.Array:
 
     For N = 2 the only critical point is the minimum (a, a^2), with Hessian
     [[802, -400], [-400, 200]] at (1, 1) for the default a = 1, b = 100. For
-    4 <= N <= 7 there is also a local minimum near (-1, 1, ..., 1) (Kok &
-    Sandrock 2009); the global minimum is at (1, ..., 1) with value 0.
+    4 <= N <= 7 there is also a local minimum (Kok & Sandrock 2009), e.g. at
+    (-0.7757, 0.6131, 0.3820, 0.1459) for N = 4, moving towards
+    (-1, 1, ..., 1) as N grows; the global minimum is at (1, ..., 1) with
+    value 0.
     """
     if jnp.ndim(x) != 1 or jnp.shape(x)[0] < 2:
         raise ValueError(f"rosenbrock takes a point of shape (N,) with N >= 2, got {jnp.shape(x)}.")
@@ -163,6 +166,8 @@ def random_symmetric(eigenvalues: Sequence[float] | jax.Array, key: jax.Array | 
     """A symmetric matrix ``Q diag(eigenvalues) Q^T`` with Haar-random
     orthogonal Q (identity Q when ``key`` is None)."""
     lam = jnp.asarray(eigenvalues)
+    if not jnp.issubdtype(lam.dtype, jnp.floating):
+        lam = lam.astype(jnp.result_type(float))
     if lam.ndim != 1 or lam.size == 0:
         raise ValueError("eigenvalues must be a non-empty 1-D sequence.")
     if key is None:

@@ -88,6 +88,16 @@ def test_label_invariant_under_positive_scaling(inertia, seed, log_c):
     assert (scaled.kind, scaled.index, scaled.num_zero) == (base.kind, base.index, base.num_zero)
 
 
+@given(log_c=st.floats(-8, 8), seed=st.integers(0, 10_000))
+def test_not_critical_invariant_under_positive_scaling(log_c, seed):
+    # a point at distance ~1 from the minimum of a quadratic stays
+    # not_critical however the loss is scaled (the tolerance scales with it)
+    a = quadratic_with_inertia(0, 0, 3, seed)
+    x = jnp.ones(3)
+    cp = ht.classify(problems.quadratic_form, x, 10.0**log_c * a)
+    assert cp.kind == "not_critical"
+
+
 @given(neg=st.integers(0, 4), pos=st.integers(0, 4), seed=st.integers(0, 10_000))
 def test_negation_swaps_minimum_and_maximum(neg, pos, seed):
     if neg + pos == 0:

@@ -82,6 +82,22 @@ def test_minres_solver_matches_dense_solver():
         assert a.kind == b.kind
 
 
+def test_minres_solver_on_a_larger_indefinite_problem():
+    # 40 parameters, where MINRES runs many iterations per Newton step:
+    # Styblinski-Tang in 40-D from random starts; every critical point has
+    # coordinates in the three 1-D roots and index = number of middle roots.
+    roots = np.array([-2.903534027771, 0.156731256780, 2.746802770991])
+    key = jax.random.PRNGKey(0)
+    starts = jax.random.uniform(key, (6, 40), minval=-4, maxval=4)
+    found = ht.find_critical_points(problems.styblinski_tang, starts, solver="minres")
+    assert found
+    for cp in found:
+        x = np.asarray(cp.x)
+        nearest = roots[np.argmin(np.abs(x[:, None] - roots[None, :]), axis=1)]
+        np.testing.assert_allclose(x, nearest, atol=1e-8)
+        assert cp.index == int(np.sum(nearest == roots[1]))
+
+
 def test_pytree_starts_linear_autoencoder():
     lam = [4.0, 3.0, 2.0]
     params, s, _ = problems.linear_autoencoder_critical_point(lam, [0], 1)
@@ -102,18 +118,69 @@ def test_pytree_starts_linear_autoencoder():
         assert cp.kind == expected
 
 
+def test_numpy_and_list_starts():
+    prob = problems.TOY_2D["three_hump_camel"]
+    starts = np.asarray(grid_starts(prob.bounds, 10))
+    a = ht.find_critical_points(prob.f, starts)
+    b = ht.find_critical_points(prob.f, starts.tolist())
+    assert len(a) == len(b) == 5
+
+
+def test_no_recompile_for_new_starts_of_the_same_shape():
+    traces = []
+
+    def f(x):
+        traces.append(1)
+        return problems.himmelblau(x)
+
+    ht.find_critical_points(f, grid_starts(((-5, 5), (-5, 5)), 4))
+    first = len(traces)
+    ht.find_critical_points(f, grid_starts(((-4, 4), (-4, 4)), 4))
+    assert len(traces) == first
+
+
+def test_float32_linear_autoencoder_finds_only_closed_form_levels():
+    lam = [5.0, 4.0, 3.0, 2.0, 1.0]
+    _, s, _ = problems.linear_autoencoder_critical_point(lam, [0, 1], 2, dtype=jnp.float32)
+    key = jax.random.PRNGKey(0)
+    starts = {
+        "W1": 0.8 * jax.random.normal(key, (128, 2, 5), jnp.float32),
+        "W2": 0.8 * jax.random.normal(jax.random.fold_in(key, 1), (128, 5, 2), jnp.float32),
+    }
+    found = ht.find_critical_points(problems.linear_autoencoder, starts, s, dedup_tol=1e-3)
+    levels = {
+        0.5 * (15 - sum(lam[i] for i in subset))
+        for subset in [
+            (),
+            *[(i,) for i in range(5)],
+            *[(i, j) for i in range(5) for j in range(i + 1, 5)],
+        ]
+    }
+    assert found
+    for cp in found:
+        assert min(abs(float(cp.value) - v) for v in levels) < 1e-4, float(cp.value)
+
+
 class TestBadInput:
     def test_starts_without_batch_axis(self):
-        with pytest.raises(ValueError, match="leading axis"):
+        with pytest.raises(ValueError, match="leading batch axis"):
             ht.find_critical_points(problems.himmelblau, jnp.zeros(2))
 
     def test_wrong_trailing_shape(self):
-        with pytest.raises(ValueError, match="shape"):
+        with pytest.raises(ValueError, match=r"shape \(3,\)"):
             ht.find_critical_points(problems.himmelblau, jnp.zeros((4, 3)))
 
     def test_empty_starts(self):
         with pytest.raises(ValueError, match="empty"):
             ht.find_critical_points(problems.himmelblau, jnp.zeros((0, 2)))
+
+    def test_non_finite_starts_and_bad_options(self):
+        with pytest.raises(ValueError, match="NaN"):
+            ht.find_critical_points(problems.himmelblau, jnp.array([[0.0, jnp.nan]]))
+        with pytest.raises(ValueError, match="max_iter"):
+            ht.find_critical_points(problems.himmelblau, jnp.zeros((1, 2)), max_iter=0)
+        with pytest.raises(ValueError, match="dedup_tol"):
+            ht.find_critical_points(problems.himmelblau, jnp.zeros((1, 2)), dedup_tol=-1.0)
 
     def test_k_out_of_range(self):
         a = jnp.eye(3)

@@ -184,3 +184,42 @@ class TestBadInput:
     def test_integer_params(self):
         with pytest.raises(TypeError, match="floating"):
             ht.HessianOperator(lambda p: jnp.sum(p**2.0), jnp.arange(3))
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3)])
+def test_matmat_with_single_array_params(shape):
+    params = jnp.linspace(0.5, 1.5, int(np.prod(shape))).reshape(shape)
+    f = lambda p: jnp.sum(jnp.sin(p) * p**2)
+    op = ht.HessianOperator(f, params)
+    H = dense_reference(f, params)
+    n = H.shape[0]
+    V = np.arange(2 * n, dtype=float).reshape(n, 2)
+    np.testing.assert_allclose(op @ jnp.asarray(V), H @ V, rtol=1e-10)
+    v = np.linspace(-1, 1, n)
+    np.testing.assert_allclose(op @ jnp.asarray(v), H @ v, rtol=1e-10, atol=1e-12)
+    tree = op @ jnp.asarray(v).reshape(shape)  # the pytree reading
+    np.testing.assert_allclose(np.ravel(tree), H @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_non_finite_hessian_raises():
+    # |x|^1.5 has a finite gradient at 0 but an infinite second derivative
+    f = lambda p: jnp.sum(jnp.abs(p) ** 1.5)
+    with pytest.raises(FloatingPointError, match="Hessian"):
+        ht.hessian(f, jnp.zeros(2))
+    with pytest.raises(FloatingPointError, match="Hessian"):
+        ht.classify(f, jnp.zeros(2))
+
+
+def test_batch_arrays_must_agree_on_sample_axis():
+    f = lambda p, a, x: jnp.mean((x @ a @ p) ** 2)
+    batches = [(jnp.eye(2), jnp.ones((10, 2))), (jnp.eye(2), jnp.ones((1, 2)))]
+    with pytest.raises(ValueError, match="leading"):
+        ht.HessianOperator(f, jnp.ones(2), batches=batches)
+
+
+def test_batches_given_as_lists():
+    params, x, y = make_mlp(jax.random.PRNGKey(7), n_samples=5)
+    op = ht.HessianOperator(mlp_loss, params, batches=[[x[:2], y[:2]], [x[2:], y[2:]]])
+    np.testing.assert_allclose(
+        op.to_dense(), dense_reference(mlp_loss, params, x, y), rtol=1e-9, atol=1e-11
+    )
