@@ -2,7 +2,7 @@
 
 ``python benchmarks/child.py top10 W-mid`` runs one default-settings top-10
 ``eigenpairs`` call and prints a JSON object with ``peak_rss_mb``
-(``ru_maxrss`` of this process); ``base`` only imports JAX, builds the
+(VmHWM of this process); ``base`` only imports JAX, builds the
 operator and does one HVP, the floor under that figure.
 """
 
@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def peak_rss_mb() -> float:
+    """VmHWM of this process. Not ru_maxrss: Linux keeps the parent's high-water
+    mark across fork + exec, so a child of the (large) benchmark process would
+    report the parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main(task: str, name: str) -> None:
@@ -33,7 +43,7 @@ def main(task: str, name: str) -> None:
             jax.block_until_ready(op.matvec(jax.numpy.ones(op.n)))
     except ours.NotAvailable as exc:
         out["error"] = str(exc)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 

@@ -143,12 +143,13 @@ def hvp_times(w: wl.Workload, reps: int, loop: int = 20) -> list[dict]:
     return rows
 
 
-def eig_run(w: wl.Workload, k: int, which: str, reps: int) -> dict:
-    """Default-settings ``eigenpairs`` on a new operator; timing and raw output."""
+def eig_run(w: wl.Workload, k: int, which: str, reps: int, **options) -> dict:
+    """``eigenpairs`` (default settings unless ``options``) on a new operator."""
     eigenpairs = iterative_eigenpairs()
 
     def call():
-        res = eigenpairs(fresh_operator(w), k, which=which, key=jax.random.PRNGKey(0))
+        op = fresh_operator(w)
+        res = eigenpairs(op, k, which=which, key=jax.random.PRNGKey(0), **options)
         return _block(res)
 
     r = timed_calls(call, reps)
@@ -166,7 +167,7 @@ def trace_runs(w: wl.Workload, seeds: int, num_matvecs: int = 100) -> dict:
     """``trace`` for each method over ``seeds`` keys; values and stderr per seed."""
     trace = require("estimators", "trace")
     out = {}
-    for method in ("hutch++", "hutchinson", "xtrace"):
+    for method in ("hutch++", "krylov", "xtrace", "hutchinson"):
         vals, errs, times, hvps = [], [], [], []
         compile_s = None
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -343,6 +342,17 @@ TASKS = {
 }
 
 
+def peak_rss_mb() -> float:
+    """VmHWM of this process. Not ru_maxrss: Linux keeps the parent's high-water
+    mark across fork + exec, so a child of the (large) benchmark process would
+    report the parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("task", choices=sorted(TASKS))
@@ -359,7 +369,7 @@ def main() -> None:
     except Exception as exc:
         out = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     out["torch_threads"] = threads
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 
