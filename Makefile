@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= demo_output
 
-.PHONY: help install demo test lint format docs bench clean
+.PHONY: help install demo test lint format docs bench bench-peers clean
 
 help:
 	@echo "make demo   - find and classify critical points of the toy problems, write $(OUT)/index.html"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint   - ruff check + ruff format --check"
 	@echo "make docs   - build the Sphinx docs into docs/_build/html"
 	@echo "make bench  - run the benchmarks, write benchmarks/RESULTS.md"
+	@echo "make bench-peers - create .venv-bench with PyHessian, hessian-eigenthings, matfree (CPU torch)"
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,9 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+bench-peers:
+	bash benchmarks/setup_peers.sh
 
 clean:
 	rm -rf $(OUT) docs/_build docs/auto_examples docs/generated docs/sg_execution_times.rst .pytest_cache
