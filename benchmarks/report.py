@@ -44,7 +44,18 @@ def _version(dist: str) -> str:
     try:
         return md.version(dist)
     except md.PackageNotFoundError:
+        if dist == "hessian_tools":  # imported from the source tree, not installed
+            import hessian_tools
+
+            return f"{hessian_tools.__version__} (source tree)"
         return "missing"
+
+
+def _backend() -> str:
+    import jax
+
+    dev = jax.devices()[0]
+    return f"{dev.platform.upper()} ({getattr(dev, 'device_kind', dev.platform)})"
 
 
 def _cpu() -> str:
@@ -92,7 +103,7 @@ def document(ctx, sections, argv, seconds, load0, load1, platform) -> str:
         f"Python {platform.python_version()}. Load average {load0[0]:.1f} at the start, "
         f"{load1[0]:.1f} at the end: the machine is shared, so absolute times are noisy; "
         "compare ratios measured in this run.",
-        f"* Ours: {versions}; float32, JIT on CPU.",
+        f"* Ours: {versions}; float32, JIT on {_backend()}.",
         f"* Peers (own venv `.venv-bench`, one fresh process per task): {peer_line}.",
         "* Data: scikit-learn's bundled digits (1,797 images), inputs divided by 16 "
         "(so in [0, 1]), labels one-hot, full batch, mean cross-entropy, float32.",
