@@ -21,7 +21,7 @@ import numpy as np
 
 from hessian_tools import lanczos as lz
 from hessian_tools._progress import progress_bar
-from hessian_tools.operators import CurvatureOperator
+from hessian_tools.operators import CurvatureOperator, as_square_matrix
 
 __all__ = ["Eigenpairs", "check_symmetric", "eigenpairs"]
 
@@ -459,11 +459,7 @@ def eigenpairs(
                 dense_eigenpairs(a.to_dense(), k, which, tol, n), num_matvecs=n + extra
             )
     else:
-        matrix = jnp.asarray(a)
-        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(f"expected a square (n, n) matrix, got shape {matrix.shape}.")
-        if not jnp.issubdtype(matrix.dtype, jnp.floating):
-            matrix = matrix.astype(jnp.result_type(float))
+        matrix = as_square_matrix(a)
         k = _check_k(k, matrix.shape[0])
         if method != "lanczos":
             return dense_eigenpairs(matrix, k, which, tol, 0)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._progress import progress_bar
-from hessian_tools.operators import CurvatureOperator
+from hessian_tools.operators import CurvatureOperator, as_square_matrix
 
 __all__ = ["Estimate", "diagonal", "trace"]
 
@@ -85,11 +85,7 @@ class _Products:
                 f"got {type(a).__name__}."
             )
         else:
-            matrix = jnp.asarray(a)
-            if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-                raise ValueError(f"expected a square (n, n) matrix, got shape {matrix.shape}.")
-            if not jnp.issubdtype(matrix.dtype, jnp.floating):
-                matrix = matrix.astype(jnp.result_type(float))
+            matrix = as_square_matrix(a)
             self.n, self.dtype = matrix.shape[0], matrix.dtype
             self._apply = lambda z: z @ matrix.T
             auto = budget

@@ -26,14 +26,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from hessian_tools.operators import (
     CurvatureOperator,
     PyTree,
-    _as_args,
-    _prepare_batches,
     require_finite,
 )
 
@@ -135,17 +132,11 @@ class _OutputLossOperator(CurvatureOperator):
     ):
         super().__init__(params)
         self.model, self.loss = model, loss
-        if batches is not None:
-            if x is not None or y is not None:
-                raise ValueError("pass the data either as x, y or as batches=, not both.")
-            self.batches, sizes = _prepare_batches(batches)
-            total = float(sum(sizes))
-            self.weights = [s / total for s in sizes]
-            first = _as_args(next(iter(self.batches)))
-        else:
-            if x is None or y is None:
-                raise ValueError("give the data as x and y, or as batches= of (x, y) tuples.")
-            self.batches, self.weights, first = None, [1.0], (x, y)
+        if batches is not None and (x is not None or y is not None):
+            raise ValueError("pass the data either as x, y or as batches=, not both.")
+        if batches is None and (x is None or y is None):
+            raise ValueError("give the data as x and y, or as batches= of (x, y) tuples.")
+        first = self._set_data(() if batches is not None else (x, y), batches)
         if len(first) != 2:
             raise ValueError(f"each batch must be an (x, y) pair, got {len(first)} items.")
         self.x, self.y = x, y
@@ -160,26 +151,11 @@ class _OutputLossOperator(CurvatureOperator):
                 require_finite("loss", _jit_loss(model, loss, params, bx, by))
         self._make = type(self)._factory(model, loss)
 
-    def _weighted(self):
-        if self.batches is None:
-            yield 1.0, (self.x, self.y)
-            return
-        for w, batch in zip(self.weights, self.batches, strict=True):
-            yield w, _as_args(batch)
-
-    def _accumulate(self, fn: Callable[[tuple], jax.Array]) -> jax.Array:
-        total = None
-        for w, (bx, by) in self._weighted():
-            out = fn((self.params, bx, by))
-            out = out if w == 1.0 else out * jnp.asarray(w, out.dtype)
-            total = out if total is None else total + out
-        return total
-
     def _matvec_flat(self, v: jax.Array) -> jax.Array:
-        return self._accumulate(lambda ops: _jit_matvec(self._make, ops, v))
+        return self._accumulate(lambda a: _jit_matvec(self._make, (self.params, *a), v))
 
     def _matmat_flat(self, vs: jax.Array) -> jax.Array:
-        return self._accumulate(lambda ops: _jit_matmat(self._make, ops, vs))
+        return self._accumulate(lambda a: _jit_matmat(self._make, (self.params, *a), vs))
 
     def jittable(self, linearize: bool = True) -> tuple[Callable, PyTree] | None:
         """``(make_matvec, operands)`` like ``HessianOperator.jittable``: inside
@@ -189,10 +165,6 @@ class _OutputLossOperator(CurvatureOperator):
         if self.batches is not None:
             return None
         return self._make, (self.params, self.x, self.y)
-
-    @property
-    def num_batches(self) -> int:
-        return len(self.weights)
 
 
 class GGNOperator(_OutputLossOperator):

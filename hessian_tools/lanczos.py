@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools.operators import CurvatureOperator
+from hessian_tools.operators import CurvatureOperator, as_square_matrix
 
 __all__ = ["LanczosResult", "lanczos"]
 
@@ -101,15 +101,7 @@ def resolve_operator(op: Any, linearize: bool = False):
         pair = jittable(linearize) if jittable is not None else None
         make, operands = pair if pair is not None else (None, None)
         return make, operands, op.n, jnp.dtype(op.dtype), op._matvec_flat
-    matrix = jnp.asarray(op)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(
-            f"expected a CurvatureOperator or a square (n, n) array, got shape {matrix.shape}."
-        )
-    if not jnp.issubdtype(matrix.dtype, jnp.floating):
-        matrix = matrix.astype(jnp.result_type(float))
-    if not bool(jnp.all(jnp.isfinite(matrix))):
-        raise FloatingPointError("the matrix holds NaN or inf entries.")
+    matrix = as_square_matrix(op)
     return _dense_make, matrix, matrix.shape[0], matrix.dtype, lambda v: matrix @ v
 
 

@@ -62,6 +62,20 @@ def require_finite(name: str, value: Any, where: str = "at params") -> None:
             )
 
 
+def as_square_matrix(a: Any) -> jax.Array:
+    """``a`` as a finite, floating (n, n) array, or a clear exception."""
+    matrix = jnp.asarray(a)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(
+            f"expected a CurvatureOperator or a square (n, n) array, got shape {matrix.shape}."
+        )
+    if not jnp.issubdtype(matrix.dtype, jnp.floating):
+        matrix = matrix.astype(jnp.result_type(float))
+    if not bool(jnp.all(jnp.isfinite(matrix))):
+        raise FloatingPointError("the matrix holds NaN or inf entries.")
+    return matrix
+
+
 def _check_params(params: PyTree) -> None:
     leaves = jax.tree.leaves(params)
     if not leaves:
@@ -248,6 +262,47 @@ class CurvatureOperator:
             raise ValueError(f"expected a flat vector of shape ({self.n},), got {flat.shape}.")
         return self._unravel(flat)
 
+    # -- data ----------------------------------------------------------
+    def _set_data(self, args: tuple, batches: Iterable | None) -> tuple:
+        """Keep the data: fixed ``args``, or ``batches`` weighted by
+        ``size_b / N`` (the mean over all samples). Returns the first batch's
+        arguments, for shape checks."""
+        self.args = tuple(args)
+        if batches is None:
+            self.batches, self.weights = None, [1.0]
+            return self.args
+        self.batches, sizes = _prepare_batches(batches)
+        total = float(sum(sizes))
+        self.weights = [s / total for s in sizes]
+        return _as_args(next(iter(self.batches)))
+
+    def _weighted(self) -> Iterable[tuple[float, tuple]]:
+        if self.batches is None:
+            yield 1.0, self.args
+            return
+        count = 0
+        for w, batch in zip(self.weights, self.batches, strict=False):
+            count += 1
+            yield w, _as_args(batch)
+        if count != len(self.weights):
+            raise RuntimeError(
+                f"batches yielded {count} batches, but {len(self.weights)} at construction."
+            )
+
+    def _accumulate(self, fn: Callable[[tuple], Any]) -> Any:
+        """``sum_b w_b fn(args_b)`` over the batches (a pytree sum)."""
+        total = None
+        for w, args in self._weighted():
+            out = fn(args)
+            if w != 1.0:
+                out = jax.tree.map(lambda o, w=w: o * jnp.asarray(w, o.dtype), out)
+            total = out if total is None else jax.tree.map(jnp.add, total, out)
+        return total
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.weights)
+
     # -- products ------------------------------------------------------
     def _matvec_flat(self, v: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -397,48 +452,13 @@ class HessianOperator(CurvatureOperator):
     ):
         super().__init__(params)
         self.f = f
-        if batches is not None:
-            if args:
-                raise ValueError("pass the data either as *args or as batches=, not both.")
-            self.batches, sizes = _prepare_batches(batches)
-            total = float(sum(sizes))
-            self.weights = [s / total for s in sizes]
-        else:
-            self.batches, self.weights = None, [1.0]
-        self.args = args
-        check_scalar_loss(f, params, self._first_args())
+        if batches is not None and args:
+            raise ValueError("pass the data either as *args or as batches=, not both.")
+        check_scalar_loss(f, params, self._set_data(args, batches))
         if check_finite:
             value, grad = self.value_and_grad()
             require_finite("loss", value)
             require_finite("gradient", grad)
-
-    # -- data ----------------------------------------------------------
-    def _first_args(self) -> tuple:
-        if self.batches is None:
-            return self.args
-        return _as_args(next(iter(self.batches)))
-
-    def _weighted(self) -> Iterable[tuple[float, tuple]]:
-        if self.batches is None:
-            yield 1.0, self.args
-            return
-        count = 0
-        for w, batch in zip(self.weights, self.batches, strict=False):
-            count += 1
-            yield w, _as_args(batch)
-        if count != len(self.weights):
-            raise RuntimeError(
-                f"batches yielded {count} batches, but {len(self.weights)} at construction."
-            )
-
-    def _accumulate(self, fn: Callable[[tuple], Any]) -> Any:
-        total = None
-        for w, args in self._weighted():
-            out = fn(args)
-            if w != 1.0:
-                out = jax.tree.map(lambda o, w=w: o * jnp.asarray(w, o.dtype), out)
-            total = out if total is None else jax.tree.map(jnp.add, total, out)
-        return total
 
     # -- products ------------------------------------------------------
     def _matvec_flat(self, v: jax.Array) -> jax.Array:
@@ -474,7 +494,3 @@ class HessianOperator(CurvatureOperator):
     def value_and_grad(self) -> tuple[jax.Array, PyTree]:
         """Loss (the batch-weighted mean) and its gradient at params."""
         return self._accumulate(lambda a: _jit_value_and_grad(self.f, self.params, a))
-
-    @property
-    def num_batches(self) -> int:
-        return len(self.weights)
