@@ -270,7 +270,11 @@ def lanczos_eigenpairs(
             'them use the exact dense path, eigenpairs(..., method="dense").'
         )
     acc = lz.check_accumulate_dtype(accumulate_dtype, dtype)
-    m = min(n, max(2 * k + 10, 30) if max_basis is None else int(max_basis))
+    # The negative end of a network Hessian near a minimum lies in the dense
+    # bulk around zero, where a wider basis restarts far less (measured on the
+    # 85k-parameter MLP, 5 most negative: 470 HVPs with 30 vectors, 222 with 60).
+    floor = 30 if which == "largest" else 60
+    m = min(n, max(2 * k + 10, floor) if max_basis is None else int(max_basis))
     if m < k + 2 and m < n:
         raise ValueError(f"max_basis = {m} must be at least k + 2 = {k + 2}.")
     budget = max(1000, 50 * m) if max_matvecs is None else int(max_matvecs)
@@ -423,10 +427,11 @@ def eigenpairs(
         max_matvecs: HVP budget for Lanczos (default ``max(1000, 50 m)``);
             when it runs out the result has ``converged=False``.
         method: "auto", "dense" or "lanczos".
-        max_basis: Lanczos basis size m (default ``max(2k + 10, 30)``,
-            at most n). Memory is ``(m + 1) n`` numbers (plus as much again
-            briefly at each restart); a smaller m bounds memory and costs more
-            restarts.
+        max_basis: Lanczos basis size m (default ``max(2k + 10, 30)`` for
+            "largest" and ``max(2k + 10, 60)`` for "smallest" and "both",
+            whose wanted end often lies in a dense cluster; at most n).
+            Memory is ``(m + 1) n`` numbers (plus as much again briefly at
+            each restart); a smaller m bounds memory and costs more restarts.
         linearize: share one forward pass between a cycle's HVPs
             (``jax.linearize``; holds the activations in memory).
         accumulate_dtype: dtype for T's entries (e.g. float64 with x64 on).
