@@ -14,16 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def peak_rss_mb() -> float:
-    """VmHWM of this process. Not ru_maxrss: Linux keeps the parent's high-water
-    mark across fork + exec, so a child of the (large) benchmark process would
-    report the parent's peak."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from _rss import peak_rss_mb
 
 
 def main(task: str, name: str) -> None:

@@ -26,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _rss import peak_rss_mb
+
 
 def _load(name: str):
     import torch
@@ -340,17 +342,6 @@ TASKS = {
     "memory": task_memory,
     "memory_base": task_memory_base,
 }
-
-
-def peak_rss_mb() -> float:
-    """VmHWM of this process. Not ru_maxrss: Linux keeps the parent's high-water
-    mark across fork + exec, so a child of the (large) benchmark process would
-    report the parent's peak."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:

@@ -54,6 +54,20 @@ def _match(found, known, atol):
     return matched, extra
 
 
+def _row(cp, problem, **extra):
+    """One critical point as a JSON-ready dict."""
+    return {
+        "problem": problem,
+        "kind": cp.kind,
+        "index": cp.index,
+        "num_zero": cp.num_zero,
+        "definiteness": cp.definiteness,
+        "value": float(cp.value),
+        "grad_norm": float(cp.grad_norm),
+        **extra,
+    }
+
+
 def _problem_section(name, prob, num_starts, dtype, out, ht, plt):
     import jax.numpy as jnp
 
@@ -81,17 +95,12 @@ def _problem_section(name, prob, num_starts, dtype, out, ht, plt):
     plt.close(fig)
 
     rows = [
-        {
-            "problem": name,
-            "x": [float(v) for v in np.asarray(cp.x, float)],
-            "kind": cp.kind,
-            "index": cp.index,
-            "num_zero": cp.num_zero,
-            "definiteness": cp.definiteness,
-            "value": float(cp.value),
-            "grad_norm": float(cp.grad_norm),
-            "eigenvalues": [float(v) for v in np.asarray(cp.eigenvalues, float)],
-        }
+        _row(
+            cp,
+            name,
+            x=[float(v) for v in np.asarray(cp.x, float)],
+            eigenvalues=[float(v) for v in np.asarray(cp.eigenvalues, float)],
+        )
         for cp in inside
     ]
     summary = {
@@ -141,16 +150,11 @@ def _autoencoder_section(dtype, out, ht, plt):
     fig.savefig(out / "linear_autoencoder_index_vs_loss.png", dpi=110)
     plt.close(fig)
     return [
-        {
-            "problem": "linear_autoencoder",
-            "kind": cp.kind,
-            "index": cp.index,
-            "num_zero": cp.num_zero,
-            "definiteness": cp.definiteness,
-            "value": float(cp.value),
-            "grad_norm": float(cp.grad_norm),
-            "closed_form": any(abs(float(cp.value) - v) <= 1e-4 * v for v in closed_form),
-        }
+        _row(
+            cp,
+            "linear_autoencoder",
+            closed_form=any(abs(float(cp.value) - v) <= 1e-4 * v for v in closed_form),
+        )
         for cp in reps
     ]
 
