@@ -1,7 +1,5 @@
 """Trace and diagonal estimators against exact values (float64, dense references)."""
 
-import itertools
-
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -286,28 +284,10 @@ class _LoopOperator(CurvatureOperator):
 
 @pytest.mark.slow
 def test_trace_on_85k_mlp_matches_python_loop_of_hvps():
-    sizes = (64, 256, 256, 10)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.uniform(0, 1, (1797, 64)), jnp.float32)
-    y = jax.nn.one_hot(jnp.asarray(rng.integers(0, 10, 1797)), 10, dtype=jnp.float32)
-    params = []
-    for i, o in itertools.pairwise(sizes):
-        b = 1 / np.sqrt(i)
-        params.append(
-            {
-                "w": jnp.asarray(rng.uniform(-b, b, (i, o)), jnp.float32),
-                "b": jnp.asarray(rng.uniform(-b, b, o), jnp.float32),
-            }
-        )
+    from test_lanczos import mlp_loss as loss
+    from test_lanczos import mlp_problem
 
-    def loss(p, x, y):
-        h = x
-        for i, layer in enumerate(p):
-            h = h @ layer["w"] + layer["b"][None, :]
-            if i < len(p) - 1:
-                h = jnp.tanh(h)
-        return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(h), -1))
-
+    params, x, y = mlp_problem()
     op = HessianOperator(loss, params, x, y)
     assert op.n >= 85_000
     ref_op = _LoopOperator(loss, params, x, y)
