@@ -22,6 +22,10 @@ from matplotlib import colors as mcolors
 from matplotlib import ticker as mticker
 from matplotlib.axes import Axes
 
+from hessian_tools import _plot_common
+from hessian_tools._plot_common import axes as _axes
+from hessian_tools._plot_spectrum import plot_eigenvalues, plot_spectral_density
+
 __all__ = [
     "KIND_STYLES",
     "NEGATIVE_COLOR",
@@ -46,18 +50,7 @@ KIND_STYLES: dict[str, dict[str, Any]] = {
 }
 
 #: Colour of negative eigenvalues and of the negative side of a spectrum.
-NEGATIVE_COLOR = "tab:red"
-_POSITIVE_COLOR = "tab:blue"
-
-
-def _axes(ax: Axes | None, **subplot_kw: Any) -> Axes:
-    if ax is not None:
-        return ax
-    # pyplot (and its backend) only when a new figure is needed: importing
-    # hessian_tools stays light
-    import matplotlib.pyplot as plt
-
-    return plt.figure().add_subplot(**subplot_kw)
+NEGATIVE_COLOR = _plot_common.NEGATIVE_COLOR
 
 
 def _log_values(values: np.ndarray, what: str) -> None:
@@ -67,11 +60,6 @@ def _log_values(values: np.ndarray, what: str) -> None:
             f"log scale needs positive {what}; the minimum is {np.min(finite):.3g}. "
             "Plot a shifted loss (e.g. f - f_min + 1e-3) or pass log=False."
         )
-
-
-def _eigenvalues(eigs: Any) -> np.ndarray:
-    values = getattr(eigs, "values", eigs)  # an Eigenpairs or an array
-    return np.ravel(np.asarray(values, dtype=np.float64))
 
 
 def _point_coords(point: Any, dims: Sequence[int]) -> np.ndarray:
@@ -358,107 +346,6 @@ def plot_surface(slice_: Any, ax: Axes | None = None, *, log: bool = False, **kw
     gx, gy = np.meshgrid(np.asarray(slice_.xs), np.asarray(slice_.ys))
     ax.plot_surface(gx, gy, values, **{"cmap": "viridis", **kwargs})
     ax.set_zlabel("log10 loss" if log else "loss")
-    return ax
-
-
-# --------------------------------------------------------------------------
-# Spectra
-
-
-def plot_spectral_density(
-    density: Any,
-    ax: Axes | None = None,
-    *,
-    eigenvalues: Any = None,
-    log: bool = True,
-    shade_negative: bool = True,
-    **kwargs: Any,
-) -> Axes:
-    """A spectral density (e.g. from ``spectral_density``), with a log y axis.
-
-    Args:
-        density: an object with ``.grid`` and ``.density`` arrays.
-        ax: Axes to draw on; None makes a new figure.
-        eigenvalues: optional array or ``Eigenpairs``: drawn as rug marks
-            along the x axis (one vertical tick each).
-        log: logarithmic y axis (densities span many decades).
-        shade_negative: shade the half-plane lambda < 0 (negative curvature).
-        **kwargs: passed to ``ax.plot`` of the density.
-
-    Returns:
-        The Axes.
-    """
-    ax = _axes(ax)
-    grid = np.asarray(density.grid, dtype=np.float64)
-    dens = np.asarray(density.density, dtype=np.float64)
-    if log:  # zero density would vanish from a log plot; draw it at a floor instead
-        floor = np.max(dens) * 1e-12 if np.any(dens > 0) else 1e-300
-        dens = np.maximum(dens, floor)
-    ax.plot(grid, dens, **{"color": _POSITIVE_COLOR, **kwargs})
-    if log:
-        ax.set_yscale("log")
-    if eigenvalues is not None:
-        eigs = _eigenvalues(eigenvalues)
-        colors = np.where(eigs < 0, NEGATIVE_COLOR, "black")
-        ax.vlines(
-            eigs,
-            0,
-            0.06,
-            colors=list(colors),
-            transform=ax.get_xaxis_transform(),
-            linewidth=1.0,
-            label="eigenvalues",
-        )
-    if shade_negative:
-        lo = min(float(grid.min()), 0.0)
-        if eigenvalues is not None:
-            lo = min(lo, float(np.min(_eigenvalues(eigenvalues))))
-        if lo < 0:
-            ax.axvspan(lo, 0, color=NEGATIVE_COLOR, alpha=0.08, label="negative curvature")
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density")
-    return ax
-
-
-def plot_eigenvalues(
-    eigenvalues: Any,
-    ax: Axes | None = None,
-    *,
-    style: str = "stem",
-    **kwargs: Any,
-) -> Axes:
-    """Eigenvalues against their index, negative ones highlighted.
-
-    Args:
-        eigenvalues: an array or an ``Eigenpairs`` (plotted in its order).
-        ax: Axes to draw on; None makes a new figure.
-        style: "stem" or "bar".
-        **kwargs: passed to ``ax.stem`` / ``ax.bar``.
-
-    Returns:
-        The Axes. Negative eigenvalues are drawn in ``NEGATIVE_COLOR``.
-    """
-    if style not in ("stem", "bar"):
-        raise ValueError(f'style must be "stem" or "bar", got {style!r}.')
-    ax = _axes(ax)
-    eigs = _eigenvalues(eigenvalues)
-    idx = np.arange(eigs.size)
-    neg = eigs < 0
-    if style == "bar":
-        colors = np.where(neg, NEGATIVE_COLOR, _POSITIVE_COLOR)
-        ax.bar(idx, eigs, color=list(colors), **kwargs)
-    else:
-        for mask, color, label in (
-            (~neg, _POSITIVE_COLOR, "positive"),
-            (neg, NEGATIVE_COLOR, "negative"),
-        ):
-            if np.any(mask):
-                stem = ax.stem(idx[mask], eigs[mask], label=label, basefmt=" ", **kwargs)
-                stem.markerline.set_color(color)
-                stem.stemlines.set_color(color)
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("index")
-    ax.set_ylabel("eigenvalue")
     return ax
 
 
