@@ -163,15 +163,35 @@ def eig_run(w: wl.Workload, k: int, which: str, reps: int, **options) -> dict:
     return r
 
 
-def trace_runs(w: wl.Workload, seeds: int, num_matvecs: int = 100) -> dict:
-    """``trace`` for each method over ``seeds`` keys; values and stderr per seed."""
+def eig_seeds(w: wl.Workload, k: int, which: str, seeds: int, **options) -> dict:
+    """One warm ``eigenpairs`` call per start vector (key s, s < seeds), after a
+    compiling call; times, HVPs and values per seed."""
+    eigenpairs = iterative_eigenpairs()
+
+    def call(s):
+        op = fresh_operator(w)
+        return _block(eigenpairs(op, k, which=which, key=jax.random.PRNGKey(s), **options))
+
+    call(0)
+    times, hvps, values = [], [], []
+    for s in range(seeds):
+        t0 = time.perf_counter()
+        res = call(s)
+        times.append(time.perf_counter() - t0)
+        hvps.append(int(res.num_matvecs))
+        values.append(np.asarray(res.values, np.float64).tolist())
+    return {"seconds": times, "hvps": hvps, "values": values}
+
+
+def trace_runs(w: wl.Workload, seeds: dict[str, int], num_matvecs: int = 100) -> dict:
+    """``trace`` for each method in ``seeds`` over that many keys; values and stderr per seed."""
     trace = require("estimators", "trace")
     out = {}
-    for method in ("hutch++", "krylov", "xtrace", "hutchinson"):
+    for method, count in seeds.items():
         vals, errs, times, hvps = [], [], [], []
         compile_s = None
         try:
-            for s in range(seeds + 1):  # call 0 compiles; it is not counted
+            for s in range(count + 1):  # call 0 compiles; it is not counted
                 t0 = time.perf_counter()
                 est = trace(
                     fresh_operator(w),

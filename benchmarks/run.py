@@ -31,6 +31,7 @@ import numpy as np
 import ours
 import references
 import report
+import trace_floor
 import workloads as wl
 
 PEER_PY = os.path.join(ROOT, ".venv-bench", "bin", "python")
@@ -44,6 +45,8 @@ class Context:
         self.quick = args.quick
         self.reps = 1 if args.quick else 3
         self.seeds = 3 if args.quick else 10
+        # the trace target is a median over seeds: judge the default method on 60
+        self.trace_seeds = 3 if args.quick else 60
         self.refs = {}
         self.hvp_seconds = {}
         self.summary = []  # (target, measured, ok)
@@ -267,7 +270,7 @@ def _eig_section(ctx, out, k, which, title, peer_task):
             elif m == "error":
                 rows.append([name, "matfree", None, None, None, None, None, None, q])
         ph = p.get("pyhessian", {})
-        if name in res_by and "seconds" in ph:
+        if name in res_by and "seconds" in ph and k > 1:  # top-1: see sec_top1
             r, err = res_by[name]
             ratio = r["seconds"] / ph["seconds"]
             goal = "equal or better accuracy" if k == 1 else "rel. error <= 1e-5"
@@ -302,6 +305,61 @@ def _eig_section(ctx, out, k, which, title, peer_task):
 
 def sec_top1(ctx, out):
     _eig_section(ctx, out, 1, "largest", "Top-1 eigenvalue", "top1")
+    # PyHessian's power iteration takes 6 to 19 HVPs depending on its start
+    # vector, so one start decides little: compare medians over start vectors.
+    ref = ctx.ref(BIG)["top"][:1]
+    w = wl.get_workload(BIG)
+    rows, med = [], {}
+    try:
+        runs = {
+            "hessian_tools eigenpairs(k=1) (defaults)": ours.eig_seeds(w, 1, "largest", ctx.seeds)
+        }
+    except ours.NotAvailable as exc:
+        runs = {"hessian_tools": {"error": str(exc)}}
+    p = ctx.peer("top1", BIG)
+    runs["PyHessian eigenvalues(top_n=1)"] = p.get("pyhessian_seeds", p)
+    for label, q in runs.items():
+        if "error" in q:
+            rows.append([label, None, None, None, None, None, q["error"]])
+            continue
+        errs = [_max_rel(np.atleast_1d(v), ref) for v in q["values"]]
+        med[label] = (float(np.median(q["seconds"])), float(np.median(errs)))
+        rows.append(
+            [
+                label,
+                len(errs),
+                med[label][0],
+                f"{int(np.median(q['hvps']))} ({min(q['hvps'])}-{max(q['hvps'])})",
+                med[label][1],
+                max(errs),
+                None,
+            ]
+        )
+    if len(med) == 2:
+        (ours_t, ours_e), (ph_t, ph_e) = med.values()
+        ctx.target(
+            f"top-1 over {ctx.seeds} start vectors: median time <= 0.5x PyHessian's, "
+            "equal or better median accuracy",
+            f"{ours_t / ph_t:.2f}x; median error {ours_e:.1e} vs PyHessian {ph_e:.1e}",
+            ours_t <= 0.5 * ph_t and ours_e <= ph_e,
+        )
+    out.append(
+        report.table(
+            f"Top-1 eigenvalue over {ctx.seeds} start vectors (W-mid)",
+            [
+                "implementation",
+                "starts",
+                "median time (s)",
+                "HVPs: median (range)",
+                "median rel. error",
+                "max rel. error",
+                "note",
+            ],
+            rows,
+            "One warm call per start vector (our key s; PyHessian after torch.manual_seed(s)), "
+            "operator built inside the call.",
+        )
+    )
 
 
 def sec_top10(ctx, out):
@@ -333,7 +391,8 @@ def sec_trace(ctx, out):
     w = wl.get_workload(BIG)
     rows = []
     try:
-        res = ours.trace_runs(w, ctx.seeds)
+        seeds = {m: ctx.seeds for m in ("hutch++", "krylov", "xtrace", "hutchinson")}
+        res = ours.trace_runs(w, seeds | {"krylov": ctx.trace_seeds})
     except ours.NotAvailable as exc:
         res = {"hessian_tools trace": {"error": str(exc)}}
     p = ctx.peer("trace", BIG)
@@ -344,7 +403,7 @@ def sec_trace(ctx, out):
     entries = {f"hessian_tools trace({m!r}, 100)": q for m, q in res.items()} | peers
     for label, q in entries.items():
         if "error" in q:
-            rows.append([label, None, None, None, None, None, q["error"]])
+            rows.append([label, None, None, None, None, None, None, q["error"]])
             continue
         errs = [_rel(v, ref) for v in q["values"]]
         med = float(np.median(errs))
@@ -352,6 +411,7 @@ def sec_trace(ctx, out):
         rows.append(
             [
                 label,
+                len(errs),
                 q["seconds"],
                 float(np.mean(q["hvps"])),
                 med,
@@ -363,13 +423,16 @@ def sec_trace(ctx, out):
         if "hessian_tools" in label and ("'krylov'" in label or "'hutch++'" in label):
             method = "default, krylov" if "'krylov'" in label else "hutch++"
             ctx.target(
-                f"trace, 100 HVPs: median rel. error <= 2e-3 ({method})", f"{med:.1e}", med <= 2e-3
+                f"trace, 100 HVPs: median rel. error <= 2e-3 ({method}, {len(errs)} seeds)",
+                f"{med:.1e}",
+                med <= 2e-3,
             )
     out.append(
         report.table(
-            f"Trace, {ctx.seeds} seeds (W-mid, reference {ref:.6g})",
+            f"Trace with 100 HVPs (W-mid, reference {ref:.6g})",
             [
                 "estimator",
+                "seeds",
                 "time (s)",
                 "HVPs",
                 "median rel. error",
@@ -379,8 +442,26 @@ def sec_trace(ctx, out):
             ],
             rows,
             "Reference: exact float64 trace from per-layer pre-activation Hessians "
-            "(references.py).",
+            "(references.py)." + trace_floor_note(),
         )
+    )
+
+
+def trace_floor_note() -> str:
+    """The lower bound written by ``trace_floor.py``, if it has been run."""
+    path = trace_floor.floor_path(BIG)
+    if not os.path.exists(path):
+        return " Run `python benchmarks/trace_floor.py` for the accuracy floor of 100 HVPs."
+    with open(path) as fh:
+        f = json.load(fh)
+    return (
+        f"\n\nFloor (`benchmarks/trace_floor.py`, float64): past its top "
+        f"{len(f['top_values'])} eigenvalues the Hessian keeps ||H||_F^2 = "
+        f"{f['tail_frobenius_sq']:.3g}. Deflating the *exact* top-d eigenvectors at one "
+        f"HVP each and spending the other 100 - d HVPs on Hutchinson probes gives at best "
+        f"a median relative error of {f['floor_100']:.1e} (d = {f['best_d_100']}): no "
+        f"deflation + Hutchinson estimator (Hutch++, its Krylov and exchangeable variants) "
+        f"can reach much below that with 100 HVPs on this spectrum."
     )
 
 
