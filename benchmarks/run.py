@@ -45,9 +45,11 @@ class Context:
         self.quick = args.quick
         self.reps = 1 if args.quick else 3
         self.seeds = 3 if args.quick else 10
-        # the trace target is a median over seeds: judge the default method on 60
-        self.trace_seeds = 3 if args.quick else 60
+        # the trace target is a median over seeds, and the default method sits
+        # near it: judge it on 120 (its median moves by ~15% between sets of 60)
+        self.trace_seeds = 3 if args.quick else 120
         self.refs = {}
+        self._peer_cache = {}
         self.hvp_seconds = {}
         self.summary = []  # (target, measured, ok)
         self.peers = detect_peers() if not args.no_peers else {"status": "disabled (--no-peers)"}
@@ -69,6 +71,11 @@ class Context:
     def peer(self, task: str, name: str, *extra: str) -> dict:
         if not self.peers.get("ok"):
             return {"error": f"peers not installed: {self.peers.get('status')}"}
+        if (task, name, extra) not in self._peer_cache:
+            self._peer_cache[task, name, extra] = self._run_peer(task, name, *extra)
+        return self._peer_cache[task, name, extra]
+
+    def _run_peer(self, task: str, name: str, *extra: str) -> dict:
         cmd = [
             PEER_PY,
             os.path.join(HERE, "peers.py"),
@@ -115,6 +122,15 @@ def detect_peers() -> dict:
 
 def _rel(a, b):
     return abs(float(a) - float(b)) / abs(float(b))
+
+
+def _median_ci(errs) -> str:
+    """Median with a bootstrap 95% interval, e.g. '1.8e-03 (1.5e-03-2.3e-03)'."""
+    errs = np.asarray(errs, np.float64)
+    rng = np.random.default_rng(0)
+    meds = np.median(rng.choice(errs, (2000, errs.size)), axis=1)
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return f"{np.median(errs):.1e} ({lo:.1e}-{hi:.1e})"
 
 
 def _max_rel(values, ref):
@@ -414,17 +430,16 @@ def sec_trace(ctx, out):
                 len(errs),
                 q["seconds"],
                 float(np.mean(q["hvps"])),
-                med,
+                _median_ci(errs),
                 max(errs),
                 se,
                 q.get("compile_seconds"),
             ]
         )
-        if "hessian_tools" in label and ("'krylov'" in label or "'hutch++'" in label):
-            method = "default, krylov" if "'krylov'" in label else "hutch++"
+        if "hessian_tools" in label and "'krylov'" in label:  # the default method
             ctx.target(
-                f"trace, 100 HVPs: median rel. error <= 2e-3 ({method}, {len(errs)} seeds)",
-                f"{med:.1e}",
+                f"trace, 100 HVPs: median rel. error <= 2e-3 (default, {len(errs)} seeds)",
+                f"{_median_ci(errs)} (95% interval of the median)",
                 med <= 2e-3,
             )
     out.append(
@@ -435,7 +450,7 @@ def sec_trace(ctx, out):
                 "seeds",
                 "time (s)",
                 "HVPs",
-                "median rel. error",
+                "median rel. error (95% interval)",
                 "max rel. error",
                 "median stderr / trace",
                 "compile (s) / note",
