@@ -5,8 +5,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from hessian_tools.estimators import Estimate, diagonal, trace
+from hessian_tools.estimators import Estimate, _krylov_shape, diagonal, trace
 from hessian_tools.operators import CurvatureOperator, HessianOperator
 
 TRACE_METHODS = ["krylov", "hutch++", "hutchinson", "xtrace"]
@@ -296,3 +298,11 @@ def test_trace_on_85k_mlp_matches_python_loop_of_hvps():
         ours = trace(op, key=key, num_matvecs=m, method=method)
         ref = trace(ref_op, key=key, num_matvecs=m, method=method)
         np.testing.assert_allclose(float(ours.value), float(ref.value), rtol=1e-4)
+
+
+@given(st.integers(4, 20_000), st.sampled_from(["trace", "diagonal"]))
+def test_krylov_split_leaves_probes_for_the_stderr(m, target):
+    # the basis may take at most m - 2 products: the Hutchinson part needs two
+    # probes for its standard error
+    k, depth = _krylov_shape(m, target)
+    assert k >= 1 and depth >= 1 and m - k * depth >= 2
