@@ -267,13 +267,13 @@ def trace(
     the Hutchinson probes are independent of the basis. Measured on the
     Hessian of a 64-256-256-10 tanh MLP on digits (n = 85,002, float32,
     after 200 Adam steps) with 100 products, median relative error against
-    the exact float64 trace: krylov 1.9e-3 over 120 seeds (1.8e-3 and
-    2.3e-3 on two sets of 60), xtrace 2.9e-3 and hutch++ 4.2e-3 over 60,
-    hutchinson 2.3e-2 over 30. No deflation method
-    can do much better there: even the exact top-d eigenvectors, bought at
-    one product each, would leave a median error of 1.6e-3 at the best d
-    (~50), because ~85,000 small eigenvalues carry ||A||_F^2 ~ 0.03 past
-    the 50th.
+    the exact float64 trace: krylov 1.8e-3 over 120 seeds (95% interval
+    1.6e-3 to 2.1e-3; 2.3e-3 on another 60), xtrace 2.9e-3 and hutch++
+    4.2e-3 over 60, hutchinson 2.3e-2 over 30. No deflation method can do
+    much better there: even the exact top-d eigenvectors, bought at one
+    product each, would leave a median error of 1.6e-3 at the best d (~50),
+    because ~85,000 small eigenvalues carry ||A||_F^2 ~ 0.03 past the 50th
+    (``benchmarks/trace_floor.py``).
 
     Memory: the deflated methods keep the basis, about 0.55 m (krylov) or
     m/3 (hutch++) vectors of length n.
@@ -442,9 +442,9 @@ def diagonal(
     """Randomised estimate of the diagonal of a (symmetric) operator.
 
     * ``"krylov"`` (default): deflation by a block Krylov basis V built
-      with ~80% of the products (~m/10 probes, depth ~8; the split it
-      was measured with), ``diag(V V^T A)`` exactly,
-      plus Hutchinson on ``(I - VV^T) A`` with the rest.
+      with ~80% of the products (~m/10 probes, depth ~8: the split it was
+      measured with), ``diag(V V^T A)`` exactly, plus Hutchinson on
+      ``(I - VV^T) A`` with the rest.
     * ``"diag++"``: the same with V = orth(A S) from ``m//3`` probes
       (Baston & Nakatsukasa 2022, "Stochastic diagonal estimation:
       probabilistic bounds and an improved algorithm").
