@@ -2,9 +2,10 @@
 
 Every estimator returns an ``Estimate``: the value, its standard error and the
 number of operator products (HVPs) spent. Probes are Rademacher vectors,
-applied in vectorised chunks (``vmap`` over probes inside one compiled
-product, see ``CurvatureOperator.matmat``); each chunk returns ``H z`` and the
-reductions ``z . H z`` happen afterwards, outside any compiled loop.
+applied in chunks, each one compiled product (``CurvatureOperator.matmat``:
+one forward pass, then the probes in turn on CPU or vmapped on
+accelerators); each chunk returns ``H z`` and the reductions ``z . H z``
+happen afterwards, outside any compiled loop.
 
 Methods for the trace, at equal cost ``m`` products:
 

@@ -31,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 from hessian_tools.operators import (
     CurvatureOperator,
     PyTree,
+    map_columns,
     require_finite,
 )
 
@@ -95,8 +96,8 @@ def _fisher_factory(model: Model, loss: OutputLoss) -> Callable:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _jit_matmat(make, operands, vs):
-    # vs: (k, n); the linearisation is shared by the k vmapped products
-    return jax.vmap(make(operands))(vs)
+    # vs: (k, n); the linearisation is shared by the k products
+    return map_columns(make(operands), vs)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -146,12 +146,23 @@ def _jit_hvp_flat(f, params, v_flat, args):
     return ravel_pytree(_hvp_tree(f, params, unravel(v_flat), args))[0]
 
 
+def map_columns(mv: Callable, vs: jax.Array) -> jax.Array:
+    """``mv`` applied to each row of ``vs`` (k, n), inside jit.
+
+    On CPU a sequential ``lax.map`` of a linearised HVP is 25-50% faster per
+    product than ``vmap`` (85k- and 2.4k-parameter MLPs, k = 4-44) and holds
+    the activations once instead of k times; accelerators get ``vmap``.
+    """
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(mv, vs)
+    return jax.vmap(mv)(vs)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _jit_hvp_columns(f, params, vs, args):
-    # vs: (k, n) flat vectors, one HVP each, vectorised with vmap.
-    _, unravel = ravel_pytree(params)
-    one = lambda v: ravel_pytree(_hvp_tree(f, params, unravel(v), args))[0]
-    return jax.vmap(one)(vs)
+    # vs: (k, n) flat vectors, one HVP each: one forward pass (jax.linearize),
+    # then the linear map per vector
+    return map_columns(_matvec_factory(f, True)((params, args)), vs)
 
 
 @functools.cache
@@ -353,8 +364,9 @@ class CurvatureOperator:
     def _chunk(self, k: int) -> int:
         if self.chunk_size is not None:
             return max(1, min(k, int(self.chunk_size)))
-        # bound each chunk's output to ~64 MB; the HVP's own intermediates scale
-        # with it, so users of very large models should set chunk_size.
+        # bound each chunk's input and output to ~64 MB each (on accelerators,
+        # where chunks are vmapped, the HVP's intermediates scale with it too:
+        # users of very large models should set chunk_size).
         budget = (64 << 20) // max(1, self.n * self.dtype.itemsize)
         return max(1, min(k, 256, budget))
 
