@@ -421,7 +421,7 @@ def sec_trace(ctx, out):
             rows.append([label, None, None, None, None, None, None, q["error"]])
             continue
         errs = [_rel(v, ref) for v in q["values"]]
-        med = float(np.median(errs))
+        med, med_ci = float(np.median(errs)), _median_ci(errs)
         se = float(np.median(q["stderrs"])) / abs(ref) if "stderrs" in q else None
         rows.append(
             [
@@ -429,7 +429,7 @@ def sec_trace(ctx, out):
                 len(errs),
                 q["seconds"],
                 float(np.mean(q["hvps"])),
-                _median_ci(errs),
+                med_ci,
                 max(errs),
                 se,
                 q.get("compile_seconds"),
@@ -438,7 +438,7 @@ def sec_trace(ctx, out):
         if "hessian_tools" in label and "'krylov'" in label:  # the default method
             ctx.target(
                 f"trace, 100 HVPs: median rel. error <= 2e-3 (default, {len(errs)} seeds)",
-                f"{_median_ci(errs)} (95% interval of the median)",
+                f"{med_ci} (95% interval of the median)",
                 med <= 2e-3,
             )
     out.append(
