@@ -123,17 +123,23 @@ def hvp_times(w: wl.Workload, reps: int, loop: int = 20) -> list[dict]:
     h_only = timed_calls(lambda: _block(op.matvec(v)), reps)
     h_only["per_call"] = h_only["seconds"]
     rows.append({"impl": "ours: op @ v, jvp-of-grad (same operator)", "hvps": 1, **h_only})
-    if hasattr(op, "jittable"):
+    if hasattr(op, "linear_map"):
         for linearize in (False, True):
-            make, operands = op.jittable(linearize=linearize)
+            lm = op.linear_map(linearize=linearize)
 
             @jax.jit
-            def power(operands, v0, make=make):
-                mv = make(operands)
-                body = lambda _, u: (lambda hu: hu / jnp.linalg.norm(hu))(mv(u))
+            def power(lm, v0):
+                mv = lm.bind()
+
+                def body(_, u):
+                    hu = mv(u)
+                    scale = jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(hu)))
+                    return jax.tree.map(lambda x: x / scale, hu)
+
                 return jax.lax.fori_loop(0, loop, body, v0)
 
-            r = timed_calls(lambda p=power, o=operands: _block(p(o, v)), reps)
+            v_tree = op.unravel(v)
+            r = timed_calls(lambda p=power, o=lm, u=v_tree: _block(p(o, u)), reps)
             r["per_call"] = r["seconds"] / loop
             name = "linearized once" if linearize else "jvp-of-grad"
             rows.append({"impl": f"ours: {loop} HVPs in a jitted loop, {name}", "hvps": loop, **r})

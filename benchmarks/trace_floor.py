@@ -60,7 +60,7 @@ def main() -> None:
     w = wl.get_workload(BIG)
     params, x, y = wl.as_jax(w, jnp.float64)
     op = ht.HessianOperator(wl.loss, params, x, y)
-    res = ht.eigenpairs(op, TOP, key=jax.random.PRNGKey(0), tol=1e-6, max_matvecs=4000)
+    res = ht.eigenpairs(op, TOP, key=jax.random.PRNGKey(0), rtol=1e-6, max_matvecs=4000)
     if not res.converged:
         raise RuntimeError(f"top-{TOP} eigenpairs did not converge in {res.num_matvecs} HVPs")
     v = res.vectors

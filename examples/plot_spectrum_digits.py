@@ -122,7 +122,7 @@ for name, loss in losses.items():
     start = time.perf_counter()
     top = eigenpairs(op, 10, which="largest", key=jax.random.PRNGKey(1))
     bottom = eigenpairs(op, 5, which="smallest", key=jax.random.PRNGKey(2))
-    density = spectral_density(op, key=jax.random.PRNGKey(3), num_steps=64, num_probes=8)
+    density = spectral_density(op, key=jax.random.PRNGKey(3), num_matvecs=512, num_probes=8)
     seconds = time.perf_counter() - start
     neg, neg_err = density.negative_fraction()
     results[name] = (top, bottom, density)

@@ -16,7 +16,7 @@ from hessian_tools.escape import EscapeDirection, escape_direction, saddle_free_
 from hessian_tools.estimators import Estimate, diagonal, trace
 from hessian_tools.ggn import EmpiricalFisherOperator, GGNOperator
 from hessian_tools.lanczos import LanczosResult, lanczos
-from hessian_tools.operators import CurvatureOperator, HessianOperator, hvp
+from hessian_tools.operators import CurvatureOperator, HessianOperator, MatvecOperator, hvp
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,7 @@ __all__ = [
     "GGNOperator",
     "HessianOperator",
     "LanczosResult",
+    "MatvecOperator",
     "SpectralDensity",
     "classify",
     "diagonal",

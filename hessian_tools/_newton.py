@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from jax.flatten_util import ravel_pytree
 
 from hessian_tools._minres import minres
+
+PyTree = Any
+Loss = Callable[..., jax.Array]
 
 
 def _dense_step(hess: jax.Array, g: jax.Array) -> jax.Array:
@@ -113,3 +119,74 @@ def newton_mr(
         return z, jnp.sqrt(gn2), it, last
 
     return jax.vmap(run)(z0)
+
+
+# --------------------------------------------------------------------------
+# Starts, deduplication and the flat loss of find_critical_points
+
+
+def as_batch(starts: PyTree) -> tuple[jax.Array, PyTree]:
+    """The starts as flat rows (m, n), and the first start as a pytree."""
+    if isinstance(starts, (list, np.ndarray)):
+        starts = jnp.asarray(starts)
+    starts = jax.tree.map(jnp.asarray, starts)
+    leaves = jax.tree.leaves(starts)
+    if not leaves:
+        raise ValueError("starts must have at least one array leaf; got none.")
+    if any(leaf.ndim < 1 for leaf in leaves):
+        raise ValueError(
+            "starts must carry a leading batch axis on every leaf (one row per start)."
+        )
+    sizes = {int(leaf.shape[0]) for leaf in leaves}
+    if len(sizes) != 1:
+        raise ValueError(f"every leaf of starts must have the same leading length; got {sizes}.")
+    if sizes.pop() == 0:
+        raise ValueError("starts must hold at least one start; got an empty batch.")
+    flat = jax.vmap(lambda point: ravel_pytree(point)[0])(starts)
+    bad = ~np.all(np.isfinite(np.asarray(flat)), axis=1)
+    if bad.any():
+        raise ValueError(
+            f"starts must be finite; rows {np.flatnonzero(bad)[:10].tolist()} hold NaN or inf."
+        )
+    return flat, jax.tree.map(lambda leaf: leaf[0], starts)
+
+
+def dedup(points: np.ndarray, order: np.ndarray, tol: float) -> list[int]:
+    """Indices (in ``order``) of points farther than ``tol * max(1, |x|)`` from
+    every point kept before them."""
+    keep: list[int] = []
+    for i in order:
+        scale = max(1.0, float(np.linalg.norm(points[i])))
+        if all(np.linalg.norm(points[i] - points[j]) > tol * scale for j in keep):
+            keep.append(int(i))
+    return keep
+
+
+class _FlatLoss:
+    """``f(unravel(z), *args)`` as a hashable callable, cached per (f, layout)
+    so the jitted Newton-MR loop compiles once per loss and shape."""
+
+    def __init__(self, f: Loss, unravel: Any, signature: Any):
+        self.f, self.unravel, self.signature = f, unravel, signature
+
+    def __call__(self, z: jax.Array, *args: Any) -> jax.Array:
+        return self.f(self.unravel(z), *args)
+
+    def __hash__(self) -> int:
+        return hash((self.f, self.signature))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _FlatLoss) and self.f is other.f and self.signature == other.signature
+        )
+
+
+def flat_loss(f: Loss, example: PyTree) -> _FlatLoss:
+    """``f`` as a function of flat vectors in ``example``'s layout."""
+    _, unravel = ravel_pytree(example)
+    leaves = jax.tree.leaves(example)
+    signature = (
+        jax.tree.structure(example),
+        tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves),
+    )
+    return _FlatLoss(f, unravel, signature)

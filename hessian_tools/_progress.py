@@ -1,8 +1,11 @@
-"""Progress bars for work that loops in Python (batches, restarts, probe chunks).
+"""Progress bars, also for work inside compiled loops.
 
-A thin wrapper around ``tqdm``, off by default. It only ever runs in Python
-between jitted calls: never call it from inside a jitted function (it would
-run once, at trace time, and count nothing).
+A thin wrapper around ``tqdm``, off by default. Python loops call
+``bar.update(n)``. Compiled loops cannot hold a Python object, so a bar is
+registered under an integer *token*; the loop body passes the token (a
+traced int) and the count to ``advance``, which ``jax.debug.callback``
+runs on the host. The callback function is one module-level object, so
+solvers compiled with progress on are reused across calls.
 
 Example:
     >>> with progress_bar(total=100, desc="trace", enabled=False) as bar:
@@ -12,15 +15,23 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-__all__ = ["NoProgress", "progress_bar"]
+import jax
+import numpy as np
+
+__all__ = ["NoProgress", "advance", "progress_bar"]
+
+_BARS: dict[int, Any] = {}
+_TOKENS = itertools.count(1)
 
 
 class NoProgress:
     """A do-nothing stand-in with the part of tqdm's interface we use."""
 
     n = 0
+    token = 0
 
     def update(self, n: int = 1) -> None:
         pass
@@ -41,6 +52,42 @@ class NoProgress:
         self.close()
 
 
+class _Bar:
+    """A tqdm bar that can be advanced from compiled code by its token."""
+
+    def __init__(self, bar: Any):
+        self._bar = bar
+        self.token = next(_TOKENS)
+        _BARS[self.token] = bar
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)
+
+    def close(self) -> None:
+        _BARS.pop(self.token, None)
+        self._bar.close()
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _host_advance(token: Any, n: Any) -> None:
+    tokens, counts = np.ravel(np.asarray(token)), np.ravel(np.asarray(n))
+    for t, c in zip(np.broadcast_to(tokens, counts.shape), counts, strict=True):
+        bar = _BARS.get(int(t))
+        if bar is not None and int(c):
+            bar.update(int(c))
+
+
+def advance(token: Any, n: Any) -> None:
+    """Advance the bar registered under ``token`` by ``n``, from inside jit
+    (a host callback; nothing when ``token`` is 0, a disabled bar)."""
+    jax.debug.callback(_host_advance, token, n)
+
+
 def progress_bar(
     total: int | None, desc: str = "", enabled: bool = False, *, unit: str = "HVP"
 ) -> Any:
@@ -54,12 +101,12 @@ def progress_bar(
         unit: what one count is ("HVP" by default).
 
     Returns:
-        A ``tqdm`` bar or a ``NoProgress``. Both support ``update(n)``,
-        ``set_postfix(...)``, ``close()`` and use as a context manager.
-        Call ``update`` from Python only, after a jitted step returns.
+        A bar with ``update(n)``, ``set_postfix(...)``, ``close()``, use as a
+        context manager, and a ``token`` for ``advance`` (0 when disabled:
+        compiled code then emits no callbacks).
     """
     if not enabled:
         return NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+    return _Bar(tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False))

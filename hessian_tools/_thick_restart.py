@@ -1,12 +1,18 @@
-"""Thick-restart Lanczos for a few extreme eigenpairs (``eigen``'s large-n path).
+"""Thick-restart Lanczos for a few extreme eigenpairs (``eigenpairs``' iterative path).
 
 Wu & Simon 2000, "Thick-restart Lanczos method for large symmetric eigenvalue
-problems", SIAM J. Matrix Anal. Appl. 22(2). Full reorthogonalisation: each
-cycle extends the basis one HVP at a time inside one jitted loop, which stops
-as soon as every wanted Ritz residual is below ``tol * ||A||``; a restart keeps
-the wanted Ritz vectors and some spare ones and continues from the Lanczos
-residual. The public entry point is ``hessian_tools.eigen.eigenpairs``, which
-wraps the result here in an ``Eigenpairs``.
+problems", SIAM J. Matrix Anal. Appl. 22(2). Each cycle extends the basis one
+HVP at a time with the Lanczos kernel (``_krylov``), checking after every
+product whether the wanted Ritz pairs are accepted; a restart keeps the
+wanted Ritz vectors and some spare ones and continues from the Lanczos
+residual, their couplings written into the kernel's projected matrix (the
+arrowhead). Cycles, restarts and the acceptance test all run in one
+``lax.while_loop``, so the whole solve compiles once and works inside
+``jax.jit``.
+
+Acceptance (``Criterion``): every wanted pair's a-posteriori error bound
+(``error_bounds``) at most ``max(rtol |theta|, atol)``; or, for the
+deprecated ``tol`` of earlier releases, every residual at most ``tol ||A||``.
 """
 
 from __future__ import annotations
@@ -17,252 +23,379 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from hessian_tools import lanczos as lz
+from hessian_tools import _krylov
+from hessian_tools._checks import check_int, is_traced
+from hessian_tools._operator import apply_block
 from hessian_tools._progress import progress_bar
+from hessian_tools._tree import basis_combine, set_row
+from hessian_tools.lanczos import check_accumulate_dtype, raise_if_nonfinite, start_vector
+
+__all__ = [
+    "Criterion",
+    "basis_size",
+    "default_rtol",
+    "error_bounds",
+    "lanczos_cost",
+    "lanczos_eigenpairs",
+    "noise_floor",
+    "solve",
+    "wanted_positions",
+]
 
 
-class RitzPairs(NamedTuple):
-    """The result of ``lanczos_eigenpairs``: ``Eigenpairs``' fields (see there)
-    less ``exact``, which is always False here."""
+class Criterion(NamedTuple):
+    """When a Ritz pair is accepted. ``kind`` is static: "bounds" (error
+    bound <= max(rtol |theta|, atol, floor ||A||)) or "residual" (residual
+    <= tol ||A||, the rule of earlier releases). ``||A||`` is estimated by
+    the largest |Ritz value| seen."""
 
-    values: jax.Array
-    vectors: jax.Array
-    residuals: jax.Array
-    converged: bool
-    num_matvecs: int
-    norm_estimate: float
-    num_restarts: int
+    kind: str
+    rtol: Any
+    atol: Any
+    floor: Any
+    tol: Any
 
 
-def default_lanczos_tol(dtype: Any) -> float:
-    """Default relative residual tolerance of Lanczos: sqrt(eps) / 4.
+def wanted_positions(cols: Any, k: int, which: str) -> jax.Array:
+    """Indices of the wanted Ritz values among ``cols`` ascending valid ones,
+    in the result's order: descending for "largest", ascending otherwise
+    ("both": floor(k/2) from the bottom, then ceil(k/2) from the top)."""
+    ar = jnp.arange(k)
+    if which == "largest":
+        pos = cols - 1 - ar
+    elif which == "smallest":
+        pos = ar
+    else:
+        pos = jnp.where(ar < k // 2, ar, cols - k + ar)
+    return jnp.clip(pos, 0, jnp.maximum(cols - 1, 0))
 
-    8.6e-5 in float32, 3.7e-9 in float64. The eigenvalue error is about
-    residual^2 / gap: on the 85k-parameter digits MLP this gives top-10
-    eigenvalues to a relative error below 1e-5 in float32.
+
+def error_bounds(theta: jax.Array, res: jax.Array, cols: Any, rounding: Any = 0.0) -> jax.Array:
+    """A-posteriori bounds on the eigenvalue error of each Ritz pair.
+
+    ``min(r_i, r_i^2 / gap_i) + rounding``: ``r_i`` bounds the distance from ``theta_i``
+    to the nearest eigenvalue (Krylov-Bogoliubov), and ``r_i^2 / gap_i`` does
+    too when the rest of the spectrum is at least ``gap_i`` away (Kato-Temple;
+    Parlett 1998, sec. 11.7). The gap is estimated from the other Ritz values
+    less their own residuals, ``gap_i = min_j (|theta_i - theta_j| - r_j)``,
+    so an unconverged neighbour (large ``r_j``) makes the estimate small and
+    a tight cluster that is not yet resolved (``gap_i <= r_i``) falls back to
+    ``r_i``. Assumptions: the eigenvalue nearest ``theta_i`` is the one it
+    approximates (no eigenvalue of the wanted end was missed by the Krylov
+    space, which random start vectors make unlikely), and no eigenvalue
+    outside the Ritz values lies closer than the estimated gap. A lone Ritz
+    value has no gap estimate and gets ``r_i``. ``rounding`` adds the
+    solver's own floating-point error (a few eps ||A||); the rounding of the
+    products themselves is a property of the operator and is not included.
+
+    Entries past ``cols`` (invalid Ritz values) are inf.
     """
-    return float(np.sqrt(np.finfo(np.dtype(dtype)).eps)) / 4
+    m = theta.shape[0]
+    valid = jnp.arange(m) < cols
+    dist = jnp.abs(theta[:, None] - theta[None, :]) - res[None, :]
+    dist = jnp.where(valid[None, :] & ~jnp.eye(m, dtype=bool), dist, jnp.inf)
+    gap = jnp.min(dist, axis=1)
+    gap = jnp.where(jnp.isfinite(gap), gap, 0)  # no other Ritz value: no gap known
+    safe = jnp.where(gap > 0, gap, 1)
+    bound = jnp.where(gap > res, jnp.minimum(res, res**2 / safe), res) + rounding
+    return jnp.where(valid, bound, jnp.inf)
 
 
-def _positions(nv, k: int, which: str):
-    """Indices of the wanted Ritz values among ``nv`` ascending ones."""
-    ar = jnp.arange(k) if isinstance(nv, jax.Array) else np.arange(k)
-    if which == "largest":
-        return nv - 1 - ar
-    if which == "smallest":
-        return ar
-    kb = k // 2
-    return ar + (ar >= kb) * (nv - k)
+def _rounding(norm: Any, dtype: Any) -> Any:
+    """The solver's own rounding error on a Ritz value, 10 eps ||A||: the
+    Lanczos relation holds to a few eps ||A|| with a basis orthonormal to
+    working precision (two Gram-Schmidt passes)."""
+    return 10 * jnp.finfo(dtype).eps * norm
 
 
-def _padded_tridiagonal(alphas, betas, arrow, k0, j):
-    """T of the steps ``0..j`` in an (m, m) array; rows after j hold a
-    decoupled value above ||T||, so the first j + 1 ascending eigenvalues
-    of the result are the Ritz values. Rows ``< k0`` are kept Ritz pairs
-    coupled to row ``k0`` by ``arrow`` (the thick-restart arrowhead)."""
-    m = alphas.shape[0]
-    idx = jnp.arange(m)
-    valid = idx <= j
-    off = jnp.where((idx >= k0) & (idx < j), betas, 0)[:-1]
-    t = jnp.diag(jnp.where(valid, alphas, 0)) + jnp.diag(off, 1) + jnp.diag(off, -1)
-    col = jnp.where(idx < k0, arrow, 0)
-    hot = (idx == k0).astype(t.dtype)
-    t = t + col[:, None] * hot[None, :] + hot[:, None] * col[None, :]
-    bound = jnp.sum(jnp.abs(t)) + 1
-    return t + jnp.diag(jnp.where(valid, 0, bound))
+def _accepted(theta, res, cols, norm, k, which, crit: Criterion, dtype):
+    pos = wanted_positions(cols, k, which)
+    if crit.kind == "residual":
+        ok = res[pos] <= crit.tol * norm
+    else:
+        bounds = error_bounds(theta, res, cols)[pos]  # the solver's part only
+        limit = jnp.maximum(
+            jnp.maximum(crit.rtol * jnp.abs(theta[pos]), crit.atol), crit.floor * norm
+        )
+        ok = bounds <= limit
+    return (cols >= k) & jnp.all(ok)
 
 
-def _monitor(alphas, betas, j, *, arrow, k0, tol, norm0, k, which):
-    theta, u = jnp.linalg.eigh(_padded_tridiagonal(alphas, betas, arrow, k0, j))
-    nv = j + 1
-    res = jnp.abs(betas[j] * u[j])
-    pos = jnp.clip(_positions(nv, k, which), 0, alphas.shape[0] - 1)
-    norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[nv - 1])))
-    return (nv >= k) & jnp.all(res[pos] <= tol * norm)
+class _Loop(NamedTuple):
+    krylov: _krylov.State
+    used: jax.Array  # products spent
+    restarts: jax.Array
+    norm: jax.Array  # running max |Ritz value|: an estimate of ||A||
+    key: jax.Array
+    done: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("make_matvec", "acc", "k", "which"))
-def _cycle_jit(make_matvec, operands, carry, arrow, k0, stop, bd_tol, tol, norm0, *, acc, k, which):
-    mv = make_matvec(operands)
-    monitor = functools.partial(
-        _monitor, arrow=arrow, k0=k0, tol=tol, norm0=norm0, k=k, which=which
+def _restart(s: _krylov.State, theta, u, key, *, keep: int, which: str, acc: Any):
+    """The basis and arrowhead after a thick restart that keeps ``keep``
+    Ritz pairs (all of them after a breakdown, room permitting)."""
+    m = s.coeffs.shape[1]
+    rows = m + 1
+    cols = s.num_columns
+    broken = s.status == _krylov.BREAKDOWN
+    kept = jnp.where(broken, jnp.minimum(cols, m - 1), keep)
+    top = {"largest": kept, "smallest": 0, "both": (kept + 1) // 2}[which]
+    i = jnp.arange(m - 1)
+    pos = jnp.clip(jnp.where(i < kept - top, i, cols - kept + i), 0, m - 1)
+    live = i < kept
+    coeffs = jnp.zeros((rows, rows), u.dtype)
+    coeffs = coeffs.at[: m - 1, :m].set(jnp.where(live[:, None], u[:, pos].T, 0))
+    # row `kept` continues from the Lanczos residual (row `cols` of the basis)
+    coeffs = coeffs.at[kept].set(jnp.where(jnp.arange(rows) == cols, 1.0, 0.0).astype(u.dtype))
+    basis = basis_combine(coeffs, s.basis)
+    leaves, treedef = jax.tree.flatten(basis)
+    keys = jax.random.split(key, len(leaves))
+    fresh = jax.tree.unflatten(
+        treedef,
+        [jax.random.normal(kk, x.shape[1:], x.dtype) for kk, x in zip(keys, leaves, strict=True)],
     )
-    return lz.run_loop(mv, carry, stop, reorth=True, acc=acc, breakdown_tol=bd_tol, monitor=monitor)
+    fresh, _ = _krylov.gram_schmidt(basis, fresh)
+    fresh, _ = _krylov._unit(fresh, acc)
+    basis = lax.cond(broken, lambda b: set_row(b, kept, fresh), lambda b: b, basis)
+    beta = s.coeffs[s.size - 1, cols - 1]
+    arrow = jnp.where(broken, 0, beta * u[cols - 1, pos])
+    new = jnp.zeros_like(s.coeffs)
+    new = new.at[i, i].set(jnp.where(live, theta[pos], 0).astype(new.dtype))
+    new = new.at[kept, i].set(jnp.where(live, arrow, 0).astype(new.dtype))
+    status = jnp.asarray(_krylov.RUNNING, s.status.dtype)
+    return _krylov.State((kept + 1).astype(s.size.dtype), basis, new, s.scale, status)
 
 
-@functools.partial(jax.jit, static_argnames=("acc", "k", "which"))
-def _step_jit(carry, w, bd_tol, arrow, k0, tol, norm0, *, acc, k, which):
-    monitor = functools.partial(
-        _monitor, arrow=arrow, k0=k0, tol=tol, norm0=norm0, k=k, which=which
-    )
-    return lz._after_matvec(carry, w, reorth=True, acc=acc, breakdown_tol=bd_tol, monitor=monitor)
+@functools.partial(
+    jax.jit,
+    static_argnames=("k", "which", "m", "budget", "acc", "kind", "true_residuals", "progress"),
+)
+def solve(
+    lm,
+    v0,
+    key,
+    rtol,
+    atol,
+    floor,
+    tol,
+    breakdown_tol,
+    token,
+    *,
+    k: int,
+    which: str,
+    m: int,
+    budget: int,
+    acc: Any,
+    kind: str,
+    true_residuals: bool,
+    progress: bool,
+):
+    """Thick-restart Lanczos from ``v0`` with a basis of ``m`` vectors and a
+    budget of ``budget`` products. Returns a dict of arrays: values, stacked
+    vectors, residuals, error bounds, converged, products, restarts, norm
+    estimate, status (see ``eigen.eigenpairs``)."""
+    n = lm.n
+    crit = Criterion(kind, rtol, atol, floor, tol)
+    keep = min(m - 2, k + (m - k) // 2) if m < n else m - 1
+    token = token if progress else None
+    state, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), m, acc)
+
+    def cycle(loop: _Loop) -> _Loop:
+        s, norm0 = loop.krylov, loop.norm
+        start = s.num_columns
+
+        def monitor(s):
+            theta, _, res = _krylov.ritz(s)
+            cols = s.num_columns
+            norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
+            return _accepted(theta, res, cols, norm, k, which, crit, lm.dtype)
+
+        stop = jnp.minimum(m, start + budget - loop.used)
+        s = _krylov.run(
+            s,
+            mv,
+            stop,
+            block_apply=lm.block,
+            acc=acc,
+            breakdown_tol=breakdown_tol,
+            monitor=monitor,
+            progress=token,
+        )
+        used = loop.used + s.num_columns - start
+        theta, u, res = _krylov.ritz(s)
+        cols = s.num_columns
+        norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
+        ok = _accepted(theta, res, cols, norm, k, which, crit, lm.dtype)
+        broken = s.status == _krylov.BREAKDOWN
+        done = ok | (used >= budget) | (broken & (cols >= n)) | (s.status == _krylov.NONFINITE)
+        key, sub = jax.random.split(loop.key)
+        s = lax.cond(
+            done,
+            lambda s: s,
+            lambda s: _restart(s, theta, u, sub, keep=keep, which=which, acc=acc),
+            s,
+        )
+        return _Loop(s, used, loop.restarts + (~done), norm, key, done)
+
+    zero = jnp.zeros((), jnp.int32)
+    init = _Loop(state, zero, zero, jnp.zeros((), acc), key, jnp.asarray(False))
+    loop = lax.while_loop(lambda c: ~c.done, cycle, init)
+    s = loop.krylov
+    theta, u, res = _krylov.ritz(s)
+    cols = s.num_columns
+    pos = wanted_positions(cols, k, which)
+    values = theta[pos]
+    vectors = _krylov.ritz_vectors(s, u[:, pos])  # flat leaves (k, leaf.size)
+    used = loop.used
+    if true_residuals:
+        products = apply_block(mv, vectors, lm.block)
+        diff = jax.tree.map(
+            lambda av, v: av - values.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - 1)) * v,
+            products,
+            vectors,
+        )
+        squares = [
+            jnp.sum(d.astype(acc) ** 2, axis=tuple(range(1, d.ndim))) for d in jax.tree.leaves(diff)
+        ]
+        true = jnp.sqrt(sum(squares))
+        res = res.at[pos].set(true.astype(res.dtype))
+        used = used + k
+    bounds = error_bounds(theta, res, cols, _rounding(loop.norm, lm.dtype))[pos]
+    converged = _accepted(theta, res, cols, loop.norm, k, which, crit, lm.dtype)
+    converged = converged | ((cols >= n) & (s.status == _krylov.BREAKDOWN) & (cols >= k))
+    return {
+        "values": values,
+        "vectors": _krylov.as_vectors(vectors, lm.layout),
+        "residuals": res[pos],
+        "bounds": bounds,
+        "converged": converged,
+        "num_matvecs": used,
+        "num_restarts": loop.restarts,
+        "norm": loop.norm,
+        "status": s.status,
+        "num_ritz": cols,
+    }
 
 
-@jax.jit
-def _combine(q_buf, coeffs):
-    """New basis ``coeffs @ q_buf``: kept Ritz vectors, then the residual."""
-    return (coeffs.astype(q_buf.dtype) @ q_buf).astype(q_buf.dtype)
+# --------------------------------------------------------------------------
+# Defaults and the eager entry point of eigenpairs' Lanczos path
 
 
-@jax.jit
-def _fresh_vector(q_buf, key, slot):
-    """Row ``slot`` := a random unit vector orthogonal to the rows before it
-    (restart after a breakdown, when the Krylov space is invariant)."""
-    r = jax.random.normal(key, q_buf.shape[1:], q_buf.dtype)
-    basis = q_buf * (jnp.arange(q_buf.shape[0]) < slot).astype(q_buf.dtype)[:, None]
-    for _ in range(2):
-        r = r - (basis @ r) @ basis
-    return q_buf.at[slot].set(r / jnp.linalg.norm(r))
+def default_rtol(dtype: Any) -> float:
+    """Default relative accuracy of Lanczos eigenvalues: 1e-4 in float32 (and
+    lower precisions), 1e-8 in float64."""
+    return 1e-8 if np.dtype(dtype).itemsize >= 8 else 1e-4
 
 
-def _host_ritz(alphas, betas, arrow, k0: int, nv: int):
-    """Ritz values/vectors of the current T (nv x nv) on the host, in float64."""
-    a, b, s = (np.asarray(x, np.float64) for x in (alphas, betas, arrow))
-    t = np.diag(a[:nv])
-    off = b[k0 : nv - 1]
-    t[np.arange(k0, nv - 1), np.arange(k0 + 1, nv)] = off
-    t[np.arange(k0 + 1, nv), np.arange(k0, nv - 1)] = off
-    if k0 > 0:
-        t[:k0, k0] = t[k0, :k0] = s[:k0]
-    return np.linalg.eigh(t)
+def noise_floor(dtype: Any) -> float:
+    """The bound below which an eigenvalue counts as converged whatever its
+    size, relative to ``||A||``: ``10 eps``. Products carry rounding errors of
+    about ``eps ||A||``, so no bound can be certified much below that (the
+    most negative eigenvalues of a network Hessian often sit there)."""
+    return 10 * float(np.finfo(np.dtype(dtype)).eps)
 
 
-def _keep_indices(nv: int, k: int, which: str, keep: int) -> np.ndarray:
-    """Ritz indices (ascending order) kept at a restart: the wanted end(s)."""
-    if which == "largest":
-        return np.arange(nv - keep, nv)
-    if which == "smallest":
-        return np.arange(keep)
-    top = (keep + 1) // 2
-    return np.concatenate([np.arange(keep - top), np.arange(nv - top, nv)])
+def basis_size(n: int, k: int, which: str, max_basis: int | None) -> int:
+    """Lanczos basis size m: ``max(2k + 10, 30)`` for "largest", ``max(2k +
+    10, 60)`` otherwise (the negative end of a network Hessian lies in the
+    dense bulk around zero, where a wider basis restarts far less: 5 most
+    negative of the 85k-parameter MLP, 470 HVPs with 30 vectors, 222 with 60),
+    at most n."""
+    floor = 30 if which == "largest" else 60
+    return min(n, max(2 * k + 10, floor) if max_basis is None else int(max_basis))
+
+
+def lanczos_cost(n: int, k: int, which: str, max_basis: int | None = None) -> int:
+    """Products that thick-restart Lanczos typically spends: about two bases'
+    worth at the top end, four at the bottom (used to choose the method)."""
+    return (2 if which == "largest" else 4) * basis_size(n, k, which, max_basis)
 
 
 def lanczos_eigenpairs(
-    op: Any,
-    k: int,
-    which: str,
+    lm,
+    k,
+    which,
     *,
-    key: jax.Array | None,
-    tol: float | None,
-    max_matvecs: int | None,
-    max_basis: int | None,
-    linearize: bool,
-    accumulate_dtype: Any,
-    true_residuals: bool,
-    progress: bool,
-) -> RitzPairs:
-    """Thick-restart Lanczos; see ``hessian_tools.eigen.eigenpairs``."""
-    make, operands, n, dtype, matvec = lz.resolve_operator(op, linearize)
+    key,
+    v0,
+    rtol,
+    atol,
+    tol,
+    max_matvecs,
+    max_basis,
+    accumulate_dtype,
+    true_residuals,
+    progress,
+) -> dict:
+    """Validate the options, run ``solve`` and return its results (Python
+    numbers when not traced); see ``hessian_tools.eigen.eigenpairs``.
+
+    Raises:
+        ValueError: k >= n, a basis below k + 2, a budget below k.
+        FloatingPointError: a product returned NaN or inf.
+        RuntimeError: fewer than k Ritz pairs when the budget ran out.
+    """
+    n = lm.n
     if k >= n:
         raise ValueError(
-            f"k = {k} >= n = {n}: Lanczos finds a few extreme eigenpairs; for all of "
-            'them use the exact dense path, eigenpairs(..., method="dense").'
+            f"k must be < n = {n} for Lanczos, which finds a few extreme eigenpairs; got "
+            f'k = {k}. For all of them use the exact path, eigenpairs(..., method="dense").'
         )
-    acc = lz.check_accumulate_dtype(accumulate_dtype, dtype)
-    # The negative end of a network Hessian near a minimum lies in the dense
-    # bulk around zero, where a wider basis restarts far less (measured on the
-    # 85k-parameter MLP, 5 most negative: 470 HVPs with 30 vectors, 222 with 60).
-    floor = 30 if which == "largest" else 60
-    m = min(n, max(2 * k + 10, floor) if max_basis is None else int(max_basis))
+    acc = check_accumulate_dtype(accumulate_dtype, lm.dtype)
+    m = basis_size(n, k, which, max_basis)
     if m < k + 2 and m < n:
-        raise ValueError(f"max_basis = {m} must be at least k + 2 = {k + 2}.")
-    budget = max(1000, 50 * m) if max_matvecs is None else int(max_matvecs)
+        raise ValueError(f"max_basis must be at least k + 2 = {k + 2}; got {m}.")
+    budget = max(1000, 50 * m) if max_matvecs is None else check_int("max_matvecs", max_matvecs)
     if budget < k:
-        raise ValueError(f"max_matvecs = {budget} is below k = {k}: no Ritz pairs to return.")
-    tol = default_lanczos_tol(dtype) if tol is None else float(tol)
-    bd_tol = lz.default_breakdown_tol(n, dtype)
+        raise ValueError(f"max_matvecs must be >= k = {k} (one product per pair); got {budget}.")
     key = jax.random.PRNGKey(0) if key is None else key
     key, sub = jax.random.split(key)
-    carry = lz.init_carry(lz.start_vector(sub, None, op, n, dtype), m, acc)
-    arrow, k0 = jnp.zeros((m,), acc), 0
-    used = restarts = 0
-    norm = 0.0  # running max of |Ritz values|: restarts drop the far end
-    tol_acc = jnp.asarray(tol, acc)
+    start = start_vector(lm, sub if v0 is None else None, v0)
+    if tol is not None:
+        kind, tol = "residual", float(tol)
+    else:
+        kind, tol = "bounds", 0.0
+    rtol = default_rtol(lm.dtype) if rtol is None else rtol
     with progress_bar(budget, "eigenpairs", progress) as bar:
-        while True:
-            stop = min(m, k0 + budget - used)
-            start = int(carry[0])
-            if make is not None:
-                carry = _cycle_jit(
-                    make,
-                    operands,
-                    carry,
-                    arrow,
-                    k0,
-                    stop,
-                    bd_tol,
-                    tol_acc,
-                    jnp.asarray(norm, acc),
-                    acc=acc,
-                    k=k,
-                    which=which,
-                )
-            else:
-                step = functools.partial(
-                    _step_jit,
-                    arrow=arrow,
-                    k0=k0,
-                    tol=tol_acc,
-                    norm0=jnp.asarray(norm, acc),
-                    acc=acc,
-                    k=k,
-                    which=which,
-                )
-                carry = lz.python_loop(
-                    matvec,
-                    carry,
-                    stop,
-                    reorth=True,
-                    acc=acc,
-                    breakdown_tol=bd_tol,
-                    step_fn=step,
-                )
-            nv = int(carry[0])
-            used += nv - start
-            bar.update(nv - start)
-            status = int(carry[5])
-            lz.raise_if_nonfinite(status, used - 1, "HVP (eigenpairs)")
-            _, q_buf, alphas, betas, scale, _ = carry
-            theta, u = _host_ritz(alphas, betas, arrow, k0, nv)
-            beta = float(betas[nv - 1])
-            res = np.abs(beta * u[nv - 1])
-            norm = max(norm, abs(theta[0]), abs(theta[-1]))
-            pos = np.clip(_positions(nv, k, which), 0, nv - 1)
-            converged = nv >= k and bool(np.all(res[pos] <= tol * norm))
-            if converged or used >= budget or (nv == n and status == lz.BREAKDOWN):
-                converged = converged or (nv >= k and nv == n and status == lz.BREAKDOWN)
-                break
-            # restart: keep the wanted Ritz vectors and about half of the rest
-            keep = min(nv - 1, m - 2, k + (m - k) // 2) if status != lz.BREAKDOWN else nv
-            keep = min(keep, m - 1)
-            idx = _keep_indices(nv, k, which, keep)
-            coeffs = np.zeros((m + 1, m + 1))
-            coeffs[:keep, :nv] = u[:, idx].T
-            coeffs[keep, nv] = 1.0
-            q_buf = _combine(q_buf, jnp.asarray(coeffs))
-            new_alphas, arrow_np = np.zeros(m), np.zeros(m)
-            new_alphas[:keep] = theta[idx]
-            if status == lz.BREAKDOWN:
-                key, sub = jax.random.split(key)
-                q_buf = _fresh_vector(q_buf, sub, keep)
-            else:
-                arrow_np[:keep] = beta * u[nv - 1, idx]
-            alphas, arrow = jnp.asarray(new_alphas, acc), jnp.asarray(arrow_np, acc)
-            carry = (jnp.asarray(keep), q_buf, alphas, jnp.zeros((m,), acc), scale, jnp.asarray(0))
-            k0 = keep
-            restarts += 1
-    if nv < k:
-        raise RuntimeError(f"only {nv} Ritz pairs after {used} HVPs; raise max_matvecs.")
-    order = pos  # descending for largest, ascending otherwise
-    coeffs = np.zeros((k, m + 1))
-    coeffs[:, :nv] = u[:, order].T
-    vectors = (jnp.asarray(coeffs, dtype) @ q_buf).T
-    values = jnp.asarray(theta[order], dtype)
-    residuals = jnp.asarray(res[order], dtype)
-    if true_residuals:
-        products = jnp.stack([matvec(vectors[:, i]) for i in range(k)], axis=1)
-        used += k
-        residuals = jnp.linalg.norm(products - vectors * values[None, :], axis=0)
-        converged = bool(jnp.all(residuals <= tol * norm))
-    return RitzPairs(values, vectors, residuals, bool(converged), used, float(norm), restarts)
+        out = solve(
+            lm,
+            start,
+            key,
+            jnp.asarray(rtol, acc),
+            jnp.asarray(atol, acc),
+            jnp.asarray(noise_floor(lm.dtype), acc),
+            jnp.asarray(tol, acc),
+            _krylov.default_breakdown_tol(n, lm.dtype),
+            jnp.asarray(bar.token, jnp.int32),
+            k=k,
+            which=which,
+            m=m,
+            budget=budget,
+            acc=acc,
+            kind=kind,
+            true_residuals=bool(true_residuals),
+            progress=bool(progress),
+        )
+    raise_if_nonfinite(out["status"], out["num_matvecs"], "HVP (eigenpairs)")
+    counts = {f: out[f] for f in ("converged", "num_matvecs", "num_restarts", "norm")}
+    if not is_traced(out["values"]):
+        if int(out["num_ritz"]) < k:
+            raise RuntimeError(
+                f"only {int(out['num_ritz'])} Ritz pairs after {int(out['num_matvecs'])} HVPs; "
+                "raise max_matvecs."
+            )
+        counts = {
+            "converged": bool(counts["converged"]),
+            "num_matvecs": int(counts["num_matvecs"]),
+            "num_restarts": int(counts["num_restarts"]),
+            "norm": float(counts["norm"]),
+        }
+    dtype = lm.dtype
+    return {
+        "values": out["values"].astype(dtype),
+        "vectors": out["vectors"],
+        "residuals": out["residuals"].astype(dtype),
+        "bounds": out["bounds"].astype(dtype),
+        **counts,
+    }

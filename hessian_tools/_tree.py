@@ -1,39 +1,51 @@
-"""Pytree linear algebra: the few vector operations the Krylov code needs.
+"""Pytree linear algebra: the vector operations the Krylov code needs.
 
-Every function works on any pytree of arrays (dicts, tuples, Flax/Equinox
-parameters) and on plain arrays alike. Reductions accumulate in the leaves'
-dtype; nothing here changes a global JAX flag.
+Vectors are pytrees shaped like the parameters (a plain array is a pytree of
+one leaf). A *stacked* pytree holds several vectors: every leaf carries a
+leading axis, ``(m, *leaf.shape)``. The Krylov basis is such a stack, so each
+leaf keeps its own shape (and, later, its sharding) instead of being
+concatenated into one flat ``(m, n)`` array. Contractions are per leaf and
+summed over leaves. Nothing here changes a global JAX flag.
+
+``Layout`` is the static description of a vector: tree structure, leaf
+shapes and dtypes. It converts to and from the flat ``(n,)`` view, whose
+order is that of ``jax.flatten_util.ravel_pytree``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
+from jax import lax
+
+from hessian_tools._checks import check_same_structure
 
 PyTree = Any
 
 __all__ = [
-    "add",
+    "Layout",
+    "accurate_vdot",
     "axpy",
-    "check_same_structure",
+    "basis_combine",
+    "basis_dot",
+    "get_rows",
     "norm",
     "num_elements",
-    "ravel",
     "scale",
+    "set_row",
     "sub",
     "vdot",
-    "zeros_like",
 ]
 
 
 def vdot(x: PyTree, y: PyTree) -> jax.Array:
     """Sum over leaves of ``vdot(x_leaf, y_leaf)`` (no complex conjugation)."""
-    leaves = [jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)]
-    return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros(())
+    parts = [jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)]
+    return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
 
 
 def norm(x: PyTree) -> jax.Array:
@@ -42,12 +54,8 @@ def norm(x: PyTree) -> jax.Array:
 
 
 def axpy(a: jax.Array | float, x: PyTree, y: PyTree) -> PyTree:
-    """``a * x + y`` leaf by leaf."""
-    return jax.tree.map(lambda xi, yi: a * xi + yi, x, y)
-
-
-def add(x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree.map(jnp.add, x, y)
+    """``a * x + y`` leaf by leaf, in the leaves' dtypes."""
+    return jax.tree.map(lambda xi, yi: (a * xi + yi).astype(yi.dtype), x, y)
 
 
 def sub(x: PyTree, y: PyTree) -> PyTree:
@@ -55,11 +63,8 @@ def sub(x: PyTree, y: PyTree) -> PyTree:
 
 
 def scale(a: jax.Array | float, x: PyTree) -> PyTree:
-    return jax.tree.map(lambda xi: a * xi, x)
-
-
-def zeros_like(x: PyTree) -> PyTree:
-    return jax.tree.map(jnp.zeros_like, x)
+    """``a * x`` leaf by leaf, in the leaves' dtypes."""
+    return jax.tree.map(lambda xi: (a * xi).astype(xi.dtype), x)
 
 
 def num_elements(x: PyTree) -> int:
@@ -67,31 +72,200 @@ def num_elements(x: PyTree) -> int:
     return int(sum(np.size(leaf) for leaf in jax.tree.leaves(x)))
 
 
-def ravel(x: PyTree):
-    """``jax.flatten_util.ravel_pytree``: (flat vector, unravel function)."""
-    return ravel_pytree(x)
+def accurate_vdot(x: PyTree, y: PyTree, acc: Any) -> jax.Array:
+    """``x . y`` accumulated in dtype ``acc``, summed leaf by leaf.
 
-
-def check_same_structure(reference: PyTree, other: PyTree, *, name: str = "v") -> None:
-    """Raise ``ValueError`` unless ``other`` has the tree structure and leaf
-    shapes of ``reference``.
-
-    Only static information is compared, so this is safe under ``jit`` and
-    ``vmap`` tracing (``vmap`` hides the batch axis from the leaf shapes).
+    In the inputs' own dtype the products are summed in blocks of 512 first
+    (two-level summation): a plain float32 reduction over 85k terms costs a
+    Lanczos coefficient ~1e-5 relative accuracy, enough to spoil top-10
+    eigenvalues at the 1e-5 level. A wider ``acc`` is used directly.
     """
-    ref_def = jax.tree.structure(reference)
-    other_def = jax.tree.structure(other)
-    if ref_def != other_def:
-        raise ValueError(
-            f"{name} must have the same pytree structure as params; "
-            f"params is {ref_def}, {name} is {other_def}."
+    acc = jnp.dtype(acc)
+    total = jnp.zeros((), acc)
+    for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
+        if acc.itemsize > jnp.dtype(a.dtype).itemsize:
+            total = total + jnp.vdot(a.astype(acc), b.astype(acc))
+            continue
+        prod = (a * b).astype(acc).ravel()
+        block = 512
+        if prod.shape[0] > block:
+            pad = (-prod.shape[0]) % block
+            if pad:
+                prod = jnp.concatenate([prod, jnp.zeros((pad,), acc)])
+            prod = jnp.sum(prod.reshape(-1, block), axis=1)
+        total = total + jnp.sum(prod)
+    return total
+
+
+# --------------------------------------------------------------------------
+# Stacked vectors: leaves (m, *shape)
+
+
+def basis_dot(basis: PyTree, w: PyTree) -> jax.Array:
+    """``(m,)`` inner products of each stacked vector with ``w``: one
+    matrix-vector product per leaf, summed over leaves.
+
+    Keep large stacks with 2-D leaves ``(m, leaf.size)``
+    (``Layout.flatten_leaves``): on XLA's CPU backend a contraction with a
+    stack of 3-D leaves such as ``(61, 256, 256)`` ran 10-20x slower than the
+    same contraction with the ``(61, 65536)`` matrix, even through a
+    reshape (measured: 6.6 ms against 0.33 ms), because the compiler copied
+    the stack to transpose it.
+    """
+    parts = [
+        q.reshape(q.shape[0], -1) @ x.reshape(-1)
+        for q, x in zip(jax.tree.leaves(basis), jax.tree.leaves(w), strict=True)
+    ]
+    return sum(parts[1:], parts[0])
+
+
+def basis_combine(coeffs: jax.Array, basis: PyTree) -> PyTree:
+    """``sum_i coeffs[..., i] basis[i]``: a vector for ``coeffs`` of shape
+    ``(m,)``, a stack of k vectors for shape ``(k, m)``; leaves keep their
+    dtype (see ``basis_dot`` for the shape to keep stacks in)."""
+
+    def one(q):
+        out = coeffs.astype(q.dtype) @ q.reshape(q.shape[0], -1)
+        return out.reshape(coeffs.shape[:-1] + q.shape[1:]).astype(q.dtype)
+
+    return jax.tree.map(one, basis)
+
+
+def get_rows(basis: PyTree, start: Any, size: int | None = None) -> PyTree:
+    """Row ``start`` of a stack (``size=None``), or rows ``start:start+size``
+    as a stack; ``start`` may be traced."""
+    if size is None:
+        return jax.tree.map(lambda q: lax.dynamic_index_in_dim(q, start, keepdims=False), basis)
+    return jax.tree.map(lambda q: lax.dynamic_slice_in_dim(q, start, size), basis)
+
+
+def set_row(basis: PyTree, index: Any, w: PyTree) -> PyTree:
+    """The stack with row ``index`` replaced by ``w`` (in place under jit)."""
+    return jax.tree.map(
+        lambda q, x: lax.dynamic_update_index_in_dim(q, x.astype(q.dtype), index, 0), basis, w
+    )
+
+
+# --------------------------------------------------------------------------
+# Layout: the static shape of a vector
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Tree structure, leaf shapes and dtypes of a vector (hashable, static).
+
+    The flat view concatenates the raveled leaves in ``ravel_pytree`` order,
+    in the leaves' common (promoted) dtype.
+    """
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, tree: PyTree) -> Layout:
+        leaves, treedef = jax.tree.flatten(tree)
+        return cls(
+            treedef,
+            tuple(tuple(int(s) for s in jnp.shape(x)) for x in leaves),
+            tuple(jnp.dtype(jnp.result_type(x)) for x in leaves),
         )
-    for path_leaf, leaf in zip(
-        jax.tree_util.tree_leaves_with_path(reference), jax.tree.leaves(other), strict=True
-    ):
-        path, ref_leaf = path_leaf
-        if jnp.shape(ref_leaf) != jnp.shape(leaf):
-            raise ValueError(
-                f"{name} leaf {jax.tree_util.keystr(path) or '<root>'} has shape "
-                f"{jnp.shape(leaf)}, but params has shape {jnp.shape(ref_leaf)} there."
-            )
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+
+    @property
+    def n(self) -> int:
+        """Number of scalars in a vector."""
+        return int(sum(self.sizes))
+
+    @property
+    def dtype(self) -> Any:
+        """The promoted dtype of the leaves (that of the flat view)."""
+        return jnp.dtype(jnp.result_type(*self.dtypes))
+
+    def structs(self, lead: tuple[int, ...] = ()) -> PyTree:
+        """A pytree of ``jax.ShapeDtypeStruct``, with leading axes ``lead``."""
+        leaves = [
+            jax.ShapeDtypeStruct(lead + s, d) for s, d in zip(self.shapes, self.dtypes, strict=True)
+        ]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def zeros(self, lead: tuple[int, ...] = ()) -> PyTree:
+        """A zero vector, or a zero stack with leading axes ``lead``."""
+        leaves = [jnp.zeros(lead + s, d) for s, d in zip(self.shapes, self.dtypes, strict=True)]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def check(self, tree: PyTree, name: str = "v", lead: int = 0) -> None:
+        """``ValueError`` unless ``tree`` has this structure and leaf shapes
+        (after ``lead`` leading axes)."""
+        template = self.structs()
+        if lead:
+            tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[lead:], x.dtype), tree)
+        check_same_structure(template, tree, name=name)
+
+    def cast(self, tree: PyTree) -> PyTree:
+        """``tree`` with every leaf cast to this layout's dtype for it."""
+        leaves = jax.tree.leaves(tree)
+        cast = [jnp.asarray(x, d) for x, d in zip(leaves, self.dtypes, strict=True)]
+        return jax.tree.unflatten(self.treedef, cast)
+
+    def is_flat(self, v: Any) -> bool:
+        """Whether array ``v`` is meant as a flat vector (or a stack of them,
+        ``(k, n)`` with ``stacked``) rather than a pytree like params: any
+        array, unless params is itself one array of ``v``'s shape."""
+        if not isinstance(v, (jax.Array, np.ndarray)) and not hasattr(v, "__jax_array__"):
+            return False
+        return not (len(self.shapes) == 1 and tuple(np.shape(v)) == self.shapes[0])
+
+    def vector(self, v: Any, name: str = "v") -> PyTree:
+        """``v`` (a pytree like params, or a flat (n,) array) as a pytree of
+        this layout, leaves cast to its dtypes.
+
+        Raises:
+            ValueError: a flat array of the wrong length, or a pytree of
+                another structure or leaf shape.
+        """
+        if self.is_flat(v):
+            flat = jnp.asarray(v)
+            if flat.shape != (self.n,):
+                raise ValueError(
+                    f"{name} must be a flat vector of length n = {self.n} or a pytree like "
+                    f"params; got an array of shape {flat.shape}."
+                )
+            return self.unravel(flat.astype(self.dtype))
+        self.check(v, name=name)
+        return self.cast(v)
+
+    def flatten_leaves(self, tree: PyTree, lead: int = 0) -> PyTree:
+        """Each leaf reshaped to ``(*lead_axes, leaf.size)``: the form the
+        Krylov basis is stored in (see ``basis_dot``)."""
+        return jax.tree.map(lambda x: jnp.reshape(x, (*jnp.shape(x)[:lead], -1)), tree)
+
+    def unflatten_leaves(self, tree: PyTree, lead: int = 0) -> PyTree:
+        """Inverse of ``flatten_leaves``: leaves back to their shapes."""
+        leaves = jax.tree.leaves(tree)
+        out = [
+            jnp.reshape(x, (*jnp.shape(x)[:lead], *s))
+            for x, s in zip(leaves, self.shapes, strict=True)
+        ]
+        return jax.tree.unflatten(self.treedef, out)
+
+    def ravel(self, tree: PyTree) -> jax.Array:
+        """A vector as a flat ``(n,)`` array, or a stack as ``(k, n)``."""
+        leaves = jax.tree.leaves(tree)
+        lead = jnp.shape(leaves[0])[: jnp.ndim(leaves[0]) - len(self.shapes[0])]
+        parts = [jnp.reshape(x, (*lead, -1)).astype(self.dtype) for x in leaves]
+        return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+    def unravel(self, flat: jax.Array) -> PyTree:
+        """Inverse of ``ravel``: ``(n,)`` to a vector, ``(k, n)`` to a stack."""
+        lead = flat.shape[:-1]
+        cuts = np.cumsum(self.sizes)[:-1]
+        parts = jnp.split(flat, cuts, axis=-1) if cuts.size else [flat]
+        leaves = [
+            jnp.reshape(p, lead + s).astype(d)
+            for p, s, d in zip(parts, self.shapes, self.dtypes, strict=True)
+        ]
+        return jax.tree.unflatten(self.treedef, leaves)

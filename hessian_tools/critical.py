@@ -15,25 +15,25 @@ machine epsilon, so a point known to about 10 digits (float64) or 5 digits
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from hessian_tools._newton import newton_mr
+from hessian_tools._checks import check_choice, check_int, renamed_arguments
+from hessian_tools._newton import as_batch, dedup, flat_loss, newton_mr
+from hessian_tools._operator import dense_is_cheaper
 from hessian_tools._tree import norm
-from hessian_tools.eigen import eigenpairs
+from hessian_tools.density import spectral_density
+from hessian_tools.eigen import eigenpairs, lanczos_cost
 from hessian_tools.operators import HessianOperator, Loss, PyTree, check_scalar_loss
 
 __all__ = ["CriticalPoint", "classify", "find_critical_points"]
 
 KINDS = ("minimum", "maximum", "saddle", "degenerate", "not_critical")
-
-#: largest n for which classify() forms the Hessian densely by default
-DENSE_MAX = 2000
 
 
 @jax.tree_util.register_dataclass
@@ -49,7 +49,9 @@ class CriticalPoint:
             ``exact``, else the extreme ones that were computed.
         kind: "minimum", "maximum", "saddle", "degenerate" or "not_critical".
         index: number of eigenvalues below ``-tol`` (the Morse index at a
-            non-degenerate critical point). A lower bound when not ``exact``.
+            non-degenerate critical point). When not ``exact``, at a saddle,
+            an estimate from the spectral density (``index_stderr`` gives its
+            standard error), never below the negative eigenvalues found.
         num_zero: number of eigenvalues with ``|lambda| <= tol`` (a lower
             bound when not ``exact``).
         definiteness: "positive definite", "negative definite", "positive
@@ -58,6 +60,8 @@ class CriticalPoint:
         tol: the eigenvalue tolerance used, ``max(atol, rtol * ||H||)``.
         grad_tol: the gradient tolerance used.
         exact: True when the whole spectrum was computed (dense Hessian).
+        index_stderr: standard error of ``index`` (0 when it is exact: on the
+            dense path, or when the extreme eigenvalues settle it).
     """
 
     x: PyTree
@@ -71,6 +75,7 @@ class CriticalPoint:
     tol: float = dataclasses.field(metadata=dict(static=True))
     grad_tol: float = dataclasses.field(metadata=dict(static=True))
     exact: bool = dataclasses.field(default=True, metadata=dict(static=True))
+    index_stderr: float = dataclasses.field(default=0.0, metadata=dict(static=True))
 
     @property
     def n(self) -> int:
@@ -82,8 +87,9 @@ class CriticalPoint:
         return self.index / self.n
 
     def __repr__(self) -> str:
+        index = f"{self.index}" if self.exact else f"{self.index}±{self.index_stderr:.2g}"
         return (
-            f"CriticalPoint(kind={self.kind!r}, index={self.index}, num_zero={self.num_zero}, "
+            f"CriticalPoint(kind={self.kind!r}, index={index}, num_zero={self.num_zero}, "
             f"value={float(self.value):.6g}, grad_norm={float(self.grad_norm):.3g}, "
             f"definiteness={self.definiteness!r}, exact={self.exact})"
         )
@@ -135,6 +141,20 @@ def _kind(neg: int, zero: int, pos: int) -> str:
     return "minimum" if pos else "maximum"
 
 
+def _index_estimate(op, tol: float, key: Any, progress: bool) -> tuple[float, float, int]:
+    """(estimated negative count, its stderr, HVPs) from the spectral density."""
+    density = spectral_density(op, key=key, progress=progress)
+    frac, err = density.negative_fraction(threshold=-tol)
+    return frac * op.n, err * op.n, density.num_matvecs
+
+
+def classify_cost(n: int, k: int) -> int:
+    """HVPs of ``classify``'s Lanczos path: k eigenpairs at each end plus the
+    default spectral density (for the index estimate)."""
+    kk = max(1, min(k, n // 2))
+    return lanczos_cost(n, 2 * kk, "both") + 1536
+
+
 def classify(
     f: Loss,
     x: PyTree,
@@ -146,20 +166,21 @@ def classify(
     method: str = "auto",
     k: int = 6,
     key: jax.Array | None = None,
+    progress: bool = False,
 ) -> CriticalPoint:
     """Classify ``x`` as a minimum, maximum, saddle, degenerate or not critical.
 
-    Rules (DESIGN.md): with ``tol = max(atol, rtol * ||H||)``, eigenvalues
-    below ``-tol`` are negative, above ``tol`` positive, the rest zero.
-    Both signs present: saddle (even when some are zero); all positive:
-    minimum; all negative: maximum; otherwise degenerate, and
-    ``definiteness`` says whether the Hessian is positive or negative
-    semidefinite (a possible minimum or maximum; minima of networks with
-    symmetries are of this kind). A gradient norm above ``grad_tol`` makes
-    the point "not_critical" whatever its Hessian; the eigenvalues and
-    index are still reported. Gradient-flat points (``H g ~ 0`` but
-    ``g != 0``), where minimising ``||grad f||^2`` often ends, are therefore
-    never reported as critical.
+    Rules: with ``tol = max(atol, rtol * ||H||)``, eigenvalues below
+    ``-tol`` are negative, above ``tol`` positive, the rest zero. Both signs
+    present: saddle (even when some are zero); all positive: minimum; all
+    negative: maximum; otherwise degenerate, and ``definiteness`` says
+    whether the Hessian is positive or negative semidefinite (a possible
+    minimum or maximum; minima of networks with symmetries are of this
+    kind). A gradient norm above ``grad_tol`` makes the point
+    "not_critical" whatever its Hessian; the eigenvalues and index are still
+    reported. Gradient-flat points (``H g ~ 0`` but ``g != 0``), where
+    minimising ``||grad f||^2`` often ends, are therefore never reported as
+    critical.
 
     Args:
         f: scalar loss ``f(x, *args)``.
@@ -170,41 +191,63 @@ def classify(
         atol: absolute eigenvalue tolerance (default 0, which keeps labels
             invariant under f -> c f).
         batches: as in ``HessianOperator``: classify the mean loss.
-        method: "dense" (all n eigenvalues, n HVPs), "iterative" (k extreme
-            eigenpairs at each end; the kind is decided by lambda_min and
-            lambda_max, the index and num_zero become lower bounds, and
-            ``exact`` is False) or "auto" (dense for n <= 2000).
-        k: eigenpairs per end for the iterative method.
-        key: PRNG key for the iterative method.
+        method: "dense" (all n eigenvalues, n HVPs), "lanczos" (k extreme
+            eigenpairs at each end decide the kind; the index is estimated
+            from the spectral density, ``index_stderr`` gives its standard
+            error, ``num_zero`` is a lower bound and ``exact`` is False) or
+            "auto" (dense only where it costs no more HVPs than the Lanczos
+            path, ``classify_cost``: n up to about 1,800). The old name
+            "iterative" still works for one release.
+        k: eigenpairs per end for the Lanczos path.
+        key: PRNG key for the Lanczos path.
+        progress: show progress bars (the dense Hessian, or the Lanczos and
+            density work).
 
     Returns:
         A ``CriticalPoint``.
 
-    Cost: one gradient plus n HVPs (dense) or the eigenpairs' HVPs.
+    Cost: one gradient plus n HVPs (dense), or ``classify_cost(n, k)``
+    HVPs, about 1,800 with the defaults (Lanczos).
 
     Raises:
         ValueError: non-scalar loss or bad method.
         FloatingPointError: loss or gradient NaN/inf at x.
     """
-    if method not in ("auto", "dense", "iterative"):
-        raise ValueError(f'method must be "auto", "dense" or "iterative", got {method!r}.')
+    if method == "iterative":
+        warnings.warn(
+            'classify(method="iterative") is deprecated; use method="lanczos".',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        method = "lanczos"
+    check_choice("method", method, ("auto", "dense", "lanczos"))
     op = HessianOperator(f, x, *args, batches=batches)
     value, grad = op.value_and_grad()
     grad_norm = norm(grad)
-    dense = method == "dense" or (method == "auto" and op.n <= DENSE_MAX)
+    dense = method == "dense" or (
+        method == "auto" and dense_is_cheaper(op.n, classify_cost(op.n, k), explicit=False)
+    )
     if dense:
-        eigs = jnp.linalg.eigvalsh(op.to_dense())
+        eigs = jnp.linalg.eigvalsh(op.to_dense(progress=progress))
+        hess_norm = float(jnp.max(jnp.abs(eigs)))
     else:
-        kk = min(k, op.n // 2)
-        ep = eigenpairs(op, 2 * kk, which="both", key=key)
+        key = jax.random.PRNGKey(0) if key is None else key
+        k_eig, k_density = jax.random.split(key)
+        kk = max(1, min(k, op.n // 2))
+        ep = eigenpairs(op, 2 * kk, which="both", key=k_eig, method="lanczos", progress=progress)
         eigs = jnp.sort(ep.values)
+        hess_norm = max(float(jnp.max(jnp.abs(eigs))), float(ep.norm_estimate))
     eigs_np = np.asarray(eigs, dtype=float)
-    hess_norm = float(np.max(np.abs(eigs_np)))
     rtol = default_rtol(op.dtype) if rtol is None else float(rtol)
     tol = max(float(atol), rtol * hess_norm)
     if grad_tol is None:
         grad_tol = default_grad_tol(op.dtype, hess_norm, float(norm(x)))
     neg, zero, pos = _inertia(eigs_np, tol)
+    index, index_stderr = neg, 0.0
+    if not dense and neg and pos:
+        # the extremes decide the kind; the count in between is estimated
+        estimate, index_stderr, _ = _index_estimate(op, tol, k_density, progress)
+        index = int(min(op.n - pos, max(neg, round(estimate))))
     kind = _kind(neg, zero, pos) if float(grad_norm) <= grad_tol else "not_critical"
     return CriticalPoint(
         x=x,
@@ -212,12 +255,13 @@ def classify(
         grad_norm=grad_norm,
         eigenvalues=eigs,
         kind=kind,
-        index=neg,
+        index=index,
         num_zero=zero,
         definiteness=_definiteness(neg, zero, pos),
         tol=tol,
         grad_tol=float(grad_tol),
         exact=dense,
+        index_stderr=float(index_stderr),
     )
 
 
@@ -225,36 +269,7 @@ def classify(
 # Finding critical points
 
 
-def _as_batch(starts: PyTree) -> tuple[jax.Array, PyTree]:
-    if isinstance(starts, (list, np.ndarray)):
-        starts = jnp.asarray(starts)
-    starts = jax.tree.map(jnp.asarray, starts)
-    leaves = jax.tree.leaves(starts)
-    if not leaves:
-        raise ValueError("starts has no array leaves.")
-    if any(leaf.ndim < 1 for leaf in leaves):
-        raise ValueError("starts needs a leading batch axis on every leaf (one row per start).")
-    sizes = {int(leaf.shape[0]) for leaf in leaves}
-    if len(sizes) != 1:
-        raise ValueError(f"every leaf of starts must have the same leading length, got {sizes}.")
-    if sizes.pop() == 0:
-        raise ValueError("starts is empty.")
-    flat = jax.vmap(lambda point: ravel_pytree(point)[0])(starts)
-    bad = ~np.all(np.isfinite(np.asarray(flat)), axis=1)
-    if bad.any():
-        raise ValueError(f"starts contain NaN or inf (rows {np.flatnonzero(bad)[:10].tolist()}).")
-    return flat, jax.tree.map(lambda leaf: leaf[0], starts)
-
-
-def _dedup(points: np.ndarray, order: np.ndarray, tol: float) -> list[int]:
-    keep: list[int] = []
-    for i in order:
-        scale = max(1.0, float(np.linalg.norm(points[i])))
-        if all(np.linalg.norm(points[i] - points[j]) > tol * scale for j in keep):
-            keep.append(int(i))
-    return keep
-
-
+@renamed_arguments(minres_maxiter="minres_max_matvecs")
 def find_critical_points(
     f: Loss,
     starts: PyTree,
@@ -267,7 +282,7 @@ def find_critical_points(
     grad_tol: float | None = None,
     rtol: float | None = None,
     atol: float = 0.0,
-    minres_maxiter: int | None = None,
+    minres_max_matvecs: int | None = None,
 ) -> list[CriticalPoint]:
     """Find the critical points reached from a batch of starts, classified.
 
@@ -292,51 +307,52 @@ def find_critical_points(
             pytree whose leaves all carry a leading axis of length m.
         *args: data for ``f`` (shared by all starts).
         method: "newton-mr".
-        max_iter: Newton steps per start.
+        max_iter: Newton iterations per start (each costs the HVPs below).
         solver: "dense" (pseudo-inverse of the dense Hessian, n HVPs per
             step; robust on singular Hessians), "minres" (at most
-            ``minres_maxiter`` HVPs per step; scales to large n) or "auto"
-            (dense for n <= 200).
+            ``minres_max_matvecs`` HVPs per step; scales to large n) or
+            "auto" (dense where n HVPs cost no more than the MINRES budget).
         dedup_tol: two points closer than ``dedup_tol * max(1, ||x||)`` are
             one; the one with the smaller gradient is kept.
         include_not_critical: keep points classified "not_critical".
         grad_tol, rtol, atol: passed to ``classify``.
-        minres_maxiter: MINRES products per Newton step (default 100; at
-            most n).
+        minres_max_matvecs: MINRES products per Newton step (default 100; at
+            most n). The old name ``minres_maxiter`` still works for one
+            release.
 
     Returns:
         Deduplicated ``CriticalPoint`` s, sorted by loss value.
 
     Cost per start and step: one HVP per MINRES iteration (or n for the
     dense solver), one more HVP, and one gradient per line-search trial.
+
+    Raises:
+        ValueError: bad starts (no batch axis, empty, not finite), a loss
+            that cannot be evaluated at a start, or a bad option.
     """
-    if method != "newton-mr":
-        raise ValueError(f'method must be "newton-mr", got {method!r}.')
-    if solver not in ("auto", "dense", "minres"):
-        raise ValueError(f'solver must be "auto", "dense" or "minres", got {solver!r}.')
-    z0, first = _as_batch(starts)
-    if int(max_iter) < 1:
-        raise ValueError(f"max_iter must be at least 1, got {max_iter}.")
+    check_choice("method", method, ("newton-mr",))
+    check_choice("solver", solver, ("auto", "dense", "minres"))
+    z0, first = as_batch(starts)
+    max_iter = check_int("max_iter", max_iter, low=1)
     if not dedup_tol >= 0:
-        raise ValueError(f"dedup_tol must be >= 0, got {dedup_tol}.")
+        raise ValueError(f"dedup_tol must be >= 0; got {dedup_tol}.")
     try:
         check_scalar_loss(f, first, args)
     except (TypeError, IndexError, ValueError) as err:
         shapes = jax.tree.map(jnp.shape, first)
         raise ValueError(
-            f"f cannot be evaluated at a start: one row of starts has shape {shapes} "
+            f"f must be evaluable at each start; one row of starts has shape {shapes} "
             f"(starts carries a leading batch axis, one row per start). {err}"
         ) from err
     n = z0.shape[1]
-    solver = ("dense" if n <= 200 else "minres") if solver == "auto" else solver
     # Past n iterations MINRES only accumulates rounding (and on singular,
     # incompatible systems drifts off along the null space): cap at n.
-    minres_maxiter = min(int(minres_maxiter or 100), n)
-    flat_loss = _flat_loss(f, first)
-    unravel = flat_loss.unravel
-    z, gnorm, its, last = newton_mr(
-        flat_loss, z0, tuple(args), int(max_iter), solver, minres_maxiter, 40
-    )
+    budget = 100 if minres_max_matvecs is None else minres_max_matvecs
+    budget = min(check_int("minres_max_matvecs", budget, low=1), n)
+    if solver == "auto":
+        solver = "dense" if dense_is_cheaper(n, budget, explicit=False) else "minres"
+    loss = flat_loss(f, first)
+    z, gnorm, its, last = newton_mr(loss, z0, tuple(args), max_iter, solver, budget, 40)
     z_np, g_np = np.asarray(z, dtype=float), np.asarray(gnorm, dtype=float)
     finite = np.isfinite(g_np) & np.all(np.isfinite(z_np), axis=1)
     # A start that used every step while still moving has not converged: its
@@ -346,37 +362,8 @@ def find_critical_points(
     keep = finite & (converged | include_not_critical)
     order = [i for i in np.argsort(np.where(keep, g_np, np.inf)) if keep[i]]
     points = []
-    for i in _dedup(z_np, np.asarray(order, dtype=int), dedup_tol):
-        cp = classify(f, unravel(z[i]), *args, grad_tol=grad_tol, rtol=rtol, atol=atol)
+    for i in dedup(z_np, np.asarray(order, dtype=int), dedup_tol):
+        cp = classify(f, loss.unravel(z[i]), *args, grad_tol=grad_tol, rtol=rtol, atol=atol)
         if include_not_critical or cp.kind != "not_critical":
             points.append(cp)
     return sorted(points, key=lambda cp: float(cp.value))
-
-
-class _FlatLoss:
-    """``f(unravel(z), *args)`` as a hashable callable, cached per (f, layout)
-    so the jitted Newton-MR loop compiles once per loss and shape."""
-
-    def __init__(self, f: Loss, unravel: Any, signature: Any):
-        self.f, self.unravel, self.signature = f, unravel, signature
-
-    def __call__(self, z: jax.Array, *args: Any) -> jax.Array:
-        return self.f(self.unravel(z), *args)
-
-    def __hash__(self) -> int:
-        return hash((self.f, self.signature))
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, _FlatLoss) and self.f is other.f and self.signature == other.signature
-        )
-
-
-def _flat_loss(f: Loss, example: PyTree) -> _FlatLoss:
-    _, unravel = ravel_pytree(example)
-    leaves = jax.tree.leaves(example)
-    signature = (
-        jax.tree.structure(example),
-        tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves),
-    )
-    return _FlatLoss(f, unravel, signature)

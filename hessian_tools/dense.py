@@ -18,6 +18,7 @@ def hessian(
     *args: Any,
     batches: Iterable | None = None,
     chunk_size: int | None = None,
+    progress: bool = False,
 ) -> jax.Array:
     """Dense Hessian of ``f(params, *args)`` as an (n, n) array.
 
@@ -36,12 +37,17 @@ def hessian(
             mean loss over the batches.
         chunk_size: basis vectors per vectorised HVP call (default: a chunk
             of about 64 MB of vectors, at most 256).
+        progress: show a progress bar of HVPs (n in all).
 
     Returns:
         The (n, n) Hessian, in the params' dtype.
 
     Cost: n HVPs (per batch).
+
+    Raises:
+        ValueError: a non-scalar loss, or bad batches.
+        FloatingPointError: the loss, gradient or Hessian is not finite.
     """
     op = HessianOperator(f, params, *args, batches=batches)
     op.chunk_size = chunk_size
-    return op.to_dense()
+    return op.to_dense(progress=progress)

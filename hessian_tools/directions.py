@@ -22,16 +22,23 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree as ravel
 
-from hessian_tools._tree import check_same_structure, norm, ravel, sub
-from hessian_tools.operators import (
-    _as_args,
-    _cast_like,
-    _check_params,
-    _jit_value_and_grad,
-    _prepare_batches,
+from hessian_tools._checks import (
+    check_choice,
+    check_params,
+    check_same_structure,
+    renamed_arguments,
     require_finite,
 )
+from hessian_tools._data import Data
+from hessian_tools._tree import Layout, norm, sub
+from hessian_tools.operators import _value_and_grad
+
+
+def _cast_like(params: Any, tree: Any) -> Any:
+    return Layout.of(params).cast(tree)
+
 
 PyTree = Any
 Normalization = Literal["filter", "layer", "model"] | None
@@ -77,13 +84,11 @@ class Subspace:
 
 
 def _check_normalization(normalization: Any, allowed=_NORMALIZATIONS) -> None:
-    if normalization not in allowed:
-        raise ValueError(f"normalization must be one of {allowed}, got {normalization!r}.")
+    check_choice("normalization", normalization, allowed)
 
 
 def _check_leaves_1d(leaves_1d: str) -> None:
-    if leaves_1d not in ("zero", "keep"):
-        raise ValueError(f'leaves_1d must be "zero" or "keep", got {leaves_1d!r}.')
+    check_choice("leaves_1d", leaves_1d, ("zero", "keep"))
 
 
 def _rescale(d: jax.Array, target: jax.Array, current: jax.Array) -> jax.Array:
@@ -197,20 +202,21 @@ def random_direction(
     Reference: Li, Xu, Taylor, Studer, Goldstein (2018), "Visualizing the
     Loss Landscape of Neural Nets", NeurIPS.
     """
-    _check_params(params)
+    check_params(params)
     direction = _gaussian_like(key, params)
     return normalize_direction(
         direction, params, normalization, filter_axis=filter_axis, leaves_1d=leaves_1d
     )
 
 
+@renamed_arguments(tol="rtol")
 def eigen_directions(
     op: Any,
     k: int = 2,
     *,
     which: Literal["largest", "smallest", "both"] = "largest",
     key: jax.Array | None = None,
-    tol: float | None = None,
+    rtol: float | None = None,
     max_matvecs: int | None = None,
 ) -> tuple[PyTree, ...]:
     """Unit eigenvectors of a curvature operator, as pytrees like params.
@@ -222,7 +228,9 @@ def eigen_directions(
     the top eigenvectors show the sharpest cross-sections of the loss.
 
     Cost: that of ``eigenpairs`` (its ``num_matvecs`` HVPs). To keep the
-    eigenvalues too, call ``eigenpairs`` yourself and unravel its vectors.
+    eigenvalues too, call ``eigenpairs`` yourself and use its
+    ``tree_vectors``. ``rtol`` is passed to ``eigenpairs`` (the old name
+    ``tol`` still works for one release).
     """
     from hessian_tools.eigen import eigenpairs
 
@@ -231,8 +239,8 @@ def eigen_directions(
             "eigen_directions needs a curvature operator with .unravel (e.g. "
             f"HessianOperator) to turn eigenvectors into pytrees; got {type(op).__name__}."
         )
-    result = eigenpairs(op, k, which=which, key=key, tol=tol, max_matvecs=max_matvecs)
-    return tuple(op.unravel(result.vectors[:, i]) for i in range(result.vectors.shape[1]))
+    result = eigenpairs(op, k, which=which, key=key, rtol=rtol, max_matvecs=max_matvecs)
+    return tuple(jax.tree.map(lambda x, i=i: x[i], result.tree_vectors) for i in range(k))
 
 
 def gradient_direction(
@@ -262,19 +270,8 @@ def gradient_direction(
         no gradient direction) and ``FloatingPointError`` if not finite.
     """
     _check_normalization(normalization, ("unit", *_NORMALIZATIONS))
-    _check_params(params)
-    if batches is None:
-        grad = _jit_value_and_grad(f, params, args)[1]
-    else:
-        if args:
-            raise ValueError("pass the data either as *args or as batches=, not both.")
-        batches, sizes = _prepare_batches(batches)
-        total = float(sum(sizes))
-        grad = None
-        for size, batch in zip(sizes, batches, strict=False):
-            g = _jit_value_and_grad(f, params, _as_args(batch))[1]
-            g = jax.tree.map(lambda x, s=size: x * jnp.asarray(s / total, x.dtype), g)
-            grad = g if grad is None else jax.tree.map(jnp.add, grad, g)
+    check_params(params)
+    grad = _value_and_grad(f, params, Data.create(args, batches))[1]
     require_finite("gradient", grad)
     grad_norm = norm(grad)
     if not float(grad_norm) > 0:
@@ -321,7 +318,7 @@ def interpolation(
     points = [params_a, params_b] + ([] if params_c is None else [params_c])
     for name, p in zip(("params_b", "params_c"), points[1:], strict=False):
         check_same_structure(params_a, p, name=name)
-    _check_params(params_a)
+    check_params(params_a)
     diffs = [_cast_like(params_a, sub(p, params_a)) for p in points[1:]]
     flats = [np.asarray(ravel(d)[0], dtype=np.float64) for d in diffs]
     if any(not np.any(v) for v in flats):
@@ -400,7 +397,7 @@ def pca_directions(
     if len(points) < 2:
         raise ValueError(f"a trajectory needs at least 2 points, got {len(points)}.")
     template = points[0]
-    _check_params(template)
+    check_params(template)
     for t, p in enumerate(points[1:], 1):
         check_same_structure(template, p, name=f"trajectory[{t}]")
     flat0, unravel = ravel(template)

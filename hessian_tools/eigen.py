@@ -1,17 +1,20 @@
-"""Extreme eigenpairs of a symmetric matrix or curvature operator.
+"""Extreme eigenpairs of a symmetric matrix or curvature operator, with
+certified error bounds.
 
 Small problems (and dense arrays) are decomposed exactly. Large operators use
 thick-restart Lanczos (Wu & Simon 2000, "Thick-restart Lanczos method for
-large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22(2)) with
-full reorthogonalisation: each cycle extends the basis one HVP at a time inside
-one jitted loop, which stops as soon as every wanted Ritz residual is below
-``tol * ||A||``; a restart keeps the wanted Ritz vectors and some spare ones
-and continues from the Lanczos residual (``hessian_tools._thick_restart``).
+large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22(2)) on the
+library's one Lanczos kernel, with full reorthogonalisation; it stops as soon
+as every wanted eigenvalue's a-posteriori error bound ``min(r, r^2 / gap)``
+is at most ``max(rtol |lambda|, atol)`` (``hessian_tools._thick_restart``).
+The whole solve is one compiled loop and runs inside ``jax.jit``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from typing import Any, Literal
 
 import jax
@@ -19,105 +22,127 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import _thick_restart
-from hessian_tools import lanczos as lz
-
-# re-exported next to ``default_tol``, and the jitted restart cycle for the
-# tests of its compile cache
-from hessian_tools._thick_restart import _cycle_jit as _cycle_jit
-from hessian_tools._thick_restart import default_lanczos_tol as default_lanczos_tol
-from hessian_tools.operators import CurvatureOperator, as_square_matrix
+from hessian_tools._checks import (
+    check_choice,
+    check_int,
+    check_positive,
+    is_traced,
+    renamed_arguments,
+)
+from hessian_tools._operator import (
+    LinearMap,
+    as_linear_map,
+    as_square_matrix,
+    dense_is_cheaper,
+    is_explicit,
+    num_elements_of,
+)
+from hessian_tools._thick_restart import lanczos_cost
+from hessian_tools._tree import Layout
 
 __all__ = ["Eigenpairs", "check_symmetric", "eigenpairs"]
 
 Which = Literal["largest", "smallest", "both"]
-
-#: operators with at most this many rows go to the exact dense path by default
-DENSE_THRESHOLD = 1500
+WHICH = ("largest", "smallest", "both")
 
 
-@jax.tree_util.register_dataclass
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=[
+        "values",
+        "tree_vectors",
+        "residuals",
+        "error_bounds",
+        "converged",
+        "num_matvecs",
+        "norm_estimate",
+        "num_restarts",
+    ],
+    meta_fields=["layout", "exact"],
+)
 @dataclasses.dataclass(frozen=True)
 class Eigenpairs:
-    """Eigenvalues and eigenvectors of a symmetric operator.
+    """Eigenvalues and eigenvectors of a symmetric operator, with error bounds.
 
     Attributes:
         values: (k,) eigenvalues, ordered algebraically: descending for
             ``which="largest"``, ascending for ``"smallest"`` and ``"both"``.
-        vectors: (n, k) unit eigenvectors as columns, in ``ravel_pytree``
-            order (``op.unravel(vectors[:, i])`` gives a pytree).
+        tree_vectors: the unit eigenvectors as a pytree like params whose
+            leaves carry a leading axis k (``vectors`` is the flat view).
         residuals: (k,) residual norms ``||A v - lambda v||``.
-        converged: True when every residual is below ``tol * ||A||``.
+        error_bounds: (k,) a bound on each eigenvalue's error,
+            ``min(r, r^2 / gap)`` (see ``_thick_restart.error_bounds`` for
+            its assumptions); rounding-level on the dense path.
+        converged: True when every bound met the requested tolerance.
         num_matvecs: operator products (HVPs) spent.
-        exact: True when computed by a dense eigendecomposition.
-        norm_estimate: the ``||A||`` the tolerance was measured against (the
-            largest |eigenvalue| seen; exact on the dense path).
+        norm_estimate: the largest |eigenvalue| seen, an estimate of
+            ``||A||`` (exact on the dense path).
         num_restarts: thick restarts performed (0 on the dense path).
+        layout: structure of a vector (static).
+        exact: True when computed by a dense eigendecomposition (static).
+
+    Under ``jax.jit`` the counts and ``converged`` are traced arrays.
     """
 
     values: jax.Array
-    vectors: jax.Array
+    tree_vectors: Any
     residuals: jax.Array
-    converged: bool = dataclasses.field(metadata=dict(static=True))
-    num_matvecs: int = dataclasses.field(metadata=dict(static=True))
-    exact: bool = dataclasses.field(default=True, metadata=dict(static=True))
-    norm_estimate: float = dataclasses.field(default=float("nan"), metadata=dict(static=True))
-    num_restarts: int = dataclasses.field(default=0, metadata=dict(static=True))
+    error_bounds: jax.Array
+    converged: Any
+    num_matvecs: Any
+    norm_estimate: Any
+    num_restarts: Any
+    layout: Layout
+    exact: bool
+
+    @property
+    def vectors(self) -> jax.Array:
+        """(n, k) unit eigenvectors as columns, in ``ravel_pytree`` order
+        (computed on request from ``tree_vectors``)."""
+        return self.layout.ravel(self.tree_vectors).T
 
 
-def default_tol(dtype: Any) -> float:
-    """Default relative residual tolerance of the dense path: sqrt(eps)."""
-    return float(np.sqrt(np.finfo(np.dtype(dtype)).eps))
+def default_lanczos_tol(dtype: Any) -> float:
+    """The residual tolerance of the deprecated ``tol=``: sqrt(eps) / 4."""
+    return float(np.sqrt(np.finfo(np.dtype(dtype)).eps)) / 4
 
 
-def _check_k(k: Any, n: int) -> int:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
-        raise TypeError(f"k must be an integer, got {k!r}.")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must satisfy 1 <= k <= n = {n}; got k = {k}.")
-    return int(k)
-
-
-def _check_which(which: str) -> None:
-    if which not in ("largest", "smallest", "both"):
-        raise ValueError(f'which must be "largest", "smallest" or "both", got {which!r}.')
-
-
-def select(w: jax.Array, k: int, which: str) -> np.ndarray:
+def select(w: Any, k: int, which: str) -> np.ndarray:
     """Indices into ascending eigenvalues ``w`` for the requested end(s).
 
     ``"both"`` follows scipy's ``eigsh(which="BE")``: k in all, ceil(k/2)
     from the top and floor(k/2) from the bottom, returned ascending.
     """
-    n = w.shape[0]
-    if which == "largest":
-        return np.arange(n - 1, n - 1 - k, -1)
-    if which == "smallest":
-        return np.arange(k)
-    top = (k + 1) // 2
-    return np.concatenate([np.arange(k - top), np.arange(n - top, n)])
+    return np.asarray(_thick_restart.wanted_positions(np.shape(w)[0], k, which))
 
 
-def dense_eigenpairs(
-    matrix: jax.Array, k: int, which: str, tol: float | None, num_matvecs: int
-) -> Eigenpairs:
+def dense_eigenpairs(matrix: jax.Array, k: int, which: str, num_matvecs: int) -> Eigenpairs:
     """Exact eigenpairs of a dense symmetric matrix via ``jnp.linalg.eigh``."""
     w, v = jnp.linalg.eigh(matrix)
     idx = select(w, k, which)
     values, vectors = w[idx], v[:, idx]
     residuals = jnp.linalg.norm(matrix @ vectors - vectors * values[None, :], axis=0)
-    tol = default_tol(matrix.dtype) if tol is None else tol
     scale = jnp.max(jnp.abs(w))
-    converged = bool(jnp.all(residuals <= tol * scale + jnp.finfo(matrix.dtype).tiny))
-    return Eigenpairs(values, vectors, residuals, converged, num_matvecs, True, float(scale), 0)
+    # eigh is backward stable: each eigenvalue within ~n eps ||A|| of the truth
+    bounds = jnp.maximum(residuals, matrix.shape[0] * jnp.finfo(w.dtype).eps * scale)
+    layout = Layout.of(jax.ShapeDtypeStruct((matrix.shape[0],), matrix.dtype))
+    return Eigenpairs(
+        values, vectors.T, residuals, bounds, True, num_matvecs, scale, 0, layout, True
+    )
 
 
 # --------------------------------------------------------------------------
 # Randomised symmetry check
 
 
-def check_symmetric(
-    op: CurvatureOperator | jax.Array, *, key: jax.Array | None = None, rtol: float | None = None
-) -> float:
+@jax.jit
+def _two_products(lm: LinearMap, key: jax.Array):
+    u, v = (lm.layout.unravel(x) for x in jax.random.normal(key, (2, lm.n), lm.dtype))
+    mv = lm.bind()
+    return u, v, mv(u), mv(v)
+
+
+def check_symmetric(op: Any, *, key: jax.Array | None = None, rtol: float | None = None) -> float:
     """Randomised symmetry test: compares ``u . (A v)`` with ``v . (A u)``.
 
     Raises ``ValueError`` when the relative asymmetry
@@ -127,20 +152,19 @@ def check_symmetric(
     Returns:
         The measured relative asymmetry.
     """
-    _, _, n, dtype, matvec = lz.resolve_operator(op)
+    from hessian_tools._tree import norm, vdot
+
+    lm = as_linear_map(op, linearize=False)
     key = jax.random.PRNGKey(1) if key is None else key
-    u, v = jax.random.normal(key, (2, n), dtype)
-    au, av = matvec(u), matvec(v)
-    lhs, rhs = float(jnp.vdot(u, av)), float(jnp.vdot(v, au))
-    denom = float(
-        jnp.linalg.norm(u) * jnp.linalg.norm(av) + jnp.linalg.norm(v) * jnp.linalg.norm(au)
-    )
+    u, v, au, av = _two_products(lm, key)
+    lhs, rhs = float(vdot(u, av)), float(vdot(v, au))
+    denom = float(norm(u) * norm(av) + norm(v) * norm(au))
     err = abs(lhs - rhs) / denom if denom > 0 else 0.0
-    rtol = 10 * default_tol(dtype) if rtol is None else rtol
+    rtol = 10 * float(np.sqrt(np.finfo(np.dtype(lm.dtype)).eps)) if rtol is None else rtol
     if not err <= rtol:
         raise ValueError(
-            f"the operator is not symmetric: u.(Av) = {lhs:.6g} but v.(Au) = {rhs:.6g} "
-            f"(relative asymmetry {err:.2e} > rtol {rtol:.1e}); Lanczos assumes A = A^T."
+            f"the operator must be symmetric (Lanczos assumes A = A^T); got u.(Av) = {lhs:.6g} "
+            f"but v.(Au) = {rhs:.6g}, a relative asymmetry of {err:.2e} > rtol {rtol:.1e}."
         )
     return err
 
@@ -149,29 +173,16 @@ def check_symmetric(
 # Thick-restart Lanczos (the algorithm lives in hessian_tools._thick_restart)
 
 
-def lanczos_eigenpairs(op: Any, k: int, which: str, **options: Any) -> Eigenpairs:
-    """Thick-restart Lanczos as an ``Eigenpairs``; options and defaults as in
-    ``eigenpairs`` (see ``hessian_tools._thick_restart.lanczos_eigenpairs``)."""
-    r = _thick_restart.lanczos_eigenpairs(op, k, which, **options)
-    return Eigenpairs(
-        r.values,
-        r.vectors,
-        r.residuals,
-        r.converged,
-        r.num_matvecs,
-        False,
-        r.norm_estimate,
-        r.num_restarts,
-    )
-
-
+@renamed_arguments(a="op")
 def eigenpairs(
-    a: CurvatureOperator | jax.Array | np.ndarray,
+    op: Any,
     k: int,
     *,
     which: Which = "largest",
     key: jax.Array | None = None,
-    tol: float | None = None,
+    v0: Any = None,
+    rtol: float | None = None,
+    atol: float = 0.0,
     max_matvecs: int | None = None,
     method: Literal["auto", "dense", "lanczos"] = "auto",
     max_basis: int | None = None,
@@ -180,8 +191,10 @@ def eigenpairs(
     true_residuals: bool = False,
     check_symmetry: bool = False,
     progress: bool = False,
+    tol: float | None = None,
 ) -> Eigenpairs:
-    """The k algebraically largest / smallest eigenpairs of a symmetric operator.
+    """The k algebraically largest / smallest eigenpairs of a symmetric
+    operator, each eigenvalue with an error bound.
 
     "largest" means algebraically largest (most positive), never largest in
     modulus, so negative eigenvalues are never mixed into a top-k list;
@@ -192,23 +205,32 @@ def eigenpairs(
     Two methods. ``"dense"``: the exact eigendecomposition (an operator is
     formed with n HVPs). ``"lanczos"``: thick-restart Lanczos (Wu & Simon
     2000) with full reorthogonalisation, stopping as soon as every wanted
-    residual ``||A v - lambda v||`` is at most ``tol * ||A||``, ``||A||``
-    estimated by the largest |Ritz value|; the eigenvalue error is then about
-    ``residual^2 / gap``. ``"auto"`` picks dense for arrays and for operators
-    with n <= 1500 (or k > n / 4), Lanczos otherwise.
+    eigenvalue's error bound ``min(r, r^2 / gap)`` (``r`` the residual
+    ``||A v - lambda v||``, ``gap`` the distance to the other Ritz values)
+    is at most ``max(rtol |lambda|, atol, 10 eps ||A||)``; the last term is
+    the rounding level of the products, below which nothing can be
+    certified. ``"auto"`` takes the dense path only where it costs no more
+    (``hessian_tools._operator.dense_is_cheaper``: explicit arrays up to
+    n = 2048, operators when n is at most the products Lanczos would
+    typically spend).
 
     Single-vector Lanczos finds one copy of an exactly repeated eigenvalue
     (further copies only through rounding); clusters are found in full.
 
     Args:
-        a: a symmetric (n, n) array, or a ``CurvatureOperator`` such as
-            ``HessianOperator``.
+        op: a ``CurvatureOperator`` such as ``HessianOperator``, or a
+            symmetric (n, n) array.
         k: number of eigenpairs, 1 <= k <= n (k < n for Lanczos).
         which: "largest" (values descending), "smallest" (ascending) or
             "both" (ascending).
-        key: PRNG key for the start vector (default ``PRNGKey(0)``).
-        tol: relative residual tolerance (Lanczos default sqrt(eps) / 4:
-            8.6e-5 in float32, 3.7e-9 in float64; dense: sqrt(eps)).
+        key: PRNG key for the start vector and restarts (default
+            ``PRNGKey(0)``).
+        v0: start vector instead of a random one: a flat (n,) array or a
+            pytree like params (e.g. the previous checkpoint's top
+            eigenvector).
+        rtol: relative accuracy wanted for each eigenvalue (default 1e-4 in
+            float32, 1e-8 in float64).
+        atol: absolute accuracy floor for eigenvalues near zero (default 0).
         max_matvecs: HVP budget for Lanczos (default ``max(1000, 50 m)``);
             when it runs out the result has ``converged=False``.
         method: "auto", "dense" or "lanczos".
@@ -217,7 +239,7 @@ def eigenpairs(
             whose wanted end often lies in a dense cluster; at most n).
             Memory is ``(m + 1) n`` numbers (plus as much again briefly at
             each restart); a smaller m bounds memory and costs more restarts.
-        linearize: share one forward pass between a cycle's HVPs
+        linearize: share one forward pass between the HVPs
             (``jax.linearize``; holds the activations in memory).
         accumulate_dtype: dtype for T's entries (e.g. float64 with x64 on).
         true_residuals: recompute the residuals with k extra HVPs instead of
@@ -225,46 +247,87 @@ def eigenpairs(
             reorthogonalisation keeps exact up to rounding).
         check_symmetry: first run ``check_symmetric`` (2 HVPs) and raise if
             the operator is not symmetric.
-        progress: show a progress bar of HVPs spent (restart cycles).
+        progress: show a progress bar of HVPs spent.
+        tol: deprecated: stop when every residual is at most ``tol * ||A||``
+            (the rule of earlier releases) instead of on the error bounds.
 
     Returns:
-        An ``Eigenpairs`` result: values, vectors (n, k), residuals,
-        converged, num_matvecs (every HVP spent, counted).
+        An ``Eigenpairs`` result: values, vectors (n, k) and tree_vectors,
+        residuals, error_bounds, converged, num_matvecs (every HVP spent).
 
     Cost: dense: n HVPs for an operator and O(n^3) flops. Lanczos: the HVPs
     until convergence (often 2k to 4k + 10), plus O(m^2 n) flops per cycle.
+
+    Raises:
+        ValueError: k out of range, a bad ``which``, ``method``, ``rtol``,
+            ``v0`` or budget; a non-symmetric operator with
+            ``check_symmetry``; ``method="dense"`` inside ``jax.jit``.
+        FloatingPointError: a product returned NaN or inf.
     """
-    _check_which(which)
-    if method not in ("auto", "dense", "lanczos"):
-        raise ValueError(f'method must be "auto", "dense" or "lanczos", got {method!r}.')
+    check_choice("which", which, WHICH)
+    check_choice("method", method, ("auto", "dense", "lanczos"))
+    n = num_elements_of(op)
+    k = check_int("k", k, low=1, high=n)
+    rtol = check_positive("rtol", rtol)
+    if not (np.isfinite(atol) and atol >= 0):
+        raise ValueError(f"atol must be a finite number >= 0; got {atol!r}.")
+    if tol is not None:
+        warnings.warn(
+            "eigenpairs(tol=...) is deprecated: it stops on residuals <= tol * ||A||. Use "
+            "rtol= (relative accuracy of each eigenvalue, from its error bound) instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        check_positive("tol", tol)
+    explicit = is_explicit(op)
     extra = 0
     if check_symmetry:
-        check_symmetric(a, key=key)
+        check_symmetric(op, key=key)
         extra = 2
-    if isinstance(a, CurvatureOperator):
-        n = a.n
-        k = _check_k(k, n)
-        if method == "dense" or (method == "auto" and (n <= DENSE_THRESHOLD or 4 * k > n)):
-            return dataclasses.replace(
-                dense_eigenpairs(a.to_dense(), k, which, tol, n), num_matvecs=n + extra
+    dense = method == "dense" or (
+        method == "auto"
+        and dense_is_cheaper(n, lanczos_cost(n, k, which, max_basis), explicit=explicit)
+    )
+    if dense:
+        if explicit:
+            matrix, spent = as_square_matrix(op), 0
+        else:
+            if is_traced(getattr(op, "params", None)):
+                raise ValueError(
+                    'method="dense" cannot run inside jax.jit (it builds the matrix on the '
+                    'host); use method="lanczos".'
+                )
+            matrix, spent = op.to_dense(progress=progress), n
+        result = dense_eigenpairs(matrix, k, which, spent + extra)
+        if not explicit:
+            result = dataclasses.replace(
+                result, layout=op.layout, tree_vectors=op.layout.unravel(result.tree_vectors)
             )
-    else:
-        matrix = as_square_matrix(a)
-        k = _check_k(k, matrix.shape[0])
-        if method != "lanczos":
-            return dense_eigenpairs(matrix, k, which, tol, 0)
-        a = matrix
-    result = lanczos_eigenpairs(
-        a,
+        return result
+    out = _thick_restart.lanczos_eigenpairs(
+        as_linear_map(op, linearize=linearize),
         k,
         which,
         key=key,
+        v0=v0,
+        rtol=rtol,
+        atol=float(atol),
         tol=tol,
         max_matvecs=max_matvecs,
         max_basis=max_basis,
-        linearize=linearize,
         accumulate_dtype=accumulate_dtype,
         true_residuals=true_residuals,
         progress=progress,
     )
-    return dataclasses.replace(result, num_matvecs=result.num_matvecs + extra)
+    return Eigenpairs(
+        out["values"],
+        out["vectors"],
+        out["residuals"],
+        out["bounds"],
+        out["converged"],
+        out["num_matvecs"] + extra,
+        out["norm"],
+        out["num_restarts"],
+        op.layout if hasattr(op, "layout") else as_linear_map(op).layout,
+        False,
+    )

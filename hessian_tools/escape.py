@@ -14,6 +14,7 @@ the saddle where it is negative.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools.critical import DENSE_MAX
+from hessian_tools._checks import check_choice, check_int, renamed_arguments
+from hessian_tools._operator import dense_is_cheaper
+from hessian_tools._tree import basis_combine
 from hessian_tools.eigen import eigenpairs
 from hessian_tools.lanczos import lanczos
 from hessian_tools.operators import HessianOperator, Loss, PyTree
@@ -56,13 +59,14 @@ class EscapeDirection:
         return step * self.slope + 0.5 * step**2 * self.curvature
 
 
+@renamed_arguments(tol="rtol")
 def escape_direction(
     f: Loss,
     x: PyTree,
     *args: Any,
     batches: Iterable | None = None,
     key: jax.Array | None = None,
-    tol: float | None = None,
+    rtol: float | None = None,
     max_matvecs: int | None = None,
 ) -> EscapeDirection:
     """Direction of most negative curvature of ``f`` at ``x``.
@@ -71,19 +75,33 @@ def escape_direction(
     ``eigenpairs(op, 1, which="smallest")``; its sign is chosen so that the
     first-order change along it is not positive.
 
+    Args:
+        f: scalar loss ``f(x, *args)``.
+        x: the point (pytree).
+        *args: data for ``f``.
+        batches: as in ``HessianOperator``.
+        key: PRNG key for the Lanczos start vector.
+        rtol: relative accuracy of the curvature (as in ``eigenpairs``; the
+            old name ``tol`` still works for one release).
+        max_matvecs: HVP budget of the eigensolver.
+
+    Returns:
+        An ``EscapeDirection``.
+
     Cost: one gradient plus the eigenpair's HVPs (n for small problems,
     formed densely; Lanczos products for large ones).
     """
     op = HessianOperator(f, x, *args, batches=batches)
     _, grad = op.value_and_grad()
     g = op.ravel(grad)
-    ep = eigenpairs(op, 1, which="smallest", key=key, tol=tol, max_matvecs=max_matvecs)
+    ep = eigenpairs(op, 1, which="smallest", key=key, rtol=rtol, max_matvecs=max_matvecs)
     d = ep.vectors[:, 0]
     slope = jnp.vdot(g, d)
     d, slope = jnp.where(slope > 0, -d, d), -jnp.abs(slope)
     return EscapeDirection(op.unravel(d), ep.values[0], slope, ep.residuals[0], ep.num_matvecs)
 
 
+@renamed_arguments(num_steps="num_matvecs")
 def saddle_free_newton_step(
     f: Loss,
     x: PyTree,
@@ -91,7 +109,7 @@ def saddle_free_newton_step(
     damping: float | None = None,
     batches: Iterable | None = None,
     method: str = "auto",
-    num_steps: int = 50,
+    num_matvecs: int = 50,
 ) -> PyTree:
     """The saddle-free Newton step ``-|H|^-1 grad f`` (Dauphin et al. 2014).
 
@@ -101,10 +119,11 @@ def saddle_free_newton_step(
     (default ``sqrt(eps) * ||H||``) keeps near-zero eigenvalues from blowing
     the step up; Dauphin et al. damp the same way.
 
-    For large n (``method="krylov"``, the default above n = 2000) the step is
-    taken in the Krylov subspace of H started at the gradient, as in Dauphin
-    et al. (section 7): ``num_steps`` Lanczos vectors Q, ``T = Q H Q^T``, and
-    ``-Q^T |T|^-1 Q g``.
+    ``method="lanczos"`` takes the step in the Krylov subspace of H started
+    at the gradient, as in Dauphin et al. (section 7): ``num_matvecs``
+    Lanczos vectors Q, ``T = Q H Q^T``, and ``-Q^T |T|^-1 Q g`` (exact once
+    ``num_matvecs >= n``). ``"dense"`` uses the whole Hessian (n HVPs);
+    ``"auto"`` picks it only when n is at most ``num_matvecs``.
 
     Args:
         f: scalar loss ``f(x, *args)``.
@@ -112,33 +131,45 @@ def saddle_free_newton_step(
         *args: data for ``f``.
         damping: floor on ``|lambda|``.
         batches: as in ``HessianOperator``.
-        method: "dense", "krylov" or "auto" (dense for n <= 2000).
-        num_steps: Krylov dimension for ``method="krylov"``.
+        method: "dense", "lanczos" or "auto" (the old name "krylov" still
+            works for one release).
+        num_matvecs: Krylov dimension (HVPs) for ``method="lanczos"``; the
+            old name ``num_steps`` still works for one release.
 
     Returns:
         The step, a pytree like ``x`` (add it to x to take it).
 
-    Cost: one gradient plus n HVPs (dense) or ``num_steps`` HVPs (krylov).
+    Cost: one gradient plus n HVPs (dense) or ``num_matvecs`` HVPs (lanczos).
     """
-    if method not in ("auto", "dense", "krylov"):
-        raise ValueError(f'method must be "auto", "dense" or "krylov", got {method!r}.')
+    if method == "krylov":
+        warnings.warn(
+            'saddle_free_newton_step(method="krylov") is deprecated; use method="lanczos".',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        method = "lanczos"
+    check_choice("method", method, ("auto", "dense", "lanczos"))
+    num_matvecs = check_int("num_matvecs", num_matvecs, low=1)
     op = HessianOperator(f, x, *args, batches=batches)
     _, grad = op.value_and_grad()
     g = op.ravel(grad)
-    if method == "dense" or (method == "auto" and op.n <= DENSE_MAX):
-        basis = None
+    if method == "dense" or (
+        method == "auto" and dense_is_cheaper(op.n, num_matvecs, explicit=False)
+    ):
         w, v = jnp.linalg.eigh(op.to_dense())
         coeffs = v.T @ g
+        basis = None
     else:
         if not bool(jnp.any(g != 0)):
             return op.unravel(jnp.zeros_like(g))  # at a critical point the step is 0
-        result = lanczos(op, min(int(num_steps), op.n), v0=g)
-        basis = result.basis[: result.num_steps]
+        result = lanczos(op, min(num_matvecs, op.n), v0=grad)
+        steps = result.num_steps
+        basis = jax.tree.map(lambda q: q[:steps], result.tree_basis)
         w, v = jnp.linalg.eigh(result.tridiagonal().astype(g.dtype))
-        coeffs = v.T @ (basis @ g)
+        coeffs = v.T @ (result.basis[:steps] @ g)
     if damping is None:
         damping = float(np.sqrt(np.finfo(np.dtype(op.dtype)).eps)) * float(jnp.max(jnp.abs(w)))
     scale = jnp.maximum(jnp.abs(w), jnp.asarray(damping, w.dtype))
     scale = jnp.where(scale > 0, scale, 1)  # H = 0 and damping 0: no curvature to use
     step = -(v @ (coeffs / scale))
-    return op.unravel(step if basis is None else basis.T @ step)
+    return op.unravel(step) if basis is None else basis_combine(step, basis)

@@ -26,14 +26,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
-from jax.flatten_util import ravel_pytree
 
-from hessian_tools.operators import (
-    CurvatureOperator,
-    PyTree,
-    map_columns,
-    require_finite,
-)
+from hessian_tools._checks import check_scalar_output, is_traced, require_finite
+from hessian_tools._data import Data
+from hessian_tools._operator import LinearMap
+from hessian_tools.operators import CurvatureOperator, PyTree
 
 __all__ = ["EmpiricalFisherOperator", "GGNOperator"]
 
@@ -42,30 +39,20 @@ OutputLoss = Callable[[Any, Any], jax.Array]
 
 
 # --------------------------------------------------------------------------
-# Products, as factories: make(operands) -> (v_flat -> C v_flat), used inside jit
+# Products: (matvec, prepare) pairs, cached per (model, loss) so that compiled
+# solvers are reused across operators
 
 
-def _flat_model(model: Model, params: PyTree, x: Any) -> tuple[Callable, jax.Array]:
-    flat, unravel = ravel_pytree(params)
-    return (lambda p: model(unravel(p), x)), flat
+def _ggn_product(model: Model, loss: OutputLoss, params: PyTree, x: Any, y: Any):
+    out, jvp = jax.linearize(lambda p: model(p, x), params)  # one forward pass
+    vjp = jax.linear_transpose(jvp, params)  # J^T u
+    loss_grad = jax.grad(lambda o: loss(o, y))
 
+    def mv(v):
+        hjv = jax.jvp(loss_grad, (out,), (jvp(v),))[1]  # H_L J v
+        return vjp(hjv)[0]
 
-@functools.cache
-def _ggn_factory(model: Model, loss: OutputLoss) -> Callable:
-    def make(operands):
-        params, x, y = operands
-        fn, flat = _flat_model(model, params, x)
-        out, jvp = jax.linearize(fn, flat)  # one forward pass, J v thereafter
-        vjp = jax.linear_transpose(jvp, flat)  # J^T u
-        loss_grad = jax.grad(lambda o: loss(o, y))
-
-        def mv(v):
-            hjv = jax.jvp(loss_grad, (out,), (jvp(v),))[1]  # H_L J v
-            return vjp(hjv)[0]
-
-        return mv
-
-    return make
+    return mv
 
 
 def _per_sample_losses(model: Model, loss: OutputLoss, params: PyTree, x: Any, y: Any):
@@ -76,38 +63,35 @@ def _per_sample_losses(model: Model, loss: OutputLoss, params: PyTree, x: Any, y
     return jax.vmap(one)(x, y)
 
 
+def _fisher_product(model: Model, loss: OutputLoss, params: PyTree, x: Any, y: Any):
+    losses = lambda p: _per_sample_losses(model, loss, p, x, y)
+    per_sample, jvp = jax.linearize(losses, params)  # G v: the (N,) products g_i . v
+    vjp = jax.linear_transpose(jvp, params)  # G^T u
+    count = per_sample.shape[0]
+    return lambda v: vjp(jvp(v) / count)[0]
+
+
 @functools.cache
-def _fisher_factory(model: Model, loss: OutputLoss) -> Callable:
-    def make(operands):
-        params, x, y = operands
-        flat, unravel = ravel_pytree(params)
-        losses = lambda p: _per_sample_losses(model, loss, unravel(p), x, y)
-        per_sample, jvp = jax.linearize(losses, flat)  # G v: the (N,) products g_i . v
-        vjp = jax.linear_transpose(jvp, flat)  # G^T u
-        count = per_sample.shape[0]
+def _products(kind: Callable, model: Model, loss: OutputLoss) -> tuple[Callable, Callable]:
+    def matvec(v, params, data):
+        return data.mean(lambda x, y: kind(model, loss, params, x, y)(v))
 
-        def mv(v):
-            return vjp(jvp(v) / count)[0]
+    def prepare(params, data):
+        return kind(model, loss, params, *data.groups[0])
 
-        return mv
-
-    return make
+    return matvec, prepare
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _jit_matmat(make, operands, vs):
-    # vs: (k, n); the linearisation is shared by the k products
-    return map_columns(make(operands), vs)
+@functools.cache
+def _composed(model: Model, loss: OutputLoss) -> Callable:
+    """``loss(model(params, x), y)``, one object per (model, loss) so that
+    shape checks and compiled code are cached across operators."""
+    return lambda params, x, y: loss(model(params, x), y)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _jit_matvec(make, operands, v):
-    return make(operands)(v)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _jit_loss(model, loss, params, x, y):
-    return loss(model(params, x), y)
+def _mean_loss(composed, params, data):
+    return data.mean(lambda x, y: composed(params, x, y))
 
 
 # --------------------------------------------------------------------------
@@ -118,7 +102,7 @@ class _OutputLossOperator(CurvatureOperator):
     """Shared data handling: ``(x, y)`` or ``batches=`` of ``(x, y)`` tuples,
     each batch weighted by ``size_b / N`` (the mean over all samples)."""
 
-    _factory: Callable
+    _kind: Callable
 
     def __init__(
         self,
@@ -137,35 +121,32 @@ class _OutputLossOperator(CurvatureOperator):
             raise ValueError("pass the data either as x, y or as batches=, not both.")
         if batches is None and (x is None or y is None):
             raise ValueError("give the data as x and y, or as batches= of (x, y) tuples.")
-        first = self._set_data(() if batches is not None else (x, y), batches)
+        self.data = Data.create(() if batches is not None else (x, y), batches)
+        first = self.data.example_args()
         if len(first) != 2:
-            raise ValueError(f"each batch must be an (x, y) pair, got {len(first)} items.")
+            raise ValueError(f"each batch must be an (x, y) pair; got {len(first)} items.")
         self.x, self.y = x, y
-        out = jax.eval_shape(lambda p, a, b: loss(model(p, a), b), params, *first)
-        if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
-            raise ValueError(
-                "loss(model(params, x), y) must be a scalar (the mean over the batch); got "
-                f"shape {getattr(out, 'shape', type(out).__name__)}."
-            )
-        if check_finite:
-            for _, (bx, by) in self._weighted():
-                require_finite("loss", _jit_loss(model, loss, params, bx, by))
-        self._make = type(self)._factory(model, loss)
+        composed = _composed(model, loss)
+        check_scalar_output(
+            "loss(model(params, x), y)",
+            composed,
+            params,
+            *first,
+            fix="It must be the mean over the batch.",
+        )
+        if check_finite and not is_traced(params, self.data):
+            require_finite("loss", _mean_loss(composed, params, self.data))
 
-    def _matvec_flat(self, v: jax.Array) -> jax.Array:
-        return self._accumulate(lambda a: _jit_matvec(self._make, (self.params, *a), v))
+    @property
+    def num_batches(self) -> int:
+        return self.data.num_batches
 
-    def _matmat_flat(self, vs: jax.Array) -> jax.Array:
-        return self._accumulate(lambda a: _jit_matmat(self._make, (self.params, *a), vs))
-
-    def jittable(self, linearize: bool = True) -> tuple[Callable, PyTree] | None:
-        """``(make_matvec, operands)`` like ``HessianOperator.jittable``: inside
-        jit, ``make_matvec(operands)`` gives ``v_flat -> C v_flat`` (always
-        linearised). None for ``batches=`` operators."""
-        del linearize
-        if self.batches is not None:
-            return None
-        return self._make, (self.params, self.x, self.y)
+    def linear_map(self, linearize: bool = True) -> LinearMap:
+        # both products share one forward pass per call; with batches= it is
+        # taken batch by batch inside the scan
+        matvec, prepare = _products(type(self)._kind, self.model, self.loss)
+        share = prepare if linearize and not self.data.batched else None
+        return LinearMap(matvec, (self.params, self.data), self.layout, self._block_rule(), share)
 
 
 class GGNOperator(_OutputLossOperator):
@@ -197,7 +178,7 @@ class GGNOperator(_OutputLossOperator):
         >>> op @ v  # pytree like params; op.to_dense() for small models
     """
 
-    _factory = staticmethod(_ggn_factory)
+    _kind = staticmethod(_ggn_product)
 
 
 class EmpiricalFisherOperator(_OutputLossOperator):
@@ -228,4 +209,4 @@ class EmpiricalFisherOperator(_OutputLossOperator):
         check_finite: evaluate the loss once per batch at construction.
     """
 
-    _factory = staticmethod(_fisher_factory)
+    _kind = staticmethod(_fisher_product)

@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -32,8 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessian_tools._checkpoint import load_slice_checkpoint, save_slice_checkpoint
+from hessian_tools._checks import check_params, check_same_structure, check_scalar_output
+from hessian_tools._data import Data
 from hessian_tools._progress import progress_bar
-from hessian_tools._tree import check_same_structure, num_elements
+from hessian_tools._tree import Layout, num_elements
 from hessian_tools.directions import (
     Subspace,
     eigen_directions,
@@ -44,7 +46,6 @@ from hessian_tools.directions import (
     random_direction,
 )
 from hessian_tools.landscape_metrics import extreme_eigenvalue_metric
-from hessian_tools.operators import _as_args, _cast_like, _check_params, _prepare_batches
 
 PyTree = Any
 
@@ -62,8 +63,6 @@ __all__ = [
     "slice_1d",
     "slice_2d",
 ]
-
-_CHECKPOINT_FORMAT = "hessian_tools.slice_2d/1"
 
 
 @jax.tree_util.register_dataclass
@@ -119,13 +118,6 @@ def _coords(name: str, values: Any) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def _check_scalar(name: str, fn: Callable, params: PyTree, args: tuple) -> None:
-    out = jax.eval_shape(fn, params, *args)
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
-        shape = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"{name} must return a scalar; it returned shape {shape}.")
-
-
 def _check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable]:
     if metrics is None:
         return {}
@@ -142,10 +134,11 @@ def _check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eval_points(fns: tuple, params: PyTree, directions: tuple, coeffs: jax.Array, args: tuple):
-    """(m, len(fns)) values of each fn at params + sum_k coeffs[:, k] d_k."""
+def _eval_points(fns: tuple, params: PyTree, directions: tuple, coeffs: jax.Array, data: Data):
+    """(m, len(fns)) values of each fn at params + sum_k coeffs[:, k] d_k,
+    averaged over the batches (a scan over batches, the chunk vmapped)."""
 
-    def one(c):
+    def at(c, args):
         def move(x, *ds):
             out = x
             for k, d in enumerate(ds):
@@ -157,7 +150,7 @@ def _eval_points(fns: tuple, params: PyTree, directions: tuple, coeffs: jax.Arra
         dtype = jnp.result_type(*[o.dtype for o in outs], jnp.float32)
         return jnp.stack([o.astype(dtype) for o in outs])
 
-    return jax.vmap(one)(coeffs)
+    return data.mean(lambda *args: jax.vmap(lambda c: at(c, args))(coeffs))
 
 
 class _Evaluator:
@@ -165,36 +158,26 @@ class _Evaluator:
     in chunks of ``chunk_size`` points, averaged over batches."""
 
     def __init__(self, f, params, directions, args, batches, metrics, chunk_size):
-        _check_params(params)
+        check_params(params)
         for i, d in enumerate(directions):
             name = "direction" if len(directions) == 1 else f"directions[{i}]"
             check_same_structure(params, d, name=name)
+        layout = Layout.of(params)
         self.params = params
-        self.directions = tuple(_cast_like(params, d) for d in directions)
-        if batches is not None:
-            if args:
-                raise ValueError("pass the data either as *args or as batches=, not both.")
-            self.batches, sizes = _prepare_batches(batches)
-            total = float(sum(sizes))
-            self.weights = [s / total for s in sizes]
-            first = _as_args(next(iter(self.batches)))
-        else:
-            self.batches, self.weights, first = None, [1.0], args
-            sizes = None
-        self.args = args
-        self.batch_sizes = sizes
+        self.directions = tuple(layout.cast(d) for d in directions)
+        self.data = Data.create(args, batches)
+        first = self.data.example_args()
         self.metrics = _check_metrics(metrics)
-        _check_scalar("the loss f", f, params, first)
+        check_scalar_output("the loss f", f, params, *first)
         for name, fn in self.metrics.items():
-            _check_scalar(f"metric {name!r}", fn, params, first)
+            check_scalar_output(f"metric {name!r}", fn, params, *first)
         self.f = f
         self.fns = (f, *self.metrics.values())
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+            raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}.")
         self.chunk_size = chunk_size
-        flat_dtype = jnp.result_type(*jax.tree.leaves(params))
         self.coeff_dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-        self.bytes_per_point = max(1, num_elements(params) * jnp.dtype(flat_dtype).itemsize)
+        self.bytes_per_point = max(1, num_elements(params) * layout.dtype.itemsize)
 
     def _chunk(self, m: int) -> int:
         if self.chunk_size is not None:
@@ -202,13 +185,6 @@ class _Evaluator:
         # each vmapped point holds a perturbed copy of params (plus the loss's
         # own intermediates); keep the copies to ~64 MB.
         return max(1, min(m, 256, (64 << 20) // self.bytes_per_point))
-
-    def _all_args(self) -> Iterable[tuple[float, tuple]]:
-        if self.batches is None:
-            yield 1.0, self.args
-            return
-        for w, batch in zip(self.weights, self.batches, strict=False):
-            yield w, _as_args(batch)
 
     def __call__(self, coeffs: np.ndarray, bar: Any = None) -> np.ndarray:
         """(m, 1 + num_metrics) float64 values at the m points ``coeffs``;
@@ -222,12 +198,8 @@ class _Evaluator:
             if pad:  # one compiled shape: pad the last chunk with the origin
                 block = np.concatenate([block, np.zeros((pad, block.shape[1]))])
             block = jnp.asarray(block, self.coeff_dtype)
-            total = None
-            for w, args in self._all_args():
-                vals = np.asarray(_eval_points(self.fns, self.params, self.directions, block, args))
-                vals = vals.astype(np.float64) * w
-                total = vals if total is None else total + vals
-            out.append(total[: chunk - pad])
+            vals = _eval_points(self.fns, self.params, self.directions, block, self.data)
+            out.append(np.asarray(vals, np.float64)[: chunk - pad])
             if bar is not None:
                 bar.update(chunk - pad)
         return np.concatenate(out)
@@ -237,9 +209,7 @@ class _Evaluator:
         h = hashlib.sha256(extra.encode())
         h.update(repr(getattr(self.f, "__qualname__", type(self.f).__name__)).encode())
         h.update(repr(sorted(self.metrics)).encode())
-        trees = [self.params, self.directions]
-        trees.append(self.args if self.batches is None else self.batch_sizes)
-        for tree in trees:
+        for tree in (self.params, self.directions, self.data):
             h.update(str(jax.tree.structure(tree)).encode())
             for leaf in jax.tree.leaves(tree):
                 arr = np.asarray(leaf)
@@ -309,65 +279,6 @@ def slice_1d(
     return Slice1D(alphas, out[:, 0], {n: out[:, 1 + k] for k, n in enumerate(names)})
 
 
-# --------------------------------------------------------------------------
-# Checkpoint files
-
-
-def _load_checkpoint(path: str, xs, ys, fingerprint: str, names: list[str]):
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            saved = {k: data[k] for k in data.files}
-    except Exception as err:  # a foreign or damaged file: never overwrite it silently
-        raise ValueError(
-            f"cannot read checkpoint {path!r} as a slice_2d checkpoint: {err}"
-        ) from err
-    if str(saved.get("format", "")) != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{path!r} is not a slice_2d checkpoint (format {_CHECKPOINT_FORMAT}).")
-    if not (
-        saved["xs"].shape == xs.shape
-        and saved["ys"].shape == ys.shape
-        and np.array_equal(saved["xs"], xs)
-        and np.array_equal(saved["ys"], ys)
-    ):
-        raise ValueError(
-            f"checkpoint {path!r} was written for a different grid (xs of length "
-            f"{saved['xs'].size}, ys of length {saved['ys'].size}); refusing to mix grids. "
-            "Delete it or pass another path."
-        )
-    if list(saved["metric_names"]) != names or str(saved["fingerprint"]) != fingerprint:
-        raise ValueError(
-            f"checkpoint {path!r} was written for a different problem (params, "
-            "directions, data, loss or metrics differ); refusing to mix them. Delete it "
-            "or pass another path."
-        )
-    return saved["rows"]
-
-
-def _save_checkpoint(path: str, xs, ys, fingerprint: str, names: list[str], rows) -> None:
-    # write a temporary file in the same directory, then rename: a crash
-    # mid-write leaves the previous checkpoint intact
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".slice_2d-", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                format=np.str_(_CHECKPOINT_FORMAT),
-                xs=xs,
-                ys=ys,
-                fingerprint=np.str_(fingerprint),
-                metric_names=np.array(names, dtype=str),
-                rows=rows,
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def slice_2d(
     f: Callable[..., jax.Array],
     params: PyTree,
@@ -426,12 +337,12 @@ def slice_2d(
             fingerprint = ev.fingerprint(f"{xs.tobytes().hex()}|{ys.tobytes().hex()}")
             done = np.zeros((0, nx, 1 + len(names)))
             if os.path.exists(path):
-                done = _load_checkpoint(path, xs, ys, fingerprint, names)
+                done = load_slice_checkpoint(path, xs, ys, fingerprint, names)
             bar.update(done.shape[0] * nx)
             rows = [done]
             for i in range(done.shape[0], ny):
                 rows.append(ev(np.stack([xs, np.full(nx, ys[i])], axis=1), bar)[None])
-                _save_checkpoint(path, xs, ys, fingerprint, names, np.concatenate(rows))
+                save_slice_checkpoint(path, xs, ys, fingerprint, names, np.concatenate(rows))
     out = np.concatenate(rows)
     _warn_non_finite(out[..., 0], "loss")
     return Slice2D(xs, ys, out[..., 0], {n: out[..., 1 + k] for k, n in enumerate(names)})

@@ -3,8 +3,8 @@ every point of a slice.
 
 A metric is a function ``(params, *args) -> scalar`` that ``slice_1d`` and
 ``slice_2d`` evaluate, vectorised, at every grid point. The one here runs a
-fixed number of Lanczos steps so that it compiles to one static program and
-vmaps over grid points. Re-exported by ``hessian_tools.landscape``.
+fixed number of steps of the library's Lanczos kernel, so that it compiles to
+one static program and vmaps over grid points. Re-exported by ``hessian_tools.landscape``.
 """
 
 from __future__ import annotations
@@ -14,55 +14,23 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
+
+from hessian_tools import _krylov
+from hessian_tools._checks import check_choice, check_int, renamed_arguments
+from hessian_tools._data import Data
+from hessian_tools._operator import LinearMap
+from hessian_tools._tree import Layout
+from hessian_tools.operators import _hessian_products
 
 __all__ = ["extreme_eigenvalue_metric"]
 
 
-def _lanczos_extreme(hvp_flat: Callable, v0: jax.Array, num_steps: int, which: str) -> jax.Array:
-    """Extreme Ritz value after ``num_steps`` Lanczos steps with full
-    reorthogonalisation (two Gram-Schmidt passes).
-
-    On breakdown (an invariant subspace, beta small relative to |T|) the
-    remaining steps are masked: their diagonal entries repeat alpha_0, a
-    Rayleigh quotient that lies inside the range of the leading block's
-    Ritz values, so the extreme Ritz values are unchanged.
-    """
-    n = v0.shape[0]
-    dtype = v0.dtype
-    eps = jnp.finfo(dtype).eps
-    basis = jnp.zeros((num_steps, n), dtype)
-    q = v0 / jnp.linalg.norm(v0)
-
-    def step(carry, k):
-        basis, q, q_prev, beta_prev, scale, alive = carry
-        basis = basis.at[k].set(q)
-        w = hvp_flat(q) - beta_prev * q_prev
-        alpha = jnp.vdot(q, w)
-        w = w - alpha * q
-        for _ in range(2):  # full reorthogonalisation against the filled rows
-            w = w - basis.T @ (basis @ w)
-        beta = jnp.linalg.norm(w)
-        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
-        ok = alive & (beta > 10 * n * eps * scale)
-        q_next = jnp.where(ok, w / jnp.where(ok, beta, 1), 0)
-        out = (alpha, jnp.where(ok, beta, 0), alive)
-        return (basis, q_next, q, jnp.where(ok, beta, 0), scale, ok), out
-
-    init = (basis, q, jnp.zeros_like(q), jnp.zeros((), dtype), jnp.zeros((), dtype), True)
-    _, (alphas, betas, alive) = jax.lax.scan(step, init, jnp.arange(num_steps))
-    alphas = jnp.where(alive, alphas, alphas[0])
-    tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    ritz = jnp.linalg.eigvalsh(tri)
-    return ritz[-1] if which == "largest" else ritz[0]
-
-
+@renamed_arguments(num_steps="num_matvecs")
 def extreme_eigenvalue_metric(
     f: Callable[..., jax.Array],
     which: Literal["largest", "smallest"] = "largest",
     *,
-    num_steps: int = 20,
+    num_matvecs: int = 20,
     seed: int = 0,
 ) -> Callable[..., jax.Array]:
     """A metric ``(params, *args) -> lambda`` giving the largest (algebraic)
@@ -76,27 +44,40 @@ def extreme_eigenvalue_metric(
     Args:
         f: the loss ``f(params, *args) -> scalar``.
         which: "largest" or "smallest" (most negative).
-        num_steps: Lanczos steps (= HVPs) per grid point, at most n; more
-            steps, more accuracy. Extreme Ritz values converge first; with
+        num_matvecs: Lanczos steps (= HVPs) per grid point (capped at n);
+            more steps, more accuracy. The old name ``num_steps`` still works
+            for one release. Extreme Ritz values converge first; with
             batches= the metric is the batch-weighted mean of per-batch
             eigenvalues, not the eigenvalue of the mean Hessian.
         seed: seed of the fixed starting vector (the same at every point).
 
     Returns:
-        A function usable in ``metrics=``. Cost: ``num_steps`` HVPs and
-        ``num_steps`` stored vectors of size n per grid point (vmapped over
-        a chunk: choose ``chunk_size`` accordingly).
+        A function usable in ``metrics=``. Cost: ``num_matvecs`` HVPs and
+        ``num_matvecs + 1`` stored vectors of size n per grid point (vmapped
+        over a chunk: choose ``chunk_size`` accordingly).
+
+    Raises:
+        ValueError: a bad ``which`` or budget.
     """
-    if which not in ("largest", "smallest"):
-        raise ValueError(f'which must be "largest" or "smallest", got {which!r}.')
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
-    return functools.partial(_extreme_eigenvalue, f, which, num_steps, seed)
+    check_choice("which", which, ("largest", "smallest"))
+    num_matvecs = check_int("num_matvecs", num_matvecs, low=1)
+    return functools.partial(_extreme_eigenvalue, f, which, num_matvecs, seed)
 
 
-def _extreme_eigenvalue(f, which, num_steps, seed, params: Any, *args: Any) -> jax.Array:
-    flat, unravel = ravel_pytree(params)
-    grad_flat = lambda x: ravel_pytree(jax.grad(f)(unravel(x), *args))[0]
-    hvp_flat = lambda v: jax.jvp(grad_flat, (flat,), (v,))[1]
-    v0 = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)
-    return _lanczos_extreme(hvp_flat, v0, min(num_steps, flat.size), which)
+def _extreme_eigenvalue(f, which, num_matvecs, seed, params: Any, *args: Any) -> jax.Array:
+    matvec, _ = _hessian_products(f)
+    layout = Layout.of(params)
+    lm = LinearMap(matvec, (params, Data.create(tuple(args), None)), layout, "map")
+    m = min(num_matvecs, layout.n)
+    v0 = layout.unravel(jax.random.normal(jax.random.PRNGKey(seed), (layout.n,), layout.dtype))
+    state, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), m, layout.dtype)
+    state = _krylov.run(
+        state,
+        mv,
+        m,
+        block_apply="map",
+        acc=layout.dtype,
+        breakdown_tol=_krylov.default_breakdown_tol(layout.n, layout.dtype),
+    )
+    theta = _krylov.ritz(state)[0]
+    return theta[state.num_columns - 1] if which == "largest" else theta[0]

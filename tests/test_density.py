@@ -29,7 +29,7 @@ def matrix():
 
 @pytest.fixture(scope="module")
 def slq(matrix):
-    return spectral_density(matrix, key=jax.random.PRNGKey(0), num_steps=30, num_probes=64)
+    return spectral_density(matrix, key=jax.random.PRNGKey(0), num_matvecs=1920, num_probes=64)
 
 
 def test_weights_are_squared_first_components(matrix, slq):
@@ -48,7 +48,7 @@ def test_weights_are_squared_first_components(matrix, slq):
 def test_moments_match_normalised_traces(matrix):
     # 8 steps integrate degree <= 15 exactly per probe, so only probe noise
     # remains; 256 probes, tolerance 4 standard errors
-    slq = spectral_density(matrix, key=jax.random.PRNGKey(1), num_steps=8, num_probes=256)
+    slq = spectral_density(matrix, key=jax.random.PRNGKey(1), num_matvecs=2048, num_probes=256)
     for k in range(5):
         exact = np.mean(SPECTRUM**k)
         value, stderr = slq.moment(k)
@@ -88,11 +88,11 @@ def test_operator_pytree_chunks_and_batches_agree():
     params = {"w": {"a": jnp.ones((3, 4)) * 0.1}, "b": jnp.linspace(0, 1, n - 12)}
     op = HessianOperator(loss, params, a)
     key = jax.random.PRNGKey(3)
-    whole = spectral_density(op, key=key, num_steps=10, num_probes=5)
-    chunked = spectral_density(op, key=key, num_steps=10, num_probes=5, chunk_size=2)
+    whole = spectral_density(op, key=key, num_matvecs=50, num_probes=5)
+    chunked = spectral_density(op, key=key, num_matvecs=50, num_probes=5, chunk_size=2)
     np.testing.assert_allclose(np.asarray(chunked.nodes), np.asarray(whole.nodes), atol=1e-10)
-    batched = HessianOperator(loss, params, batches=[(a,)])  # Python-loop path
-    looped = spectral_density(batched, key=key, num_steps=10, num_probes=5)
+    batched = HessianOperator(loss, params, batches=[(a,)])  # the scanned path
+    looped = spectral_density(batched, key=key, num_matvecs=50, num_probes=5)
     np.testing.assert_allclose(np.asarray(looped.nodes), np.asarray(whole.nodes), atol=1e-10)
     np.testing.assert_allclose(np.asarray(looped.weights), np.asarray(whole.weights), atol=1e-10)
 
@@ -101,7 +101,7 @@ def test_breakdown_probe_low_rank():
     rng = np.random.default_rng(2)
     b = rng.normal(size=(60, 3))
     d = spectral_density(
-        jnp.asarray(b @ b.T), key=jax.random.PRNGKey(0), num_steps=20, num_probes=4
+        jnp.asarray(b @ b.T), key=jax.random.PRNGKey(0), num_matvecs=80, num_probes=4
     )
     assert d.num_matvecs < 20 * 4
     assert np.all(np.isfinite(np.asarray(d.nodes)))
@@ -113,16 +113,19 @@ def test_breakdown_probe_low_rank():
 def test_bad_input():
     a = jnp.eye(5)
     key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="at least 1"):
-        spectral_density(a, key=key, num_steps=0)
-    with pytest.raises(ValueError, match="exceeds"):
-        spectral_density(a, key=key, num_steps=6)
+    with pytest.raises(ValueError, match="num_matvecs must be >= 12"):
+        spectral_density(a, key=key, num_matvecs=0)
+    with pytest.raises(ValueError, match="steps per probe must be <= n = 5"):
+        spectral_density(a, key=key, num_matvecs=72)
     with pytest.raises(ValueError, match="num_probes"):
-        spectral_density(a, key=key, num_steps=3, num_probes=0)
+        spectral_density(a, key=key, num_matvecs=0, num_probes=0)
+    with pytest.warns(DeprecationWarning, match="steps_per_probe"):
+        old = spectral_density(jnp.diag(jnp.arange(1.0, 6.0)), key=key, num_steps=3, num_probes=2)
+    assert old.num_matvecs == 6
     with pytest.raises(ValueError, match="sigma"):
-        spectral_density(a, key=key, num_steps=3, sigma=-1.0)
+        spectral_density(a, key=key, num_matvecs=36, sigma=-1.0)
     with pytest.raises(ValueError, match="grid"):
-        spectral_density(a, key=key, num_steps=3, grid=[1.0, 0.0])
+        spectral_density(a, key=key, num_matvecs=36, grid=[1.0, 0.0])
 
 
 # --------------------------------------------------------------------------
@@ -203,7 +206,7 @@ def test_defaults_on_digits_mlp(adam_steps):
 
 @pytest.mark.slow
 def test_vmapped_loop_matches_python_hvps_on_85k_mlp():
-    # jaxlib 0.10.2 miscompiled HVP reductions in jitted loops (DESIGN.md):
+    # jaxlib 0.10.2 miscompiled HVP reductions in jitted loops (see the README):
     # per probe, sum_i w_i theta_i = T[0, 0] = z.Hz / n, checked against a
     # Python loop of jitted HVPs.
     from test_lanczos import mlp_loss, mlp_problem
@@ -211,7 +214,7 @@ def test_vmapped_loop_matches_python_hvps_on_85k_mlp():
     params, x, y = mlp_problem()
     op = HessianOperator(mlp_loss, params, x, y)
     key = jax.random.PRNGKey(0)
-    d = spectral_density(op, key=key, num_steps=4, num_probes=3)
+    d = spectral_density(op, key=key, num_matvecs=12, num_probes=3)
     probes = rademacher_probes(key, 3, op.n, jnp.float32)
     ref = [
         np.dot(np.asarray(z, np.float64), np.asarray(op.matvec(z), np.float64)) / op.n

@@ -4,11 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _util import TraceCounter
 from jax.flatten_util import ravel_pytree
 
 from hessian_tools.dense import hessian
 from hessian_tools.estimators import trace
-from hessian_tools.ggn import EmpiricalFisherOperator, GGNOperator, _jit_matmat, _jit_matvec
+from hessian_tools.ggn import EmpiricalFisherOperator, GGNOperator
 
 N, D, H, C = 13, 4, 5, 3
 
@@ -102,7 +103,7 @@ def test_uneven_batches_equal_full_data(cls):
     full = cls(mlp, cross_entropy, params, x, y).to_dense()
     batches = [(x[s], y[s]) for s in UNEVEN]
     op = cls(mlp, cross_entropy, params, batches=batches)
-    assert op.num_batches == 3 and op.jittable() is None
+    assert op.num_batches == 3
     np.testing.assert_allclose(op.to_dense(), full, rtol=1e-10, atol=1e-13)
 
 
@@ -117,23 +118,25 @@ def test_empirical_fisher_equals_mean_outer_product_of_per_sample_gradients():
 
 def test_new_params_reuse_the_compiled_product():
     params, x, y = make_problem(5)
+    model = TraceCounter(mlp)
     v = ravel_pytree(params)[0]
-    GGNOperator(mlp, cross_entropy, params, x, y) @ v
-    GGNOperator(mlp, cross_entropy, params, x, y).matmat(jnp.stack([v, v], 1))
-    sizes = _jit_matvec._cache_size(), _jit_matmat._cache_size()
+    GGNOperator(model, cross_entropy, params, x, y) @ v
+    GGNOperator(model, cross_entropy, params, x, y).matmat(jnp.stack([v, v], 1))
+    traced = model.count
     moved = jax.tree.map(lambda a: a + 0.1, params)
-    GGNOperator(mlp, cross_entropy, moved, x + 1.0, y) @ v
-    GGNOperator(mlp, cross_entropy, moved, x, y).matmat(jnp.stack([v, v], 1))
-    assert (_jit_matvec._cache_size(), _jit_matmat._cache_size()) == sizes
+    GGNOperator(model, cross_entropy, moved, x + 1.0, y) @ v
+    GGNOperator(model, cross_entropy, moved, x, y).matmat(jnp.stack([v, v], 1))
+    assert model.count == traced
 
 
-def test_jittable_matches_products():
+def test_linear_map_matches_products_under_jit():
     params, x, y = make_problem(6)
     op = GGNOperator(mlp, cross_entropy, params, x, y)
-    make, operands = op.jittable()
     v = jnp.linspace(-1.0, 1.0, op.n)
-    out = jax.jit(lambda ops, v: make(ops)(v))(operands, v)
-    np.testing.assert_allclose(out, op @ v, rtol=1e-12)
+    for linearize in (False, True):
+        lm = op.linear_map(linearize=linearize)
+        out = jax.jit(lambda lm, v: lm.bind()(v))(lm, op.unravel(v))
+        np.testing.assert_allclose(op.ravel(out), op @ v, rtol=1e-12)
 
 
 def test_estimators_accept_ggn():

@@ -1,35 +1,16 @@
 """Lanczos tridiagonalisation against dense float64 eigh."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _util import TraceCounter, mlp_loss, mlp_problem, nested_params, quad_loss, sym_with_spectrum
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hessian_tools.lanczos import _lanczos_jit, lanczos
-from hessian_tools.operators import CurvatureOperator, HessianOperator
-
-
-def sym_with_spectrum(w, seed=0, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(len(w), len(w))))
-    return jnp.asarray((q * np.asarray(w)) @ q.T, dtype)
-
-
-def quad_loss(p, a):
-    x = jnp.concatenate([p["a"]["w"].ravel(), p["b"]])
-    return 0.5 * x @ (a @ x)
-
-
-def nested_params(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        "a": {"w": jnp.asarray(rng.normal(size=(2, 5)))},
-        "b": jnp.asarray(rng.normal(size=n - 10)),
-    }
+import hessian_tools as ht
+from hessian_tools.lanczos import lanczos
+from hessian_tools.operators import HessianOperator
 
 
 @given(seed=st.integers(0, 10_000), n=st.sampled_from([6, 25]))  # few shapes: few compiles
@@ -121,55 +102,80 @@ def test_hessian_operator_with_nested_params_and_v0():
 def test_new_operator_for_same_loss_does_not_recompile():
     n = 20
     a = sym_with_spectrum(np.linspace(1, 2, n), 5)
-    lanczos(HessianOperator(quad_loss, nested_params(n, 0), a), 6)
-    size = _lanczos_jit._cache_size()
-    for seed in (1, 2):
-        lanczos(HessianOperator(quad_loss, nested_params(n, seed), a * seed), 6, linearize=False)
-    assert _lanczos_jit._cache_size() == size
+    loss = TraceCounter(quad_loss)
+    lanczos(HessianOperator(loss, nested_params(n, 0), a), 6)
+    traced = loss.count
+    for seed in (1, 2):  # new params and data of the same shapes: no new trace
+        lanczos(HessianOperator(loss, nested_params(n, seed), a * seed), 6)
+    assert loss.count == traced
 
 
-def test_batches_operator_uses_python_loop_and_agrees():
+def test_batches_run_in_the_compiled_loop_and_agree():
     n = 20
     rng = np.random.default_rng(6)
-    xs = jnp.asarray(rng.normal(size=(8, n)))
+    xs = jnp.asarray(rng.normal(size=(9, n)))
 
     def loss(p, x):
         return jnp.mean(jnp.tanh(x @ p) ** 2) + 0.1 * jnp.sum(p**2)
 
     p = jnp.asarray(rng.normal(size=n)) * 0.3
     full = lanczos(HessianOperator(loss, p, xs), 8)
-    batched = HessianOperator(loss, p, batches=[(xs[:4],), (xs[4:],)])
-    assert batched.jittable() is None
+    # two equal batches and a remainder: two stacked groups, weighted 4/9, 4/9, 1/9
+    batched = HessianOperator(loss, p, batches=[(xs[:4],), (xs[4:8],), (xs[8:],)])
     res = lanczos(batched, 8)
     np.testing.assert_allclose(np.asarray(res.alphas), np.asarray(full.alphas), rtol=1e-10)
     np.testing.assert_allclose(np.asarray(res.betas), np.asarray(full.betas), rtol=1e-9)
 
 
-class _NaNAtThirdProduct(CurvatureOperator):
-    def __init__(self):
-        super().__init__(jnp.zeros(10))
-        self.calls = 0
-
-    def _matvec_flat(self, v):
-        self.calls += 1
-        return v * (jnp.nan if self.calls == 3 else jnp.arange(1.0, 11.0))
-
-
 def test_nan_in_product_raises_naming_the_step():
-    with pytest.raises(FloatingPointError, match="step 2"):
-        lanczos(_NaNAtThirdProduct(), 6)
-    # jitted path: |x|^1.5 has a finite value and gradient but an infinite
-    # second derivative at 0
+    # the product turns NaN once the vector has a large first entry, which
+    # happens at the third step from this start
+    a = jnp.diag(jnp.arange(1.0, 11.0))
+    mv = lambda v, a: jnp.where(jnp.abs(v[0]) > 0.3, jnp.nan, 1.0) * (a @ v)
+    op = ht.MatvecOperator(mv, jnp.zeros(10), a)
+    v0 = jnp.ones(10).at[0].set(0.1)
+    with pytest.raises(FloatingPointError, match=r"step \d"):
+        lanczos(op, 6, v0=v0)
+    # |x|^1.5 has a finite value and gradient but an infinite second
+    # derivative at 0
     op = HessianOperator(lambda x: jnp.sum(jnp.abs(x) ** 1.5), jnp.zeros(5))
     with pytest.raises(FloatingPointError, match="step 0"):
         lanczos(op, 3)
 
 
+def test_kernel_under_jit_with_a_pytree_basis():
+    n = 30
+    a = sym_with_spectrum(np.linspace(-4, 5, n), 4)
+    params = nested_params(n)
+
+    @jax.jit
+    def run(params, a):
+        op = HessianOperator(quad_loss, params, a)
+        res = lanczos(op, n, v0=jax.tree.map(jnp.ones_like, params))
+        return res.alphas, res.betas, res.tree_basis, res.num_steps
+
+    alphas, betas, basis, steps = run(params, a)
+    # the basis keeps the params' structure, one leading axis per vector
+    assert jax.tree.structure(basis) == jax.tree.structure(params)
+    assert basis["layer"]["w"].shape == (n, 4, 5) and basis["b"].shape == (n, n - 20)
+    eager = lanczos(
+        HessianOperator(quad_loss, params, a), n, v0=jax.tree.map(jnp.ones_like, params)
+    )
+    np.testing.assert_allclose(np.asarray(alphas), np.asarray(eager.alphas), rtol=1e-12, atol=1e-12)
+    assert int(steps) == eager.num_steps
+    t = (
+        np.diag(np.asarray(alphas))
+        + np.diag(np.asarray(betas)[:-1], 1)
+        + np.diag(np.asarray(betas)[:-1], -1)
+    )
+    np.testing.assert_allclose(np.linalg.eigvalsh(t), np.linspace(-4, 5, n), atol=1e-9)
+
+
 def test_bad_input():
     a = jnp.eye(4)
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="num_matvecs must be >= 1"):
         lanczos(a, 0)
-    with pytest.raises(ValueError, match="exceeds the dimension"):
+    with pytest.raises(ValueError, match="num_matvecs must be <= n = 4"):
         lanczos(a, 5)
     with pytest.raises(TypeError, match="integer"):
         lanczos(a, 2.5)
@@ -177,6 +183,11 @@ def test_bad_input():
         lanczos(jnp.ones((3, 4)), 2)
     with pytest.raises(ValueError, match="nonzero"):
         lanczos(a, 2, v0=jnp.zeros(4))
+    with pytest.raises(ValueError, match="length n = 4"):
+        lanczos(a, 2, v0=jnp.ones(5))
+    with pytest.warns(DeprecationWarning, match="num_matvecs"):
+        old = lanczos(jnp.diag(jnp.arange(1.0, 5.0)), num_steps=2)
+    assert old.num_matvecs == 2
     with pytest.raises(FloatingPointError, match="NaN"):
         lanczos(a.at[0, 0].set(jnp.nan), 2)
     with pytest.raises(ValueError, match="floating"):
@@ -184,35 +195,9 @@ def test_bad_input():
 
 
 # --------------------------------------------------------------------------
-# jaxlib 0.10.2 miscompiled HVP reductions in jitted loops on CPU (DESIGN.md);
-# check the Lanczos alphas of the jitted loop against a Python loop of HVPs.
-
-MLP_SIZES = (64, 256, 256, 10)
-
-
-def mlp_loss(params, x, y):
-    h = x
-    for i, (w, b) in enumerate(params):
-        h = h @ w + b[None, :]
-        if i < len(params) - 1:
-            h = jnp.tanh(h)
-    return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(h), -1))
-
-
-def mlp_problem():
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.uniform(0, 1, (1797, 64)), jnp.float32)
-    y = jax.nn.one_hot(jnp.asarray(rng.integers(0, 10, 1797)), 10, dtype=jnp.float32)
-    params = []
-    for i, o in itertools.pairwise(MLP_SIZES):
-        b = 1 / np.sqrt(i)
-        params.append(
-            (
-                jnp.asarray(rng.uniform(-b, b, (i, o)), jnp.float32),
-                jnp.asarray(rng.uniform(-b, b, o), jnp.float32),
-            )
-        )
-    return params, x, y
+# jaxlib 0.10.2 miscompiled HVP reductions in jitted loops on CPU (see the
+# README); check the Lanczos alphas of the jitted loop against a Python loop
+# of HVPs.
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _util import TraceCounter
 
 from hessian_tools import landscape as L
 from hessian_tools.dense import hessian
@@ -109,8 +110,8 @@ def test_metrics_and_curvature_metric(problem):
     params, a, d1, d2 = problem
     metrics = {
         "wnorm": lambda p, a: jnp.sum(p["w"] ** 2),
-        "lmax": L.extreme_eigenvalue_metric(asym_loss, num_steps=9),
-        "lmin": L.extreme_eigenvalue_metric(asym_loss, "smallest", num_steps=9),
+        "lmax": L.extreme_eigenvalue_metric(asym_loss, num_matvecs=9),
+        "lmin": L.extreme_eigenvalue_metric(asym_loss, "smallest", num_matvecs=9),
     }
     xs, ys = XS[:3], YS[:2]
     s = L.slice_2d(asym_loss, params, (d1, d2), xs, ys, a, metrics=metrics)
@@ -125,12 +126,13 @@ def test_metrics_and_curvature_metric(problem):
 
 def test_compiled_once_for_new_params_and_data(problem):
     params, a, d1, d2 = problem
-    L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a)
-    size = L._eval_points._cache_size()
+    loss = TraceCounter(asym_loss)
+    L.slice_2d(loss, params, (d1, d2), XS, YS, a)
+    traced = loss.count
     # a new point, new directions and new data of the same shapes: no recompilation
     other = jax.tree.map(lambda x: x + 1.0, params)
-    s = L.slice_2d(asym_loss, other, (d2, d1), XS, YS, a * 2, progress=True)
-    assert L._eval_points._cache_size() == size
+    s = L.slice_2d(loss, other, (d2, d1), XS, YS, a * 2, progress=True)
+    assert loss.count == traced
     ref = asym_loss(at(other, (XS[3], YS[2]), (d2, d1)), a * 2)
     assert s.values[2, 3] == pytest.approx(float(ref), rel=1e-12)
 

@@ -1,0 +1,195 @@
+"""Input validators shared by every entry point, with one message style.
+
+Each check names the argument, says what it must be, and shows what it got:
+``"<name> must be <condition>; got <value>."``, followed where it helps by
+the fix. They raise ``TypeError`` for a value of the wrong kind and
+``ValueError`` for a value of the right kind out of range (the curvlinops
+``_checks.py`` pattern). Checks on arrays use static information only
+(shapes, dtypes, tree structure), so they are safe under ``jit`` and
+``vmap``; ``require_finite`` is the exception and is skipped under tracing.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "as_key",
+    "check_choice",
+    "check_int",
+    "check_params",
+    "check_positive",
+    "check_same_structure",
+    "check_scalar_output",
+    "is_traced",
+    "renamed_arguments",
+    "require_finite",
+]
+
+
+def _quoted(choices: Sequence[Any]) -> str:
+    items = [repr(c) for c in choices]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else ``ValueError``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be {_quoted(choices)}; got {value!r}.")
+    return value
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int in ``[low, high]``.
+
+    Accepts Python and NumPy integers (not bools, not floats, not arrays).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer; got {value!r}.")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}; got {value}.")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}; got {value}.")
+    return value
+
+
+def check_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:
+    """``value`` as a finite float > 0 (or None, if allowed)."""
+    if value is None and allow_none:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number; got {value!r}.") from None
+    if not (np.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a positive, finite number; got {value!r}.")
+    return number
+
+
+def as_key(key: Any) -> jax.Array:
+    """A PRNG key from ``key`` (a key array, or an int seed)."""
+    if key is None:
+        raise ValueError("key must be a PRNG key; got None. Pass e.g. jax.random.key(0).")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.PRNGKey(int(key))
+    return key
+
+
+def is_traced(*values: Any) -> bool:
+    """True when any leaf of ``values`` is a JAX tracer (inside jit/vmap/grad)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(values))
+
+
+def require_finite(name: str, value: Any, where: str = "at params") -> None:
+    """Raise ``FloatingPointError`` if a leaf of ``value`` holds NaN or inf.
+
+    Needs concrete values: under tracing (inside ``jax.jit``) it does nothing.
+    """
+    if is_traced(value):
+        return
+    for path, leaf in jax.tree_util.tree_leaves_with_path(value):
+        if not bool(jnp.all(jnp.isfinite(leaf))):
+            loc = jax.tree_util.keystr(path)
+            raise FloatingPointError(
+                f"the {name}{' ' + loc if loc else ''} is not finite (NaN or inf) {where}."
+            )
+
+
+def check_same_structure(reference: Any, other: Any, *, name: str = "v") -> None:
+    """Raise ``ValueError`` unless ``other`` has the tree structure and leaf
+    shapes of ``reference``.
+
+    Only static information is compared, so this is safe under ``jit`` and
+    ``vmap`` (``vmap`` hides the batch axis from the leaf shapes).
+    """
+    ref_def = jax.tree.structure(reference)
+    other_def = jax.tree.structure(other)
+    if ref_def != other_def:
+        raise ValueError(
+            f"{name} must have the pytree structure of params; params is {ref_def}, "
+            f"{name} is {other_def}."
+        )
+    for (path, ref_leaf), leaf in zip(
+        jax.tree_util.tree_leaves_with_path(reference), jax.tree.leaves(other), strict=True
+    ):
+        if jnp.shape(ref_leaf) != jnp.shape(leaf):
+            raise ValueError(
+                f"{name} leaf {jax.tree_util.keystr(path) or '<root>'} must have shape "
+                f"{jnp.shape(ref_leaf)} (as in params); got {jnp.shape(leaf)}."
+            )
+
+
+def check_scalar_output(name: str, fn: Callable, *args: Any, fix: str = "") -> jax.ShapeDtypeStruct:
+    """Raise ``ValueError`` unless ``fn(*args)`` is a real floating scalar.
+
+    Uses ``jax.eval_shape``: no FLOPs, and safe under ``jit``/``vmap``.
+    """
+    out = jax.eval_shape(fn, *args)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(
+            f"{name} must return a scalar; got shape {shape}.{' ' + fix if fix else ''}"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"{name} must return a real floating scalar; got dtype {out.dtype}.")
+    return out
+
+
+def renamed_arguments(**renames: str) -> Callable:
+    """Decorator: keyword arguments under an old name keep working for one
+    release, with a ``DeprecationWarning`` naming the new one.
+
+    ``@renamed_arguments(tol="rtol")`` turns ``f(tol=x)`` into ``f(rtol=x)``.
+    A call that passes both spellings raises ``TypeError``.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(
+                            f"{fn.__name__}() got both {old}= and its new name {new}=; "
+                            f"pass {new}= only."
+                        )
+                    warnings.warn(
+                        f"{fn.__name__}({old}=...) is deprecated; use {new}= instead "
+                        "(the old name goes in the next release).",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def check_params(params: Any) -> None:
+    """Raise unless ``params`` has array leaves, all of floating dtype.
+
+    Raises:
+        ValueError: no array leaves.
+        TypeError: a leaf that is not floating point (curvature needs real
+            floating parameters).
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not leaves:
+        raise ValueError("params must have at least one array leaf; got none.")
+    for path, leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"params leaf {jax.tree_util.keystr(path) or '<root>'} must have a floating "
+                f"dtype (curvature needs floating-point parameters); got {dtype}."
+            )

@@ -1,0 +1,339 @@
+"""The Lanczos kernel: the one Krylov-basis builder behind every spectral method.
+
+``init``, ``step``, ``run`` and the ``ritz`` extraction work on a named loop
+state (matfree's ``decomp.py`` pattern) and are pure functions of traced
+arrays, so a whole solve runs inside ``jax.jit`` and ``vmap``. Lanczos
+(``lanczos``), thick restart (``eigenpairs``), stochastic Lanczos quadrature
+(``spectral_density``), the block-Krylov trace and diagonal estimators and
+the landscape's curvature metric all use it.
+
+The basis is a pytree of stacked leaves, never one flat ``(rows, n)`` array,
+so that every leaf stays a separate array (and, later, keeps its sharding).
+Inside the kernel a leaf is stored as ``(rows, leaf.size)``, a free reshape of
+``(rows, *leaf.shape)``, because XLA's CPU backend contracts 2-D stacks many
+times faster (``_tree.basis_dot``); ``start`` and ``as_vectors`` convert at
+the boundary, and the operator always sees vectors in the params' shapes.
+
+Each step multiplies a block of ``b`` basis vectors (``b = 1`` is plain
+Lanczos; ``b > 1`` block Lanczos) and inserts the results one by one,
+each orthogonalised against the whole stored basis by classical
+Gram-Schmidt applied twice ("twice is enough": Giraud, Langou & Rozloznik
+2005, "The loss of orthogonality in the Gram-Schmidt orthogonalization
+process"; Parlett 1998, "The Symmetric Eigenvalue Problem", sec. 6.9). Full
+reorthogonalisation keeps float32 runs free of "ghost" copies of converged
+eigenvalues.
+
+``coeffs[i, j]`` holds the coefficient of ``q_i`` in ``A q_j`` for ``i >= j``
+(the lower triangle of ``Q^T A Q``): for ``b = 1`` the diagonal is Lanczos'
+alpha and the subdiagonal its beta, the norm of the orthogonalised residual.
+A thick restart writes its kept Ritz values on the diagonal and their
+coupling to the residual vector below it, so the same matrix is the
+arrowhead of Wu & Simon (2000). Diagonal entries and norms are accumulated
+in ``acc`` with two-level summation (``_tree.accurate_vdot``).
+
+Breakdown (an invariant subspace) is detected relative to the largest
+coefficient seen, ``norm <= breakdown_tol * scale``; the vector inserted is
+then zero, and for ``b = 1`` the loop stops there. A non-finite product
+stops it with ``status == NONFINITE``; callers raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from hessian_tools._operator import LinearMap, apply_block
+from hessian_tools._progress import advance
+from hessian_tools._tree import (
+    Layout,
+    accurate_vdot,
+    basis_combine,
+    basis_dot,
+    get_rows,
+    set_row,
+)
+
+PyTree = Any
+
+__all__ = [
+    "BREAKDOWN",
+    "CONVERGED",
+    "NONFINITE",
+    "RUNNING",
+    "State",
+    "as_vectors",
+    "default_breakdown_tol",
+    "gram_schmidt",
+    "init",
+    "padded_projection",
+    "ritz",
+    "run",
+    "start",
+    "step",
+]
+
+# loop status codes
+RUNNING, BREAKDOWN, NONFINITE, CONVERGED = 0, 1, 2, 3
+
+
+class State(NamedTuple):
+    """Loop state of the kernel.
+
+    Attributes:
+        size: basis vectors filled (rows ``0 .. size - 1``); the last ``block``
+            of them are multiplied by the next step.
+        basis: stacked pytree, leaves ``(num_columns + block, leaf.size)``;
+            rows at and after ``size`` are zero.
+        coeffs: ``(num_columns + block, num_columns)`` in the accumulation
+            dtype: column j holds the coefficients of ``A q_j`` on ``q_i``,
+            ``i >= j``.
+        scale: largest coefficient seen (the breakdown reference).
+        status: RUNNING, BREAKDOWN, NONFINITE or CONVERGED.
+    """
+
+    size: jax.Array
+    basis: PyTree
+    coeffs: jax.Array
+    scale: jax.Array
+    status: jax.Array
+
+    @property
+    def block(self) -> int:
+        return self.coeffs.shape[0] - self.coeffs.shape[1]
+
+    @property
+    def num_columns(self) -> jax.Array:
+        """Basis vectors multiplied so far (= products spent)."""
+        return self.size - self.block
+
+
+def default_breakdown_tol(n: int, dtype: Any) -> float:
+    """Relative breakdown threshold ``max(10, sqrt(n)) * eps``.
+
+    Rounding leaves a residual of about eps * ||A|| * sqrt(n) after an exact
+    invariant subspace; a legitimately small norm (a tight cluster) is far
+    above it in any dtype that resolves the cluster at all.
+    """
+    return float(max(10.0, np.sqrt(n)) * np.finfo(np.dtype(dtype)).eps)
+
+
+def gram_schmidt(basis: PyTree, w: PyTree) -> tuple[PyTree, jax.Array]:
+    """``w`` orthogonalised against every stacked vector of ``basis`` by
+    classical Gram-Schmidt twice, and the summed coefficients ``Q^T w``.
+
+    Zero rows of the basis drop out, so one compiled shape serves a basis
+    that is only partly filled.
+    """
+    h = basis_dot(basis, w)
+    w = jax.tree.map(jnp.subtract, w, basis_combine(h, basis))
+    h2 = basis_dot(basis, w)
+    w = jax.tree.map(jnp.subtract, w, basis_combine(h2, basis))
+    return w, h + h2
+
+
+def _unit(w: PyTree, acc: Any) -> tuple[PyTree, jax.Array]:
+    nrm = jnp.sqrt(accurate_vdot(w, w, acc))
+    safe = jnp.where(nrm > 0, nrm, 1)
+    return jax.tree.map(lambda x: (x / safe.astype(x.dtype)).astype(x.dtype), w), nrm
+
+
+def init(v0: PyTree, num_columns: int, acc: Any) -> State:
+    """A state holding the orthonormalised start block.
+
+    Args:
+        v0: stacked start vectors, leaves ``(b, leaf.size)``; they are
+            orthonormalised in order (a dependent one becomes zero).
+        num_columns: basis vectors to be multiplied in all (the state holds
+            ``num_columns + b`` rows).
+        acc: dtype of the coefficients.
+    """
+    b = jax.tree.leaves(v0)[0].shape[0]
+    rows = num_columns + b
+    basis = jax.tree.map(lambda x: jnp.zeros((rows, *x.shape[1:]), x.dtype), v0)
+    eps = jnp.finfo(acc).eps
+
+    def insert(i, basis):
+        w = get_rows(v0, i)
+        ref = jnp.sqrt(accurate_vdot(w, w, acc))
+        w, _ = gram_schmidt(basis, w)
+        q, nrm = _unit(w, acc)
+        keep = nrm > 100 * eps * ref
+        return set_row(basis, i, jax.tree.map(lambda x: jnp.where(keep, x, 0), q))
+
+    basis = lax.fori_loop(0, b, insert, basis) if b > 1 else insert(0, basis)
+    coeffs = jnp.zeros((rows, num_columns), acc)
+    return State(jnp.asarray(b, jnp.int32), basis, coeffs, jnp.zeros((), acc), jnp.asarray(RUNNING))
+
+
+def _insert(carry, w, column, slot, acc, breakdown_tol, reorthogonalize):
+    """Orthogonalise ``w = A q_column`` against the basis, store its
+    coefficients in ``coeffs[:, column]`` and its unit remainder in row
+    ``slot``. Without ``reorthogonalize``, only against ``q_column`` and
+    ``q_column-1`` (the plain three-term recurrence)."""
+    basis, coeffs, scale = carry
+    rows = jnp.arange(coeffs.shape[0])
+    alpha = accurate_vdot(get_rows(basis, column), w, acc)
+    if reorthogonalize:
+        w, h = gram_schmidt(basis, w)
+    else:
+        h = jnp.where((rows >= column - 1) & (rows <= column), basis_dot(basis, w), 0)
+        w = jax.tree.map(jnp.subtract, w, basis_combine(h, basis))
+    q, beta = _unit(w, acc)
+    col = jnp.where((rows > column) & (rows < slot), h.astype(acc), 0)
+    scale = jnp.maximum(scale, jnp.maximum(jnp.max(jnp.abs(col)), jnp.abs(alpha)))
+    scale = jnp.maximum(scale, beta)
+    broken = beta <= breakdown_tol * scale
+    col = jnp.where(rows == column, alpha, col)
+    col = jnp.where(rows == slot, jnp.where(broken, 0, beta), col)
+    q = jax.tree.map(lambda x: jnp.where(broken, jnp.zeros_like(x), x), q)
+    column = jnp.asarray(column, jnp.int32)
+    coeffs = lax.dynamic_update_slice(coeffs, col[:, None], (jnp.zeros_like(column), column))
+    return (set_row(basis, slot, q), coeffs, scale), broken
+
+
+def step(
+    state: State,
+    mv: Callable,
+    *,
+    block_apply: str,
+    acc: Any,
+    breakdown_tol: Any,
+    reorthogonalize: bool = True,
+) -> State:
+    """One step: multiply the last ``b`` basis vectors (one block product),
+    then insert the ``b`` results."""
+    b = state.block
+    first = state.size - b
+    products = apply_block(mv, get_rows(state.basis, first, b), block_apply)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(products)]))
+    products = jax.tree.map(lambda x: jnp.where(finite, x, 0), products)
+    carry = (state.basis, state.coeffs, state.scale)
+
+    def one(i, c):
+        carry, nbroken = c
+        carry, broken = _insert(
+            carry,
+            get_rows(products, i),
+            first + i,
+            state.size + i,
+            acc,
+            breakdown_tol,
+            reorthogonalize,
+        )
+        return carry, nbroken + broken.astype(jnp.int32)
+
+    if b == 1:
+        carry, nbroken = one(0, (carry, jnp.asarray(0, jnp.int32)))
+    else:
+        carry, nbroken = lax.fori_loop(0, b, one, (carry, jnp.asarray(0, jnp.int32)))
+    status = jnp.where(~finite, NONFINITE, jnp.where(nbroken == b, BREAKDOWN, RUNNING))
+    basis, coeffs, scale = carry
+    return State(state.size + b, basis, coeffs, scale, status.astype(state.status.dtype))
+
+
+def run(
+    state: State,
+    mv: Callable,
+    num_columns: Any,
+    *,
+    block_apply: str,
+    acc: Any,
+    breakdown_tol: Any,
+    reorthogonalize: bool = True,
+    monitor: Callable[[State], jax.Array] | None = None,
+    progress: Any = None,
+) -> State:
+    """Steps until ``num_columns`` basis vectors are multiplied, or breakdown,
+    a non-finite product, or ``monitor(state)`` returns True (CONVERGED).
+
+    ``num_columns`` may be traced; everything runs in one ``lax.while_loop``.
+    ``progress``: a progress-bar token (``_progress``) advanced every step.
+    """
+
+    def cond(s):
+        return (s.num_columns < num_columns) & (s.status == RUNNING)
+
+    def body(s):
+        s = step(
+            s,
+            mv,
+            block_apply=block_apply,
+            acc=acc,
+            breakdown_tol=breakdown_tol,
+            reorthogonalize=reorthogonalize,
+        )
+        if monitor is not None:
+            done = monitor(s)
+            s = s._replace(status=jnp.where((s.status == RUNNING) & done, CONVERGED, s.status))
+        if progress is not None:
+            advance(progress, s.block)
+        return s
+
+    return lax.while_loop(cond, body, state)
+
+
+def start(lm: LinearMap, v0: PyTree, num_columns: int, acc: Any) -> tuple[State, Callable]:
+    """The initial state for the stacked start vectors ``v0`` (leaves
+    ``(b, *leaf.shape)``, in the operator's layout) and the operator's
+    product on the kernel's flat leaves. Call inside the compiled function:
+    the product is bound (and, for a Hessian, linearised) here, once."""
+    layout = lm.layout
+    mv = lm.bind()
+
+    def flat_mv(v):
+        return layout.flatten_leaves(mv(layout.unflatten_leaves(v)))
+
+    return init(layout.flatten_leaves(v0, lead=1), num_columns, acc), flat_mv
+
+
+def as_vectors(stack: PyTree, layout: Layout) -> PyTree:
+    """Rows of the kernel's basis (leaves ``(k, leaf.size)``) as vectors in
+    ``layout``'s shapes (leaves ``(k, *leaf.shape)``)."""
+    return layout.unflatten_leaves(stack, lead=1)
+
+
+# --------------------------------------------------------------------------
+# Extraction
+
+
+def padded_projection(state: State) -> jax.Array:
+    """``T = Q^T A Q`` of the multiplied columns, symmetric, in an
+    ``(num_columns_max, num_columns_max)`` array.
+
+    Rows and columns past ``state.num_columns`` are decoupled and hold a
+    value above ``||T||`` on the diagonal, so the first ``num_columns``
+    ascending eigenvalues of the result are the Ritz values.
+    """
+    m = state.coeffs.shape[1]
+    low = jnp.tril(state.coeffs[:m])
+    t = low + jnp.tril(low, -1).T
+    valid = jnp.arange(m) < state.num_columns
+    t = jnp.where(valid[:, None] & valid[None, :], t, 0)
+    bound = jnp.sum(jnp.abs(t)) + 1
+    return t + jnp.diag(jnp.where(valid, 0, bound))
+
+
+def ritz(state: State) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Ritz values (ascending; the first ``num_columns`` are valid), the
+    eigenvectors ``u`` of T as columns, and the residual norms
+    ``|beta_last * u[last, i]|`` of the Ritz pairs (``b = 1``), exact up to
+    rounding with full reorthogonalisation."""
+    theta, u = jnp.linalg.eigh(padded_projection(state))
+    last = state.num_columns - 1
+    beta = state.coeffs[state.size - 1, last]
+    res = jnp.abs(beta * u[last])
+    return theta, u, res
+
+
+def ritz_vectors(state: State, u: jax.Array) -> PyTree:
+    """Stacked Ritz vectors ``Q u[:, i]`` for the columns of ``u``
+    (``(num_columns_max, k)``), leaves ``(k, leaf.size)`` (``as_vectors``
+    gives the params' shapes)."""
+    rows = state.coeffs.shape[0]
+    coeffs = jnp.zeros((u.shape[1], rows), u.dtype).at[:, : u.shape[0]].set(u.T)
+    return basis_combine(coeffs, state.basis)

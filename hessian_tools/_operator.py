@@ -1,0 +1,209 @@
+"""The operator protocol: one normal form that every algorithm consumes.
+
+A ``LinearMap`` is a pure product ``matvec(v, *operands)`` plus its
+``operands`` (params, data, a matrix: the arrays, which are traced
+arguments of compiled code, never constants), the ``Layout`` of a vector,
+and how to apply it to a block of vectors (``"map"``: one after another with
+``lax.map``; ``"vmap"``: batched). An optional ``prepare(*operands)`` returns
+a product that shares work between many products at one point (for the
+Hessian, one ``jax.linearize`` of the gradient: the forward pass once).
+
+Every operator produces one (``CurvatureOperator.linear_map``), and
+``as_linear_map`` normalises what a user passes (an operator, a square
+array, or a ``LinearMap``), as jax's ``sparse/linalg.py`` does with its
+``_normalize_matvec``. ``LinearMap`` is a pytree whose only leaves are the
+operands, so it is passed *into* jitted solvers: the same loss and shapes
+(a new checkpoint, say) reuse the compiled code, because ``matvec``,
+``prepare`` and the layout are static and compare equal.
+
+The dense-versus-iterative decision lives here too, in one cost rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hessian_tools._checks import is_traced
+from hessian_tools._tree import Layout
+
+PyTree = Any
+
+__all__ = [
+    "LinearMap",
+    "apply_block",
+    "apply_linear_map",
+    "as_linear_map",
+    "as_square_matrix",
+    "default_block",
+    "dense_is_cheaper",
+]
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["operands"],
+    meta_fields=["matvec", "layout", "block", "prepare"],
+)
+@dataclasses.dataclass(frozen=True)
+class LinearMap:
+    """A symmetric linear operator in normal form (see the module docstring).
+
+    Attributes:
+        matvec: ``matvec(v, *operands) -> A v``, pure and jittable; ``v`` and
+            the result are vectors of ``layout``.
+        operands: the arrays the product depends on (a pytree).
+        layout: tree structure, leaf shapes and dtypes of a vector.
+        block: ``"map"`` or ``"vmap"``: how a block of vectors is applied.
+        prepare: optional ``prepare(*operands) -> (v -> A v)``, called once
+            per compiled solve, sharing work between its products.
+    """
+
+    matvec: Callable
+    operands: tuple
+    layout: Layout
+    block: str = "map"
+    prepare: Callable | None = None
+
+    @property
+    def n(self) -> int:
+        return self.layout.n
+
+    @property
+    def dtype(self) -> Any:
+        return self.layout.dtype
+
+    def bind(self) -> Callable[[PyTree], PyTree]:
+        """The product ``v -> A v``. Call it once inside a compiled function
+        and use the result for all products there."""
+        if self.prepare is not None:
+            return self.prepare(*self.operands)
+        return lambda v: self.matvec(v, *self.operands)
+
+
+def apply_block(mv: Callable, vectors: PyTree, block: str) -> PyTree:
+    """``mv`` applied to each vector of a stack (leaves ``(b, *shape)``)."""
+    if block == "vmap":
+        return jax.vmap(mv)(vectors)
+    return jax.lax.map(mv, vectors)
+
+
+@jax.jit
+def apply_linear_map(lm: LinearMap, vectors: PyTree) -> PyTree:
+    """``A v`` for each vector of a stack, compiled once per operator type and
+    shapes (one ``prepare`` shared by the block)."""
+    return apply_block(lm.bind(), vectors, lm.block)
+
+
+def default_block() -> str:
+    """How blocks of products are applied by default: ``lax.map`` on CPU,
+    where a sequential map of a linearised HVP was 25-50% faster per
+    product than ``vmap`` on MLPs and holds the activations once, and
+    ``vmap`` on accelerators."""
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+
+
+# --------------------------------------------------------------------------
+# Normalising what users pass
+
+
+def as_square_matrix(a: Any) -> jax.Array:
+    """``a`` as a floating (n, n) array (finite, when it can be checked)."""
+    matrix = jnp.asarray(a)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(
+            "op must be a CurvatureOperator (e.g. HessianOperator) or a square (n, n) "
+            f"array; got an array of shape {matrix.shape}."
+        )
+    if not jnp.issubdtype(matrix.dtype, jnp.floating):
+        matrix = matrix.astype(jnp.result_type(float))
+    if not is_traced(matrix) and not bool(jnp.all(jnp.isfinite(matrix))):
+        raise FloatingPointError("the matrix holds NaN or inf entries.")
+    return matrix
+
+
+def _check_array_like(op: Any) -> None:
+    if callable(op) or not hasattr(op, "shape"):
+        raise TypeError(
+            "op must be a CurvatureOperator (e.g. HessianOperator), a square array or a "
+            f"LinearMap; got {type(op).__name__}. Wrap a function v -> A v in "
+            "hessian_tools.MatvecOperator."
+        )
+
+
+def _dense_matvec(v: jax.Array, matrix: jax.Array) -> jax.Array:
+    return matrix @ v
+
+
+def as_linear_map(op: Any, *, linearize: bool = True) -> LinearMap:
+    """The ``LinearMap`` of a ``CurvatureOperator``, a square array or a
+    ``LinearMap``.
+
+    Args:
+        op: what the user passed as the operator.
+        linearize: let the operator share work between products (its
+            ``prepare``); False gives the plain product, which holds less
+            memory (no stored activations).
+
+    Raises:
+        TypeError: a function or other object that is none of these (wrap a
+            function in ``MatvecOperator``).
+        ValueError: an array that is not square.
+    """
+    if isinstance(op, LinearMap):
+        return op if linearize else dataclasses.replace(op, prepare=None)
+    linear_map = getattr(op, "linear_map", None)
+    if linear_map is not None:
+        return linear_map(linearize=linearize)
+    _check_array_like(op)
+    matrix = as_square_matrix(op)
+    layout = Layout.of(jax.ShapeDtypeStruct((matrix.shape[0],), matrix.dtype))
+    return LinearMap(_dense_matvec, (matrix,), layout, "vmap")
+
+
+# --------------------------------------------------------------------------
+# Dense or iterative: the one cost rule
+
+#: Largest explicit (n, n) array decomposed densely by default: ``eigh`` of
+#: it takes about a second on a 2-core CPU, less than compiling a solver.
+DENSE_MATRIX_MAX = 2048
+
+
+def dense_is_cheaper(n: int, iterative_matvecs: int, *, explicit: bool) -> bool:
+    """Whether the exact dense path costs no more than the iterative one.
+
+    For an operator the dense path spends n products to form the matrix;
+    the iterative one about ``iterative_matvecs``. Both sides are counted in
+    products of the same operator, so the HVP's own cost cancels, and the
+    ``eigh`` that follows is cheaper than the n products that formed the
+    matrix for any model whose HVP costs more than an n-by-n matrix product
+    (every network). For an explicit array, products cost nothing next to
+    ``eigh``, which stays below a second up to ``DENSE_MATRIX_MAX``.
+    """
+    if explicit:
+        return n <= DENSE_MATRIX_MAX
+    return n <= max(int(iterative_matvecs), 1)
+
+
+def is_explicit(op: Any) -> bool:
+    """True for a plain array (not an operator or ``LinearMap``)."""
+    return not isinstance(op, LinearMap) and not hasattr(op, "linear_map")
+
+
+def num_elements_of(op: Any) -> int:
+    """n of an operator, ``LinearMap`` or square array (static)."""
+    if isinstance(op, LinearMap):
+        return op.n
+    if hasattr(op, "linear_map"):
+        return int(op.n)
+    _check_array_like(op)
+    shape = np.shape(op)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        as_square_matrix(op)  # raises, naming the shape
+    return int(shape[0])
