@@ -1,0 +1,52 @@
+"""Thick restart's pieces (hessian_tools._thick_restart): the error bounds,
+the wanted positions, and restarts that keep the Lanczos relation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _util import select_reference, sym_with_spectrum
+
+from hessian_tools import _thick_restart
+from hessian_tools.eigen import eigenpairs
+
+
+def test_wanted_positions_follow_the_result_order():
+    pos = lambda cols, k, which: np.asarray(_thick_restart.wanted_positions(cols, k, which))
+    np.testing.assert_array_equal(pos(10, 3, "largest"), [9, 8, 7])
+    np.testing.assert_array_equal(pos(10, 3, "smallest"), [0, 1, 2])
+    np.testing.assert_array_equal(pos(10, 5, "both"), [0, 1, 7, 8, 9])  # floor(k/2) bottom
+    w = np.arange(10.0)
+    np.testing.assert_array_equal(w[pos(10, 5, "both")], select_reference(w, 5, "both"))
+
+
+def test_error_bounds_gap_fallback_and_lone_values():
+    theta = jnp.array([0.0, 1.0, 1.0005, 5.0])
+    res = jnp.array([1e-3, 1e-4, 1e-4, 1e-6])
+    b = np.asarray(_thick_restart.error_bounds(theta, res, 4))
+    # well separated: r^2 / gap with gap = distance less the neighbour's residual
+    np.testing.assert_allclose(b[3], 1e-12 / (5.0 - 1.0005 - 1e-4), rtol=1e-9)
+    # a cluster not resolved by the residuals (gap 5e-4 - 1e-4 > r): r^2/gap
+    np.testing.assert_allclose(b[1], 1e-8 / (5e-4 - 1e-4), rtol=1e-9)
+    # the gap smaller than the residual: the residual itself
+    tight = np.asarray(
+        _thick_restart.error_bounds(jnp.array([1.0, 1.0001]), jnp.array([1e-3, 1e-3]), 2)
+    )
+    np.testing.assert_allclose(tight, [1e-3, 1e-3])
+    # a lone Ritz value has no gap estimate: the residual
+    lone = np.asarray(_thick_restart.error_bounds(jnp.array([3.0, 0.0]), jnp.array([1e-2, 0.0]), 1))
+    assert lone[0] == 1e-2 and np.isinf(lone[1])
+    # rounding is added to every valid bound
+    shifted = np.asarray(_thick_restart.error_bounds(theta, res, 4, 1e-9))
+    np.testing.assert_allclose(shifted, b + 1e-9)
+
+
+def test_restarts_keep_the_answer_exact():
+    # a small basis forces many restarts (with breakdown-free Krylov spaces)
+    w = np.concatenate([[4.0, 3.9, 3.8], np.random.default_rng(1).uniform(-1, 1, 97)])
+    a = sym_with_spectrum(w, 1)
+    r = eigenpairs(a, 3, method="lanczos", max_basis=8, rtol=1e-10, key=jax.random.PRNGKey(2))
+    assert r.num_restarts >= 3 and r.converged
+    err = np.abs(np.asarray(r.values) - [4.0, 3.9, 3.8])
+    assert np.all(err <= np.asarray(r.error_bounds))
+    v = np.asarray(r.vectors)
+    np.testing.assert_allclose(v.T @ v, np.eye(3), atol=1e-7)
