@@ -23,6 +23,7 @@ import numpy as np
 __all__ = [
     "as_key",
     "check_choice",
+    "check_choice_renamed",
     "check_int",
     "check_params",
     "check_positive",
@@ -59,6 +60,21 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}; got {value}.")
     return value
+
+
+def check_choice_renamed(
+    name: str, value: Any, choices: Sequence[Any], renamed: dict, where: str
+) -> Any:
+    """``check_choice``, where the values in ``renamed`` (old -> new) still
+    work for one release with a ``DeprecationWarning``."""
+    if value in renamed:
+        warnings.warn(
+            f'{where}({name}="{value}") is deprecated; use {name}="{renamed[value]}".',
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        value = renamed[value]
+    return check_choice(name, value, choices)
 
 
 def check_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:

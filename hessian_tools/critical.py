@@ -15,7 +15,6 @@ machine epsilon, so a point known to about 10 digits (float64) or 5 digits
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import check_choice, check_int, renamed_arguments
+from hessian_tools._checks import (
+    check_choice,
+    check_choice_renamed,
+    check_int,
+    renamed_arguments,
+)
 from hessian_tools._newton import as_batch, dedup, flat_loss, newton_mr
 from hessian_tools._operator import dense_is_cheaper
 from hessian_tools._tree import norm
@@ -213,14 +217,9 @@ def classify(
         ValueError: non-scalar loss or bad method.
         FloatingPointError: loss or gradient NaN/inf at x.
     """
-    if method == "iterative":
-        warnings.warn(
-            'classify(method="iterative") is deprecated; use method="lanczos".',
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        method = "lanczos"
-    check_choice("method", method, ("auto", "dense", "lanczos"))
+    method = check_choice_renamed(
+        "method", method, ("auto", "dense", "lanczos"), {"iterative": "lanczos"}, "classify"
+    )
     op = HessianOperator(f, x, *args, batches=batches)
     value, grad = op.value_and_grad()
     grad_norm = norm(grad)

@@ -14,7 +14,6 @@ the saddle where it is negative.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import check_choice, check_int, renamed_arguments
+from hessian_tools._checks import check_choice_renamed, check_int, renamed_arguments
 from hessian_tools._operator import dense_is_cheaper
 from hessian_tools._tree import basis_combine
 from hessian_tools.eigen import eigenpairs
@@ -141,14 +140,13 @@ def saddle_free_newton_step(
 
     Cost: one gradient plus n HVPs (dense) or ``num_matvecs`` HVPs (lanczos).
     """
-    if method == "krylov":
-        warnings.warn(
-            'saddle_free_newton_step(method="krylov") is deprecated; use method="lanczos".',
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        method = "lanczos"
-    check_choice("method", method, ("auto", "dense", "lanczos"))
+    method = check_choice_renamed(
+        "method",
+        method,
+        ("auto", "dense", "lanczos"),
+        {"krylov": "lanczos"},
+        "saddle_free_newton_step",
+    )
     num_matvecs = check_int("num_matvecs", num_matvecs, low=1)
     op = HessianOperator(f, x, *args, batches=batches)
     _, grad = op.value_and_grad()
