@@ -92,11 +92,14 @@ print(f"loss after training: {float(loss(params, inputs, targets)):.4f}")
 # --------------------------------------------
 # A filter-normalised random direction (biases zeroed, Li et al.'s default)
 # against the top eigenvector of the Hessian. The sharpest direction curves
-# up much faster than a random one.
+# up much faster than a random one. The weights here are plain ``x @ w``
+# matrices, ``(in, out)``, so their filters (output units) lie along the last
+# axis: ``filter_axis=-1`` (Flax ``kernel`` and Equinox ``weight`` leaves are
+# recognised by name).
 
 op = HessianOperator(loss, params, inputs, targets)
 (top,) = landscape.eigen_directions(op, 1)
-random_dir = landscape.random_direction(jax.random.PRNGKey(1), params)
+random_dir = landscape.random_direction(jax.random.PRNGKey(1), params, filter_axis=-1)
 alphas = np.linspace(-1, 1, 41)
 slices = [landscape.slice_1d(loss, params, d, alphas, inputs, targets) for d in (random_dir, top)]
 fig, ax = plt.subplots(figsize=(6, 4))

@@ -8,6 +8,7 @@ whose critical points are known.
 """
 
 from hessian_tools import landscape, plotting, problems
+from hessian_tools.blocks import BlockSpectrum, block_spectra
 from hessian_tools.critical import CriticalPoint, classify, find_critical_points
 from hessian_tools.dense import hessian
 from hessian_tools.density import SpectralDensity, spectral_density
@@ -17,10 +18,12 @@ from hessian_tools.estimators import Estimate, diagonal, trace
 from hessian_tools.ggn import EmpiricalFisherOperator, GGNOperator
 from hessian_tools.lanczos import LanczosResult, lanczos
 from hessian_tools.operators import CurvatureOperator, HessianOperator, MatvecOperator, hvp
+from hessian_tools.tracking import SpectrumRecord, track_spectrum
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockSpectrum",
     "CriticalPoint",
     "CurvatureOperator",
     "Eigenpairs",
@@ -32,6 +35,8 @@ __all__ = [
     "LanczosResult",
     "MatvecOperator",
     "SpectralDensity",
+    "SpectrumRecord",
+    "block_spectra",
     "classify",
     "diagonal",
     "eigenpairs",
@@ -46,4 +51,5 @@ __all__ = [
     "saddle_free_newton_step",
     "spectral_density",
     "trace",
+    "track_spectrum",
 ]

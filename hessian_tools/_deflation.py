@@ -71,6 +71,7 @@ def krylov_basis(lm, probes, breakdown_tol, token, *, depth: int, acc: Any, diag
         acc=acc,
         breakdown_tol=breakdown_tol,
         progress=token,
+        stop_on_breakdown=False,  # k * depth products, whatever the data
     )
     low = jnp.tril(state.coeffs[:cols])
     t = low + jnp.tril(low, -1).T

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import check_int
+from hessian_tools._checks import check_int, is_traced
 from hessian_tools._operator import LinearMap, apply_linear_map
 from hessian_tools._tree import Layout, basis_combine, basis_dot
 
@@ -61,7 +61,9 @@ class Products:
             res = apply_linear_map(self.lm, block)
             if pad:
                 res = jax.tree.map(lambda x, t=take: x[:t], res)
-            if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(res)):
+            if not is_traced(res) and not all(
+                bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(res)
+            ):
                 raise FloatingPointError(
                     f"an operator product returned NaN or inf (products {self.count + 1} to "
                     f"{self.count + take}); check the loss and params."
@@ -128,6 +130,8 @@ def sequential(
         samples.append(sample(z, products(z)))
         used += take
         mean, err = mean_stderr(jnp.concatenate(samples))
+        if is_traced(mean):
+            continue  # inside jax.jit: the fixed budget (rtol is refused there)
         products.bar.set_postfix(value=f"{float(jnp.sum(offset + mean)):.4g}")
         if rtol is not None and float(size(err)) <= rtol * float(size(offset + mean)):
             break

@@ -247,16 +247,21 @@ def run(
     reorthogonalize: bool = True,
     monitor: Callable[[State], jax.Array] | None = None,
     progress: Any = None,
+    stop_on_breakdown: bool = True,
 ) -> State:
     """Steps until ``num_columns`` basis vectors are multiplied, or breakdown,
     a non-finite product, or ``monitor(state)`` returns True (CONVERGED).
 
     ``num_columns`` may be traced; everything runs in one ``lax.while_loop``.
     ``progress``: a progress-bar token (``_progress``) advanced every step.
+    ``stop_on_breakdown=False`` goes on through a breakdown (the vectors
+    inserted are then zero), so that the products spent do not depend on
+    the data: the count stays static under ``jax.jit``.
     """
 
     def cond(s):
-        return (s.num_columns < num_columns) & (s.status == RUNNING)
+        go = (s.status == RUNNING) | ((s.status == BREAKDOWN) & (not stop_on_breakdown))
+        return (s.num_columns < num_columns) & go
 
     def body(s):
         s = step(

@@ -1,4 +1,4 @@
-"""Spectrum plots: a spectral density and a list of eigenvalues.
+"""Spectrum plots: a spectral density, a list of eigenvalues, per-block bars.
 
 Re-exported by ``hessian_tools.plotting`` (documented there); same
 conventions: ``ax=None`` draws on a new figure, the Axes is returned.
@@ -15,7 +15,7 @@ from hessian_tools._plot_common import NEGATIVE_COLOR
 from hessian_tools._plot_common import POSITIVE_COLOR as _POSITIVE_COLOR
 from hessian_tools._plot_common import axes as _axes
 
-__all__ = ["plot_eigenvalues", "plot_spectral_density"]
+__all__ = ["plot_block_spectra", "plot_eigenvalues", "plot_spectral_density"]
 
 
 def _eigenvalues(eigs: Any) -> np.ndarray:
@@ -117,4 +117,50 @@ def plot_eigenvalues(
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xlabel("index")
     ax.set_ylabel("eigenvalue")
+    return ax
+
+
+def plot_block_spectra(
+    blocks: Any,
+    ax: Axes | None = None,
+    *,
+    quantity: str = "top",
+    log: bool = True,
+    **kwargs: Any,
+) -> Axes:
+    """Per-block (per-layer) bars: the top eigenvalue with its error bound,
+    or the trace with two standard errors.
+
+    Args:
+        blocks: a list of ``BlockSpectrum`` (``hessian_tools.block_spectra``)
+            or anything with ``.name``, ``.values``, ``.error_bounds`` and
+            ``.trace`` (an ``Estimate``).
+        ax: Axes to draw on; None makes a new figure.
+        quantity: "top" (the largest eigenvalue of each block) or "trace".
+        log: logarithmic y axis (the values must then be positive).
+        **kwargs: passed to ``ax.bar``.
+
+    Returns:
+        The Axes.
+    """
+    if quantity not in ("top", "trace"):
+        raise ValueError(f'quantity must be "top" or "trace"; got {quantity!r}.')
+    ax = _axes(ax)
+    names = [b.name for b in blocks]
+    if quantity == "top":
+        values = np.array([float(np.asarray(b.values)[0]) for b in blocks])
+        errors = np.array([float(np.asarray(b.error_bounds)[0]) for b in blocks])
+        label = "largest eigenvalue of the block"
+    else:
+        values = np.array([float(b.trace.value) for b in blocks])
+        errors = np.array([2 * float(b.trace.stderr) for b in blocks])
+        label = "trace of the block"
+    if log and np.any(values <= 0):
+        raise ValueError(f"log scale needs positive values; the smallest is {values.min():.3g}.")
+    colors = np.where(values < 0, NEGATIVE_COLOR, _POSITIVE_COLOR)
+    ax.bar(np.arange(len(names)), values, yerr=errors, color=list(colors), capsize=3, **kwargs)
+    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(label)
     return ax

@@ -30,6 +30,7 @@ from hessian_tools._checks import (
 )
 from hessian_tools._newton import as_batch, dedup, flat_loss, newton_mr
 from hessian_tools._operator import dense_is_cheaper
+from hessian_tools._params import is_variable
 from hessian_tools._tree import norm
 from hessian_tools.density import spectral_density
 from hessian_tools.eigen import eigenpairs, lanczos_cost
@@ -66,6 +67,7 @@ class CriticalPoint:
         exact: True when the whole spectrum was computed (dense Hessian).
         index_stderr: standard error of ``index`` (0 when it is exact: on the
             dense path, or when the extreme eigenvalues settle it).
+        num_variables: n, the number of variables (see ``n``).
     """
 
     x: PyTree
@@ -80,10 +82,15 @@ class CriticalPoint:
     grad_tol: float = dataclasses.field(metadata=dict(static=True))
     exact: bool = dataclasses.field(default=True, metadata=dict(static=True))
     index_stderr: float = dataclasses.field(default=0.0, metadata=dict(static=True))
+    num_variables: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def n(self) -> int:
-        return int(sum(np.size(leaf) for leaf in jax.tree.leaves(self.x)))
+        """Number of variables the Hessian was taken in (the floating-point
+        array leaves of x, or the block selected by ``wrt``)."""
+        if self.num_variables is not None:
+            return self.num_variables
+        return int(sum(np.size(leaf) for leaf in jax.tree.leaves(self.x) if is_variable(leaf)))
 
     @property
     def index_fraction(self) -> float:
@@ -171,6 +178,7 @@ def classify(
     k: int = 6,
     key: jax.Array | None = None,
     progress: bool = False,
+    wrt: Any = None,
 ) -> CriticalPoint:
     """Classify ``x`` as a minimum, maximum, saddle, degenerate or not critical.
 
@@ -206,6 +214,8 @@ def classify(
         key: PRNG key for the Lanczos path.
         progress: show progress bars (the dense Hessian, or the Lanczos and
             density work).
+        wrt: classify with respect to a block of the variables only (as in
+            ``HessianOperator``), the others held fixed.
 
     Returns:
         A ``CriticalPoint``.
@@ -220,7 +230,7 @@ def classify(
     method = check_choice_renamed(
         "method", method, ("auto", "dense", "lanczos"), {"iterative": "lanczos"}, "classify"
     )
-    op = HessianOperator(f, x, *args, batches=batches)
+    op = HessianOperator(f, x, *args, batches=batches, wrt=wrt)
     value, grad = op.value_and_grad()
     grad_norm = norm(grad)
     dense = method == "dense" or (
@@ -240,7 +250,7 @@ def classify(
     rtol = default_rtol(op.dtype) if rtol is None else float(rtol)
     tol = max(float(atol), rtol * hess_norm)
     if grad_tol is None:
-        grad_tol = default_grad_tol(op.dtype, hess_norm, float(norm(x)))
+        grad_tol = default_grad_tol(op.dtype, hess_norm, float(norm(op.variables)))
     neg, zero, pos = _inertia(eigs_np, tol)
     index, index_stderr = neg, 0.0
     if not dense and neg and pos:
@@ -261,6 +271,7 @@ def classify(
         grad_tol=float(grad_tol),
         exact=dense,
         index_stderr=float(index_stderr),
+        num_variables=op.n,
     )
 
 

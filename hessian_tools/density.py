@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import _krylov
-from hessian_tools._checks import check_int, check_positive, renamed_arguments
+from hessian_tools._checks import check_int, check_positive, is_traced, renamed_arguments
 from hessian_tools._operator import apply_block, as_linear_map
 from hessian_tools._progress import progress_bar
 from hessian_tools.lanczos import check_accumulate_dtype, raise_if_nonfinite
@@ -49,14 +49,17 @@ class SpectralDensity:
             components of T's eigenvectors; each row sums to 1.
         sigma: the Gaussian width used for ``density``.
         num_matvecs: HVPs spent (all probes).
+
+    Under ``jax.jit`` every field is a traced array; the methods below need
+    concrete values (call them outside).
     """
 
     grid: jax.Array
     density: jax.Array
     nodes: jax.Array
     weights: jax.Array
-    sigma: float = dataclasses.field(metadata=dict(static=True))
-    num_matvecs: int = dataclasses.field(metadata=dict(static=True))
+    sigma: Any
+    num_matvecs: Any
 
     @property
     def num_probes(self) -> int:
@@ -140,27 +143,56 @@ def _slq_chunk(lm, probes, breakdown_tol, token, *, m, acc):
     return apply_block(one, lm.layout.flatten_leaves(probes, lead=1), lm.block)
 
 
-def _quadrature(alphas: np.ndarray, betas: np.ndarray, steps: int):
-    """Gauss nodes and weights of one probe's T (padded to len(alphas))."""
+def _quadrature(alphas: jax.Array, betas: jax.Array, steps: jax.Array):
+    """Gauss nodes and weights of one probe's T (padded to len(alphas)):
+    the eigenvalues of T and the squared first components of its
+    eigenvectors; entries past ``steps`` repeat the last node with weight 0."""
     m = alphas.shape[0]
-    off = betas[: steps - 1]
-    t = np.diag(alphas[:steps]) + np.diag(off, 1) + np.diag(off, -1)
-    theta, u = np.linalg.eigh(t)
-    nodes = np.full(m, theta[-1])
-    weights = np.zeros(m)
-    nodes[:steps], weights[:steps] = theta, u[0] ** 2
-    return nodes, weights
+    idx = jnp.arange(m)
+    valid = idx < steps
+    off = jnp.where(idx[:-1] < steps - 1, betas[:-1], 0)
+    t = jnp.diag(jnp.where(valid, alphas, 0)) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    t = t + jnp.diag(jnp.where(valid, 0, jnp.sum(jnp.abs(t)) + 1))  # padding sorts last
+    theta, u = jnp.linalg.eigh(t)
+    last = theta[jnp.maximum(steps - 1, 0)]
+    return jnp.where(valid, theta, last), jnp.where(valid, u[0] ** 2, 0)
 
 
-def _smooth(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
-    """Average over probes of sum_i w_i N(x; node_i, sigma^2), node by node."""
-    out = np.zeros_like(grid)
-    norm = 1.0 / (np.sqrt(2 * np.pi) * sigma)
-    for t, w in zip(nodes.ravel(), weights.ravel(), strict=True):
-        if w > 0:
-            lo, hi = np.searchsorted(grid, [t - 8 * sigma, t + 8 * sigma])
-            out[lo:hi] += w * norm * np.exp(-0.5 * ((grid[lo:hi] - t) / sigma) ** 2)
-    return out / nodes.shape[0]
+def _smooth(nodes: jax.Array, weights: jax.Array, grid: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Average over probes of sum_i w_i N(x; node_i, sigma^2), in chunks of
+    nodes (a (grid, chunk) block at a time)."""
+    probes = nodes.shape[0]
+    t, w = nodes.ravel(), weights.ravel()
+    chunk = 256
+    pad = (-t.shape[0]) % chunk
+    t = jnp.concatenate([t, jnp.zeros((pad,), t.dtype)]).reshape(-1, chunk)
+    w = jnp.concatenate([w, jnp.zeros((pad,), w.dtype)]).reshape(-1, chunk)
+    scale = 1.0 / (jnp.sqrt(2 * jnp.pi) * sigma)
+
+    def add(total, tw):
+        tc, wc = tw
+        z = (grid[:, None] - tc[None, :]) / sigma
+        return total + jnp.sum(wc[None, :] * jnp.exp(-0.5 * z**2), axis=1), None
+
+    total, _ = jax.lax.scan(add, jnp.zeros_like(grid), (t, w))
+    return total * scale / probes
+
+
+@functools.partial(jax.jit, static_argnames=("grid_size",))
+def _density(alphas, betas, steps, sigma, grid, *, grid_size):
+    """Nodes, weights, sigma, grid and the smoothed density (see
+    ``spectral_density``); ``sigma``/``grid`` None for the defaults."""
+    nodes, weights = jax.vmap(_quadrature)(alphas, betas, steps)
+    width = jnp.max(nodes) - jnp.min(nodes)
+    if sigma is None:
+        scale = jnp.maximum(
+            jnp.maximum(width, jnp.max(jnp.abs(nodes))), jnp.finfo(nodes.dtype).tiny
+        )
+        sigma = DEFAULT_RELATIVE_SIGMA * scale
+    if grid is None:
+        grid = jnp.linspace(jnp.min(nodes) - 6 * sigma, jnp.max(nodes) + 6 * sigma, grid_size)
+    grid = jnp.asarray(grid, nodes.dtype)
+    return nodes, weights, sigma, grid, _smooth(nodes, weights, grid, sigma)
 
 
 @renamed_arguments(num_steps="steps_per_probe")
@@ -255,29 +287,25 @@ def spectral_density(
             if pad:
                 block = jax.tree.map(lambda x, p=pad: jnp.concatenate([x, x[:p]]), block)
             part = _slq_chunk(lm, block, bd_tol, token, m=m, acc=acc)
-            part = [np.asarray(x)[:take] for x in part]
-            for i, s in enumerate(part[0]):
-                raise_if_nonfinite(part[3][i], int(s) - 1, f"SLQ (probe {start + i})")
+            part = [x[:take] for x in part]
+            if not is_traced(part[0]):
+                for i, s in enumerate(np.asarray(part[0])):
+                    raise_if_nonfinite(part[3][i], int(s) - 1, f"SLQ (probe {start + i})")
             results.append(part)
-    steps, alphas, betas = (np.concatenate([r[i] for r in results]) for i in range(3))
-    quad = [_quadrature(a, b, int(s)) for a, b, s in zip(alphas, betas, steps, strict=True)]
-    nodes = np.stack([q[0] for q in quad])
-    weights = np.stack([q[1] for q in quad])
-    width = float(nodes.max() - nodes.min())
-    if sigma is None:
-        scale = max(width, float(np.abs(nodes).max()), np.finfo(np.float64).tiny)
-        sigma = DEFAULT_RELATIVE_SIGMA * scale
-    if grid is None:
-        grid = np.linspace(nodes.min() - 6 * sigma, nodes.max() + 6 * sigma, int(grid_size))
-    grid = np.asarray(grid, np.float64)
-    if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
-        raise ValueError("grid must be a 1-D increasing array of at least 2 points.")
-    density = _smooth(nodes, weights, grid, float(sigma))
+    steps, alphas, betas = (jnp.concatenate([r[i] for r in results]) for i in range(3))
+    if grid is not None and not is_traced(grid):
+        grid = np.asarray(grid, np.float64)
+        if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
+            raise ValueError("grid must be a 1-D increasing array of at least 2 points.")
+    nodes, weights, sigma, grid, density = _density(
+        alphas, betas, steps, sigma, grid, grid_size=check_int("grid_size", grid_size, low=2)
+    )
+    total = jnp.sum(steps)
     return SpectralDensity(
-        grid=jnp.asarray(grid),
-        density=jnp.asarray(density),
-        nodes=jnp.asarray(nodes),
-        weights=jnp.asarray(weights),
-        sigma=float(sigma),
-        num_matvecs=int(steps.sum()),
+        grid=grid,
+        density=density,
+        nodes=nodes,
+        weights=weights,
+        sigma=sigma if is_traced(sigma) else float(sigma),
+        num_matvecs=total if is_traced(total) else int(total),
     )

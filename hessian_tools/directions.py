@@ -15,30 +15,19 @@ dense kernel is ``(in, out)`` and a convolution kernel ``(H, W, in, out)``
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree as ravel
 
-from hessian_tools._checks import (
-    check_choice,
-    check_params,
-    check_same_structure,
-    renamed_arguments,
-    require_finite,
-)
+from hessian_tools._checks import check_choice, renamed_arguments, require_finite
 from hessian_tools._data import Data
+from hessian_tools._filters import filter_axes, normalize
+from hessian_tools._params import Partition
 from hessian_tools._tree import Layout, norm, sub
-from hessian_tools.operators import _value_and_grad
-
-
-def _cast_like(params: Any, tree: Any) -> Any:
-    return Layout.of(params).cast(tree)
-
+from hessian_tools.operators import _as_vector, _value_and_grad
 
 PyTree = Any
 Normalization = Literal["filter", "layer", "model"] | None
@@ -91,46 +80,9 @@ def _check_leaves_1d(leaves_1d: str) -> None:
     check_choice("leaves_1d", leaves_1d, ("zero", "keep"))
 
 
-def _rescale(d: jax.Array, target: jax.Array, current: jax.Array) -> jax.Array:
-    # d * target / current, with 0 where the direction's part is exactly 0
-    safe = jnp.where(current > 0, current, 1)
-    return d * jnp.where(current > 0, target / safe, 0)
-
-
-def _filter_normalize(d: jax.Array, p: jax.Array, axis: int) -> jax.Array:
-    axis = axis % d.ndim
-    other = tuple(i for i in range(d.ndim) if i != axis)
-    d_norm = jnp.sqrt(jnp.sum(d * d, axis=other, keepdims=True))
-    p_norm = jnp.sqrt(jnp.sum(p * p, axis=other, keepdims=True))
-    return _rescale(d, p_norm, d_norm)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _normalize(direction, params, normalization, filter_axis, leaves_1d):
-    # one compiled program per parameter layout instead of many eager ops
-    def per_leaf(d, p):
-        if d.ndim <= 1 and leaves_1d == "zero":
-            return jnp.zeros_like(d)
-        if normalization == "filter" and d.ndim >= 2:
-            return _filter_normalize(d, p, filter_axis)
-        if normalization in ("filter", "layer"):
-            return _rescale(d, jnp.linalg.norm(p.ravel()), jnp.linalg.norm(d.ravel()))
-        return d
-
-    out = jax.tree.map(per_leaf, direction, params)
-    if normalization == "model":
-        # the target norm is that of the params leaves the direction keeps
-        kept = jax.tree.map(
-            lambda p: p if p.ndim > 1 or leaves_1d == "keep" else jnp.zeros_like(p), params
-        )
-        factor = _rescale(jnp.ones(()), norm(kept), norm(out))
-        out = jax.tree.map(lambda d: (d * factor).astype(d.dtype), out)
-    return out
-
-
 @jax.jit
-def _gaussian_like(key, params):
-    leaves, treedef = jax.tree.flatten(params)
+def _gaussian_like(key, variables):
+    leaves, treedef = jax.tree.flatten(variables)
     keys = jax.random.split(key, len(leaves))
     drawn = [
         jax.random.normal(k, jnp.shape(p), jnp.result_type(p))
@@ -139,45 +91,73 @@ def _gaussian_like(key, params):
     return jax.tree.unflatten(treedef, drawn)
 
 
+def _variables(params: PyTree) -> tuple[Partition, PyTree, Layout]:
+    partition = Partition.of(params)
+    variables = partition.split(params)[0]
+    return partition, variables, Layout.of(variables)
+
+
+def as_direction(params: PyTree, direction: PyTree, name: str = "direction") -> PyTree:
+    """``direction`` as a vector of params' variables (from a pytree of the
+    variables, one shaped like params, or a flat array)."""
+    partition, _, layout = _variables(params)
+    return _as_vector(partition, layout, direction, name)
+
+
 def normalize_direction(
     direction: PyTree,
     params: PyTree,
     normalization: Normalization = "filter",
     *,
-    filter_axis: int = -1,
+    filter_axis: int | Callable | None = None,
     leaves_1d: Literal["zero", "keep"] = "zero",
 ) -> PyTree:
     """Rescale a direction to the scale of ``params`` (Li et al. 2018).
 
     Args:
-        direction: pytree like params.
-        params: the point whose scale the direction takes.
+        direction: a vector of params' variables (a pytree of them, one
+            shaped like params, or a flat array).
+        params: the point whose scale the direction takes; any pytree (its
+            floating-point array leaves are the variables).
         normalization: ``"filter"``: each filter (the slice at one index of
-            ``filter_axis``: an output unit of a dense kernel, an output
+            the filter axis: an output unit of a dense kernel, an output
             channel of a conv kernel) gets the norm of the same filter of
             params. ``"layer"``: each leaf gets the norm of the params leaf.
             ``"model"``: the whole direction gets the norm of params (over the
             leaves that are not zeroed). ``None``: left as it is.
-        filter_axis: axis of a leaf with ndim >= 2 that indexes filters.
-            The default -1 fits Flax layouts (dense ``(in, out)``, conv
-            HWIO). Use 0 for PyTorch-style ``(out, in, ...)`` layouts.
-        leaves_1d: what to do with leaves of ndim <= 1 (biases, norm scales
-            and offsets, scalars). ``"zero"`` (default) sets them to 0, like
-            Li et al.'s ``--xignore biasbn``: with filter normalisation the
-            per-element scale of a bias is meaningless. ``"keep"`` keeps
-            them; under ``"filter"`` normalisation a 1-D leaf then counts as
-            one filter (its norm becomes that of the params leaf).
+        filter_axis: which axis of a weight indexes its filters. None (the
+            default) reads it off the leaf's name: Flax ``kernel`` leaves
+            (dense ``(in, out)``, conv HWIO) the last axis, Equinox and
+            PyTorch-style ``weight`` leaves (``(out, in)``, OIHW) the first;
+            a weight of any other name raises and asks for it. An int sets
+            it for every leaf (-1 for ``x @ w`` dicts); a function of the
+            key path string sets it per leaf (None: treat as a bias).
+        leaves_1d: what to do with biases: leaves of ndim <= 1 and leaves
+            named ``bias``, ``scale``, ``mean`` or ``var``. ``"zero"``
+            (default) sets them to 0, like Li et al.'s ``--xignore biasbn``:
+            with filter normalisation the per-element scale of a bias is
+            meaningless. ``"keep"`` keeps them; under ``"filter"``
+            normalisation a bias then counts as one filter (its norm becomes
+            that of the params leaf).
 
     Returns:
-        A pytree like params (leaves in params' dtypes). No HVPs.
+        A pytree of the variables (like params, for a plain pytree of
+        floating arrays), in their dtypes. No HVPs.
+
+    Raises:
+        ValueError: a direction that does not match params; a weight whose
+            filter axis cannot be told; a direction that is zero after
+            normalisation.
     """
     _check_normalization(normalization)
     _check_leaves_1d(leaves_1d)
-    check_same_structure(params, direction, name="direction")
-    out = _normalize(_cast_like(params, direction), params, normalization, filter_axis, leaves_1d)
+    _, variables, _ = _variables(params)
+    direction = as_direction(params, direction)
+    axes = filter_axes(variables, filter_axis, needed=normalization == "filter")
+    out = normalize(direction, variables, normalization, axes, leaves_1d)
     if not any(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(out)):
         raise ValueError(
-            "the direction is identically zero after normalisation: every leaf is 1-D "
+            "the direction is identically zero after normalisation: every leaf is a bias "
             'and leaves_1d="zero" (or params is zero). Pass leaves_1d="keep" for '
             "parameters that are a single vector (e.g. 2-D toy problems)."
         )
@@ -189,21 +169,22 @@ def random_direction(
     params: PyTree,
     normalization: Normalization = "filter",
     *,
-    filter_axis: int = -1,
+    filter_axis: int | Callable | None = None,
     leaves_1d: Literal["zero", "keep"] = "zero",
 ) -> PyTree:
     """A Gaussian random direction, normalised to the scale of ``params``.
 
-    Draws i.i.d. standard normal leaves in params' dtypes, then applies
-    ``normalize_direction`` (see there for ``normalization``,
-    ``filter_axis`` and ``leaves_1d``; the default is Li et al.'s filter
-    normalisation with biases and norm parameters zeroed). Costs no HVPs.
+    Draws i.i.d. standard normal leaves for params' variables, in their
+    dtypes, then applies ``normalize_direction`` (see there for
+    ``normalization``, ``filter_axis`` and ``leaves_1d``; the default is Li
+    et al.'s filter normalisation with biases and norm parameters zeroed,
+    the filter axis read off the layout). Costs no HVPs.
 
     Reference: Li, Xu, Taylor, Studer, Goldstein (2018), "Visualizing the
     Loss Landscape of Neural Nets", NeurIPS.
     """
-    check_params(params)
-    direction = _gaussian_like(key, params)
+    _, variables, _ = _variables(params)
+    direction = _gaussian_like(key, variables)
     return normalize_direction(
         direction, params, normalization, filter_axis=filter_axis, leaves_1d=leaves_1d
     )
@@ -249,6 +230,7 @@ def gradient_direction(
     *args: Any,
     batches: Any = None,
     normalization: Literal["unit", "filter", "layer", "model"] | None = "unit",
+    filter_axis: int | Callable | None = None,
 ) -> PyTree:
     """The gradient of ``f`` at ``params`` as a direction (ascent: f grows
     along +alpha to first order; negate it for descent).
@@ -263,15 +245,17 @@ def gradient_direction(
             ``"filter"``/``"layer"``/``"model"`` as in
             ``normalize_direction`` (with 1-D leaves kept); ``None`` returns
             the raw gradient.
+        filter_axis: as in ``normalize_direction``.
 
     Returns:
-        A pytree like params. Costs one gradient per batch (no HVPs).
+        A pytree of the variables. Costs one gradient per batch (no HVPs).
         Raises ``ValueError`` if the gradient is zero (a critical point has
         no gradient direction) and ``FloatingPointError`` if not finite.
     """
     _check_normalization(normalization, ("unit", *_NORMALIZATIONS))
-    check_params(params)
-    grad = _value_and_grad(f, params, Data.create(args, batches))[1]
+    partition, variables, _ = _variables(params)
+    fixed = partition.split(params)[1]
+    grad = _value_and_grad(f, partition, variables, fixed, Data.create(args, batches))[1]
     require_finite("gradient", grad)
     grad_norm = norm(grad)
     if not float(grad_norm) > 0:
@@ -280,7 +264,9 @@ def gradient_direction(
         return jax.tree.map(lambda g: g / grad_norm.astype(g.dtype), grad)
     if normalization is None:
         return grad
-    return normalize_direction(grad, params, normalization, leaves_1d="keep")
+    return normalize_direction(
+        grad, params, normalization, filter_axis=filter_axis, leaves_1d="keep"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -316,15 +302,16 @@ def interpolation(
         A ``Subspace`` with ``coords`` of shape (2, 1) or (3, 2). No HVPs.
     """
     points = [params_a, params_b] + ([] if params_c is None else [params_c])
-    for name, p in zip(("params_b", "params_c"), points[1:], strict=False):
-        check_same_structure(params_a, p, name=name)
-    check_params(params_a)
-    diffs = [_cast_like(params_a, sub(p, params_a)) for p in points[1:]]
-    flats = [np.asarray(ravel(d)[0], dtype=np.float64) for d in diffs]
+    _, origin, layout = _variables(params_a)
+    ends = [
+        as_direction(params_a, p, name)
+        for name, p in zip(("params_b", "params_c"), points[1:], strict=False)
+    ]
+    diffs = [layout.cast(sub(p, origin)) for p in ends]
+    flats = [np.asarray(layout.ravel(d), dtype=np.float64) for d in diffs]
     if any(not np.any(v) for v in flats):
         raise ValueError("two of the given points are identical: the direction is zero.")
-    _, unravel = ravel(params_a)
-    dtype = ravel(params_a)[0].dtype
+    unravel, dtype = layout.unravel, layout.dtype
     if not orthonormalize:
         coords = np.vstack([np.zeros(len(diffs)), np.eye(len(diffs))])
         if len(diffs) == 2:
@@ -396,24 +383,29 @@ def pca_directions(
     points = _stack_trajectory(trajectory, stacked)
     if len(points) < 2:
         raise ValueError(f"a trajectory needs at least 2 points, got {len(points)}.")
-    template = points[0]
-    check_params(template)
-    for t, p in enumerate(points[1:], 1):
-        check_same_structure(template, p, name=f"trajectory[{t}]")
-    flat0, unravel = ravel(template)
-    mat = np.stack([np.asarray(ravel(p)[0], dtype=np.float64) for p in points])
+    template = points[-1]
+    _, _, layout = _variables(template)
+    mat = np.stack(
+        [
+            np.asarray(layout.ravel(as_direction(template, p, f"trajectory[{t}]")), np.float64)
+            for t, p in enumerate(points)
+        ]
+    )
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= min(mat.shape):
         raise ValueError(f"k must be an integer in [1, {min(mat.shape)}], got {k!r}.")
+    partition = Partition.of(template)
     if isinstance(origin, str):
         choices = {"last": points[-1], "first": points[0], "mean": None}
         if origin not in choices:
             raise ValueError(f'origin must be "last", "first", "mean" or a pytree, got {origin!r}.')
         origin_flat = mat.mean(0) if origin == "mean" else mat[{"last": -1, "first": 0}[origin]]
-        origin_tree = unravel(jnp.asarray(origin_flat, flat0.dtype))
+        fixed = partition.split(template)[1]
+        origin_tree = partition.combine(
+            layout.unravel(jnp.asarray(origin_flat, layout.dtype)), fixed
+        )
     else:
-        check_same_structure(template, origin, name="origin")
-        origin_tree = _cast_like(template, origin)
-        origin_flat = np.asarray(ravel(origin_tree)[0], dtype=np.float64)
+        origin_tree = origin
+        origin_flat = np.asarray(layout.ravel(as_direction(template, origin, "origin")), np.float64)
     centred = mat - mat.mean(0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     total = float(np.sum(s**2))
@@ -423,5 +415,5 @@ def pca_directions(
     coords = (mat - origin_flat) @ axes
     flip = np.where(coords[0] - coords[-1] > 0, -1.0, 1.0)
     axes, coords = axes * flip, coords * flip
-    directions = tuple(unravel(jnp.asarray(axes[:, i], flat0.dtype)) for i in range(k))
+    directions = tuple(layout.unravel(jnp.asarray(axes[:, i], layout.dtype)) for i in range(k))
     return Subspace(origin_tree, directions, coords, s[:k] ** 2 / total)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from hessian_tools import _deflation, _krylov
-from hessian_tools._checks import as_key, check_choice, check_int, check_positive
+from hessian_tools._checks import as_key, check_choice, check_int, check_positive, is_traced
 from hessian_tools._hutchinson import Products, exact_diagonal, project_out, quad, sequential
 from hessian_tools._operator import as_linear_map
 from hessian_tools._progress import progress_bar
@@ -69,7 +69,7 @@ class Estimate:
     method: str = dataclasses.field(default="krylov", metadata=dict(static=True))
 
 
-def _check(method: str, methods: tuple, num_matvecs: Any, rtol: Any) -> int:
+def _check(method: str, methods: tuple, num_matvecs: Any, rtol: Any, op: Any = None) -> int:
     check_choice("method", method, methods)
     m = check_int("num_matvecs", num_matvecs)
     low = _MIN_MATVECS[method]
@@ -81,6 +81,11 @@ def _check(method: str, methods: tuple, num_matvecs: Any, rtol: Any) -> int:
     check_positive("rtol", rtol)
     if rtol is not None and method == "xtrace":
         raise ValueError('rtol must be None for method="xtrace" (it is not sequential).')
+    if rtol is not None and is_traced(getattr(op, "variables", op)):
+        raise ValueError(
+            "rtol must be None inside jax.jit: the early stop needs concrete values; give "
+            "a fixed budget (num_matvecs)."
+        )
     return m
 
 
@@ -104,8 +109,8 @@ def _deflate(products: Products, key: jax.Array, m: int, method: str, target: st
             acc=lm.dtype,
             diagonal=target == "diagonal",
         )
-        spent = int(spent)
-        if int(status) == _krylov.NONFINITE:
+        spent = k * depth  # static: the loop goes on through a breakdown
+        if not is_traced(status) and int(status) == _krylov.NONFINITE:
             raise FloatingPointError(
                 f"an operator product returned NaN or inf while building the Krylov basis "
                 f"(within the first {spent} products); check the loss and params."
@@ -133,11 +138,14 @@ def _xtrace(products: Products, key: jax.Array, k: int) -> tuple[jax.Array, jax.
     q, r = jnp.linalg.qr(y)
     diag_r = jnp.abs(jnp.diag(r))
     z = layout.ravel(products(layout.unravel(q.T))).T
-    if float(jnp.min(diag_r)) <= 10 * jnp.finfo(r.dtype).eps * float(jnp.max(diag_r)):
-        # A Omega is rank-deficient: rank(A) < k and Q spans A's range, so
-        # tr(Q^T A Q) is the trace itself (up to rounding).
-        return jnp.sum(q * z), jnp.zeros((), q.dtype)
-    return _deflation.xtrace_estimates(om, y, q, r, z)
+    # A Omega rank-deficient: rank(A) < k and Q spans A's range, so tr(Q^T A Q)
+    # is the trace itself (up to rounding); the leave-one-out formulas would
+    # divide by the vanishing diagonal of R
+    deficient = jnp.min(diag_r) <= 10 * jnp.finfo(r.dtype).eps * jnp.max(diag_r)
+    safe_r = jnp.where(deficient, jnp.eye(k, dtype=r.dtype), r)
+    value, err = _deflation.xtrace_estimates(om, y, q, safe_r, z)
+    exact = jnp.sum(q * z)
+    return jnp.where(deficient, exact, value), jnp.where(deficient, 0, err)
 
 
 # --------------------------------------------------------------------------
@@ -221,7 +229,7 @@ def trace(
         >>> bool(abs(est.value - 12 * jnp.sum(jnp.arange(1.0, 301.0) ** 2)) < 3 * est.stderr)
         True
     """
-    m = _check(method, ("krylov", "hutch++", "hutchinson", "xtrace"), num_matvecs, rtol)
+    m = _check(method, ("krylov", "hutch++", "hutchinson", "xtrace"), num_matvecs, rtol, op)
     key = as_key(key)
     lm = as_linear_map(op)
     with progress_bar(m, f"trace ({method})", progress) as bar:
@@ -296,7 +304,7 @@ def diagonal(
         ValueError: a bad method, budget, rtol or key; a non-square array.
         FloatingPointError: a product returned NaN or inf.
     """
-    m = _check(method, ("krylov", "diag++", "hutchinson"), num_matvecs, rtol)
+    m = _check(method, ("krylov", "diag++", "hutchinson"), num_matvecs, rtol, op)
     key = as_key(key)
     lm = as_linear_map(op)
     layout = lm.layout

@@ -30,7 +30,8 @@ import jax
 from hessian_tools._checks import check_scalar_output, is_traced, require_finite
 from hessian_tools._data import Data
 from hessian_tools._operator import LinearMap
-from hessian_tools.operators import CurvatureOperator, PyTree
+from hessian_tools._params import Partition
+from hessian_tools.operators import CurvatureOperator, PyTree, wrapped_loss
 
 __all__ = ["EmpiricalFisherOperator", "GGNOperator"]
 
@@ -43,9 +44,13 @@ OutputLoss = Callable[[Any, Any], jax.Array]
 # solvers are reused across operators
 
 
-def _ggn_product(model: Model, loss: OutputLoss, params: PyTree, x: Any, y: Any):
-    out, jvp = jax.linearize(lambda p: model(p, x), params)  # one forward pass
-    vjp = jax.linear_transpose(jvp, params)  # J^T u
+# ``model`` below is the model as a function of (variables, fixed, x)
+# (``Partition.wrap``); the products are taken in the variables.
+
+
+def _ggn_product(model: Callable, loss: OutputLoss, variables: PyTree, fixed, x: Any, y: Any):
+    out, jvp = jax.linearize(lambda p: model(p, fixed, x), variables)  # one forward pass
+    vjp = jax.linear_transpose(jvp, variables)  # J^T u
     loss_grad = jax.grad(lambda o: loss(o, y))
 
     def mv(v):
@@ -55,29 +60,32 @@ def _ggn_product(model: Model, loss: OutputLoss, params: PyTree, x: Any, y: Any)
     return mv
 
 
-def _per_sample_losses(model: Model, loss: OutputLoss, params: PyTree, x: Any, y: Any):
+def _per_sample_losses(model: Callable, loss: OutputLoss, variables, fixed, x: Any, y: Any):
     # loss of each sample alone: a batch of one, so a per-batch mean is its loss
     one = lambda xi, yi: loss(
-        model(params, jax.tree.map(lambda a: a[None], xi)), jax.tree.map(lambda a: a[None], yi)
+        model(variables, fixed, jax.tree.map(lambda a: a[None], xi)),
+        jax.tree.map(lambda a: a[None], yi),
     )
     return jax.vmap(one)(x, y)
 
 
-def _fisher_product(model: Model, loss: OutputLoss, params: PyTree, x: Any, y: Any):
-    losses = lambda p: _per_sample_losses(model, loss, p, x, y)
-    per_sample, jvp = jax.linearize(losses, params)  # G v: the (N,) products g_i . v
-    vjp = jax.linear_transpose(jvp, params)  # G^T u
+def _fisher_product(model: Callable, loss: OutputLoss, variables: PyTree, fixed, x: Any, y: Any):
+    losses = lambda p: _per_sample_losses(model, loss, p, fixed, x, y)
+    per_sample, jvp = jax.linearize(losses, variables)  # G v: the (N,) products g_i . v
+    vjp = jax.linear_transpose(jvp, variables)  # G^T u
     count = per_sample.shape[0]
     return lambda v: vjp(jvp(v) / count)[0]
 
 
 @functools.cache
-def _products(kind: Callable, model: Model, loss: OutputLoss) -> tuple[Callable, Callable]:
-    def matvec(v, params, data):
-        return data.mean(lambda x, y: kind(model, loss, params, x, y)(v))
+def _products(kind: Callable, model: Model, loss: OutputLoss, partition: Partition):
+    wrapped = wrapped_loss(model, partition)  # the model in (variables, fixed, x)
 
-    def prepare(params, data):
-        return kind(model, loss, params, *data.groups[0])
+    def matvec(v, variables, fixed, data):
+        return data.mean(lambda x, y: kind(wrapped, loss, variables, fixed, x, y)(v))
+
+    def prepare(variables, fixed, data):
+        return kind(wrapped, loss, variables, fixed, *data.groups[0])
 
     return matvec, prepare
 
@@ -90,8 +98,8 @@ def _composed(model: Model, loss: OutputLoss) -> Callable:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _mean_loss(composed, params, data):
-    return data.mean(lambda x, y: composed(params, x, y))
+def _mean_loss(composed, variables, fixed, data):
+    return data.mean(lambda x, y: composed(variables, fixed, x, y))
 
 
 # --------------------------------------------------------------------------
@@ -114,8 +122,9 @@ class _OutputLossOperator(CurvatureOperator):
         *,
         batches: Iterable | None = None,
         check_finite: bool = True,
+        wrt: Any = None,
     ):
-        super().__init__(params)
+        super().__init__(params, wrt)
         self.model, self.loss = model, loss
         if batches is not None and (x is not None or y is not None):
             raise ValueError("pass the data either as x, y or as batches=, not both.")
@@ -126,16 +135,17 @@ class _OutputLossOperator(CurvatureOperator):
         if len(first) != 2:
             raise ValueError(f"each batch must be an (x, y) pair; got {len(first)} items.")
         self.x, self.y = x, y
-        composed = _composed(model, loss)
+        composed = wrapped_loss(_composed(model, loss), self.partition)
         check_scalar_output(
             "loss(model(params, x), y)",
             composed,
-            params,
+            self.variables,
+            self.fixed,
             *first,
             fix="It must be the mean over the batch.",
         )
-        if check_finite and not is_traced(params, self.data):
-            require_finite("loss", _mean_loss(composed, params, self.data))
+        if check_finite and not is_traced(self.variables, self.data):
+            require_finite("loss", _mean_loss(composed, self.variables, self.fixed, self.data))
 
     @property
     def num_batches(self) -> int:
@@ -144,9 +154,10 @@ class _OutputLossOperator(CurvatureOperator):
     def linear_map(self, linearize: bool = True) -> LinearMap:
         # both products share one forward pass per call; with batches= it is
         # taken batch by batch inside the scan
-        matvec, prepare = _products(type(self)._kind, self.model, self.loss)
+        matvec, prepare = _products(type(self)._kind, self.model, self.loss, self.partition)
         share = prepare if linearize and not self.data.batched else None
-        return LinearMap(matvec, (self.params, self.data), self.layout, self._block_rule(), share)
+        operands = (self.variables, self.fixed, self.data)
+        return LinearMap(matvec, operands, self.layout, self._block_rule(), share)
 
 
 class GGNOperator(_OutputLossOperator):
@@ -172,6 +183,7 @@ class GGNOperator(_OutputLossOperator):
             batch b is weighted by ``size_b / N``.
         check_finite: evaluate the loss once per batch at construction and
             raise ``FloatingPointError`` if it is NaN or inf.
+        wrt: the block of some variables only, as in ``HessianOperator``.
 
     Example:
         >>> op = GGNOperator(mlp, cross_entropy, params, x, y)
@@ -207,6 +219,7 @@ class EmpiricalFisherOperator(_OutputLossOperator):
         batches: instead of x and y, a re-iterable of ``(x, y)`` tuples;
             batch b contributes ``(1/N) sum_{i in b} g_i g_i^T``.
         check_finite: evaluate the loss once per batch at construction.
+        wrt: the block of some variables only, as in ``HessianOperator``.
     """
 
     _kind = staticmethod(_fisher_product)

@@ -120,6 +120,12 @@ def start_vector(lm: LinearMap, key: Any, v0: Any, *, name: str = "v0") -> Any:
     """A start vector in the operator's layout: ``v0`` (a pytree like params
     or a flat (n,) array) or a Gaussian one drawn from ``key``.
 
+    ``v0`` may also be a block of vectors: an (n, k) flat array, or a stacked
+    pytree whose leaves carry a leading axis k (an ``Eigenpairs``'
+    ``tree_vectors``). Their sum starts the Krylov space, which then holds
+    each of them after k steps: started from k exact eigenvectors, Lanczos
+    finds them in k products.
+
     Raises:
         ValueError: ``v0`` of the wrong size or structure, zero or not finite.
     """
@@ -127,9 +133,31 @@ def start_vector(lm: LinearMap, key: Any, v0: Any, *, name: str = "v0") -> Any:
     if v0 is None:
         key = jax.random.PRNGKey(0) if key is None else key
         return layout.unravel(jax.random.normal(key, (layout.n,), layout.dtype))
+    block = _as_block(layout, v0)
+    if block is not None:
+        v0 = jax.tree.map(lambda x: jnp.sum(x, axis=0), block)
     v0 = layout.vector(v0, name=name)
     _check_start(v0, name)
     return v0
+
+
+def _as_block(layout: Layout, v: Any) -> Any:
+    """``v`` as a stack of vectors (leaves ``(k, *shape)``), or None when it
+    is a single vector."""
+    leaves = jax.tree.leaves(v)
+    if jax.tree.structure(v) == layout.treedef and len(leaves) == len(layout.shapes):
+        lead = {jnp.shape(x)[:1] for x in leaves}
+        stacked = all(
+            jnp.ndim(x) == len(s) + 1 and jnp.shape(x)[1:] == s
+            for x, s in zip(leaves, layout.shapes, strict=True)
+        )
+        if stacked and len(lead) == 1:  # a stack, like tree_vectors
+            return layout.cast(v)
+    if layout.is_flat(v):
+        arr = jnp.asarray(v)
+        if arr.ndim == 2 and arr.shape[0] == layout.n:  # (n, k) columns, like .vectors
+            return layout.unravel(arr.T.astype(layout.dtype))
+    return None
 
 
 def _check_start(v0: Any, name: str) -> None:

@@ -32,12 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._checkpoint import load_slice_checkpoint, save_slice_checkpoint
-from hessian_tools._checks import check_params, check_same_structure, check_scalar_output
+from hessian_tools._checks import check_scalar_output
 from hessian_tools._data import Data
+from hessian_tools._params import Partition
 from hessian_tools._progress import progress_bar
-from hessian_tools._tree import Layout, num_elements
+from hessian_tools._tree import Layout
 from hessian_tools.directions import (
     Subspace,
+    as_direction,
     eigen_directions,
     gradient_direction,
     interpolation,
@@ -46,6 +48,7 @@ from hessian_tools.directions import (
     random_direction,
 )
 from hessian_tools.landscape_metrics import extreme_eigenvalue_metric
+from hessian_tools.operators import wrapped_loss
 
 PyTree = Any
 
@@ -133,10 +136,11 @@ def _check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable
 # Vectorised evaluation
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_points(fns: tuple, params: PyTree, directions: tuple, coeffs: jax.Array, data: Data):
-    """(m, len(fns)) values of each fn at params + sum_k coeffs[:, k] d_k,
-    averaged over the batches (a scan over batches, the chunk vmapped)."""
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _eval_points(fns, partition, variables, fixed, directions, coeffs, data: Data):
+    """(m, len(fns)) values of each fn at params + sum_k coeffs[:, k] d_k
+    (the directions move the variables; fixed leaves stay), averaged over
+    the batches (a scan over batches, the chunk vmapped)."""
 
     def at(c, args):
         def move(x, *ds):
@@ -145,7 +149,7 @@ def _eval_points(fns: tuple, params: PyTree, directions: tuple, coeffs: jax.Arra
                 out = out + c[k].astype(x.dtype) * d
             return out
 
-        point = jax.tree.map(move, params, *directions)
+        point = partition.combine(jax.tree.map(move, variables, *directions), fixed)
         outs = [jnp.asarray(fn(point, *args)) for fn in fns]
         dtype = jnp.result_type(*[o.dtype for o in outs], jnp.float32)
         return jnp.stack([o.astype(dtype) for o in outs])
@@ -158,26 +162,30 @@ class _Evaluator:
     in chunks of ``chunk_size`` points, averaged over batches."""
 
     def __init__(self, f, params, directions, args, batches, metrics, chunk_size):
-        check_params(params)
-        for i, d in enumerate(directions):
-            name = "direction" if len(directions) == 1 else f"directions[{i}]"
-            check_same_structure(params, d, name=name)
-        layout = Layout.of(params)
+        self.partition = Partition.of(params)
+        self.variables, self.fixed = self.partition.split(params)
+        layout = Layout.of(self.variables)
         self.params = params
-        self.directions = tuple(layout.cast(d) for d in directions)
+        self.directions = tuple(
+            as_direction(params, d, "direction" if len(directions) == 1 else f"directions[{i}]")
+            for i, d in enumerate(directions)
+        )
         self.data = Data.create(args, batches)
         first = self.data.example_args()
         self.metrics = _check_metrics(metrics)
-        check_scalar_output("the loss f", f, params, *first)
-        for name, fn in self.metrics.items():
-            check_scalar_output(f"metric {name!r}", fn, params, *first)
+        for name, fn in {
+            "the loss f": f,
+            **{f"metric {k!r}": g for k, g in self.metrics.items()},
+        }.items():
+            wrapped = wrapped_loss(fn, self.partition)
+            check_scalar_output(name, wrapped, self.variables, self.fixed, *first)
         self.f = f
         self.fns = (f, *self.metrics.values())
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive integer or None; got {chunk_size!r}.")
         self.chunk_size = chunk_size
         self.coeff_dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-        self.bytes_per_point = max(1, num_elements(params) * layout.dtype.itemsize)
+        self.bytes_per_point = max(1, layout.n * layout.dtype.itemsize)
 
     def _chunk(self, m: int) -> int:
         if self.chunk_size is not None:
@@ -198,7 +206,15 @@ class _Evaluator:
             if pad:  # one compiled shape: pad the last chunk with the origin
                 block = np.concatenate([block, np.zeros((pad, block.shape[1]))])
             block = jnp.asarray(block, self.coeff_dtype)
-            vals = _eval_points(self.fns, self.params, self.directions, block, self.data)
+            vals = _eval_points(
+                self.fns,
+                self.partition,
+                self.variables,
+                self.fixed,
+                self.directions,
+                block,
+                self.data,
+            )
             out.append(np.asarray(vals, np.float64)[: chunk - pad])
             if bar is not None:
                 bar.update(chunk - pad)
@@ -209,7 +225,7 @@ class _Evaluator:
         h = hashlib.sha256(extra.encode())
         h.update(repr(getattr(self.f, "__qualname__", type(self.f).__name__)).encode())
         h.update(repr(sorted(self.metrics)).encode())
-        for tree in (self.params, self.directions, self.data):
+        for tree in (self.variables, self.fixed, self.directions, self.data):
             h.update(str(jax.tree.structure(tree)).encode())
             for leaf in jax.tree.leaves(tree):
                 arr = np.asarray(leaf)

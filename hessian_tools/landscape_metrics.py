@@ -19,6 +19,7 @@ from hessian_tools import _krylov
 from hessian_tools._checks import check_choice, check_int, renamed_arguments
 from hessian_tools._data import Data
 from hessian_tools._operator import LinearMap
+from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
 from hessian_tools.operators import _hessian_products
 
@@ -65,9 +66,11 @@ def extreme_eigenvalue_metric(
 
 
 def _extreme_eigenvalue(f, which, num_matvecs, seed, params: Any, *args: Any) -> jax.Array:
-    matvec, _ = _hessian_products(f)
-    layout = Layout.of(params)
-    lm = LinearMap(matvec, (params, Data.create(tuple(args), None)), layout, "map")
+    partition = Partition.of(params)
+    variables, fixed = partition.split(params)
+    matvec, _ = _hessian_products(f, partition)
+    layout = Layout.of(variables)
+    lm = LinearMap(matvec, (variables, fixed, Data.create(tuple(args), None)), layout, "map")
     m = min(num_matvecs, layout.n)
     v0 = layout.unravel(jax.random.normal(jax.random.PRNGKey(seed), (layout.n,), layout.dtype))
     state, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), m, layout.dtype)

@@ -25,15 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import (
-    check_params,
-    check_same_structure,
-    check_scalar_output,
-    is_traced,
-    require_finite,
-)
+from hessian_tools._checks import check_scalar_output, is_traced, require_finite
 from hessian_tools._data import Data
 from hessian_tools._operator import LinearMap, apply_block, default_block
+from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
 
 PyTree = Any
@@ -44,9 +39,22 @@ __all__ = ["CurvatureOperator", "HessianOperator", "MatvecOperator", "hvp"]
 _SCALAR_FIX = "Reduce it (e.g. with jnp.mean) before asking for curvature."
 
 
-def check_scalar_loss(f: Loss, params: PyTree, args: tuple) -> None:
-    """``ValueError`` unless ``f(params, *args)`` is a real scalar (no FLOPs)."""
-    check_scalar_output("the loss f(params, *args)", f, params, *args, fix=_SCALAR_FIX)
+def check_scalar_loss(f: Loss, params: PyTree, args: tuple, partition: Partition | None = None):
+    """``ValueError`` unless ``f(params, *args)`` is a real scalar (no FLOPs;
+    non-array leaves of params are held static)."""
+    partition = Partition.of(params) if partition is None else partition
+    variables, fixed = partition.split(params)
+    wrapped = wrapped_loss(f, partition)
+    check_scalar_output(
+        "the loss f(params, *args)", wrapped, variables, fixed, *args, fix=_SCALAR_FIX
+    )
+
+
+@functools.cache
+def wrapped_loss(f: Loss, partition: Partition) -> Callable:
+    """``f`` as a function of ``(variables, fixed, *args)``, one object per
+    loss and partition (so shape checks and compiled code are cached)."""
+    return partition.wrap(f)
 
 
 # --------------------------------------------------------------------------
@@ -57,7 +65,7 @@ def _hvp_tree(f: Loss, params: PyTree, v: PyTree, args: tuple) -> PyTree:
     return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
 
 
-def hvp(f: Loss, params: PyTree, v: PyTree, *args: Any) -> PyTree:
+def hvp(f: Loss, params: PyTree, v: PyTree, *args: Any, wrt: Any = None) -> PyTree:
     """Hessian-vector product ``H(params) @ v`` of the scalar loss ``f``.
 
     Computed by forward-over-reverse automatic differentiation
@@ -66,14 +74,19 @@ def hvp(f: Loss, params: PyTree, v: PyTree, *args: Any) -> PyTree:
 
     Args:
         f: loss ``f(params, *args) -> scalar``.
-        params: point at which the Hessian is taken; any pytree of floating
-            arrays.
-        v: direction, a pytree with the structure and leaf shapes of
-            ``params`` (leaves are cast to the params' dtypes).
+        params: point at which the Hessian is taken; any pytree. Its
+            floating-point array leaves are the variables, every other leaf
+            is held fixed (``hessian_tools._params``).
+        v: direction, a pytree of the variables (params' structure, with
+            None where a leaf is not a variable) or shaped like the whole of
+            params (its variable leaves are used); cast to the params' dtypes.
         *args: further arguments of ``f`` (data), passed through unchanged.
+        wrt: restrict the variables to a block: a pytree of booleans shaped
+            like params (or a prefix), or a predicate on key paths.
 
     Returns:
-        A pytree like ``params``.
+        A pytree of the variables (like ``params`` for a plain pytree of
+        floating arrays).
 
     Works under ``jax.jit`` and ``jax.vmap`` (map over ``v`` for several
     products at once). Structure and scalar-ness of the loss are checked at
@@ -89,33 +102,47 @@ def hvp(f: Loss, params: PyTree, v: PyTree, *args: Any) -> PyTree:
         >>> ht.hvp(f, {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([1.0, 0.0])})
         {'w': Array([6., 0.], dtype=float32)}
     """
-    check_params(params)
-    check_same_structure(params, v, name="v")
-    check_scalar_loss(f, params, args)
-    return _hvp_tree(f, params, Layout.of(params).cast(v), args)
+    partition = Partition.of(params, wrt)
+    variables, fixed = partition.split(params)
+    check_scalar_loss(f, params, args, partition)
+    v = _as_vector(partition, Layout.of(variables), v, "v")
+    return _hvp_tree(wrapped_loss(f, partition), variables, v, (fixed, *args))
+
+
+def _as_vector(partition: Partition, layout: Layout, v: Any, name: str) -> PyTree:
+    """``v`` as a vector of the variables: flat, a variables pytree, or a
+    pytree shaped like the whole of params."""
+    if not layout.is_flat(v) and jax.tree.structure(v) != layout.treedef:
+        picked = partition.select(v)
+        if picked is not None:
+            v = picked
+    return layout.vector(v, name=name)
 
 
 @functools.cache
-def _hessian_products(f: Loss) -> tuple[Callable, Callable]:
-    """``(matvec, prepare)`` of the Hessian of ``f``; cached per loss, so the
-    same function objects (static parts of a ``LinearMap``) come back and
-    compiled solvers are reused across operators."""
+def _hessian_products(f: Loss, partition: Partition) -> tuple[Callable, Callable]:
+    """``(matvec, prepare)`` of the Hessian of ``f`` in the variables of
+    ``partition``; cached per loss and partition, so the same function
+    objects (static parts of a ``LinearMap``) come back and compiled solvers
+    are reused across operators."""
+    fv = wrapped_loss(f, partition)
 
-    def matvec(v, params, data):
-        return data.mean(lambda *args: _hvp_tree(f, params, v, args))
+    def matvec(v, variables, fixed, data):
+        return data.mean(lambda *args: _hvp_tree(fv, variables, v, (fixed, *args)))
 
-    def prepare(params, data):
+    def prepare(variables, fixed, data):
         # one forward pass (jax.linearize of the gradient), then the linear
         # map per product: faster per HVP, but holds the activations
         args = data.groups[0]
-        return jax.linearize(lambda p: jax.grad(f)(p, *args), params)[1]
+        return jax.linearize(lambda p: jax.grad(fv)(p, fixed, *args), variables)[1]
 
     return matvec, prepare
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _value_and_grad(f: Loss, params: PyTree, data: Data):
-    return data.mean(lambda *args: jax.value_and_grad(f)(params, *args))
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _value_and_grad(f: Loss, partition: Partition, variables: PyTree, fixed: tuple, data: Data):
+    fv = wrapped_loss(f, partition)
+    return data.mean(lambda *args: jax.value_and_grad(fv)(variables, fixed, *args))
 
 
 @jax.jit
@@ -137,8 +164,10 @@ def _apply_block_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
 class CurvatureOperator:
     """Base of the symmetric n x n curvature operators (Hessian, GGN, ...).
 
-    Subclasses implement ``linear_map(linearize)``. ``params`` fixes the
-    layout; the flat order is that of ``jax.flatten_util.ravel_pytree``.
+    Subclasses implement ``linear_map(linearize)``. ``params`` and ``wrt``
+    fix the variables (``hessian_tools._params``: the floating-point array
+    leaves, narrowed by ``wrt``) and so the layout of a vector; the flat
+    order is that of ``jax.flatten_util.ravel_pytree`` of the variables.
 
     Attributes:
         chunk_size: columns per vectorised product in ``matmat`` and
@@ -151,10 +180,11 @@ class CurvatureOperator:
     chunk_size: int | None = None
     block: str | None = None
 
-    def __init__(self, params: PyTree):
-        check_params(params)
+    def __init__(self, params: PyTree, wrt: Any = None):
         self.params = params
-        self.layout = Layout.of(params)
+        self.partition = Partition.of(params, wrt)
+        self.variables, self.fixed = self.partition.split(params)
+        self.layout = Layout.of(self.variables)
         self.shape: tuple[int, int] = (self.layout.n, self.layout.n)
         self.dtype = self.layout.dtype
 
@@ -172,12 +202,19 @@ class CurvatureOperator:
         return self.block or default_block()
 
     # -- layout --------------------------------------------------------
+    def vector(self, v: Any, name: str = "v") -> PyTree:
+        """``v`` (flat, a pytree of the variables, or one shaped like params)
+        as a pytree of the variables."""
+        return _as_vector(self.partition, self.layout, v, name)
+
     def ravel(self, tree: PyTree) -> jax.Array:
-        """Flatten a pytree like params into an (n,) vector (ravel_pytree order)."""
-        return self.layout.ravel(self.layout.vector(tree, name="vector"))
+        """Flatten a vector into an (n,) array (ravel_pytree order of the
+        variables)."""
+        return self.layout.ravel(self.vector(tree, name="vector"))
 
     def unravel(self, flat: jax.Array) -> PyTree:
-        """Inverse of ``ravel``: an (n,) vector back into a pytree like params."""
+        """Inverse of ``ravel``: an (n,) vector back into a pytree of the
+        variables (like params, for a plain pytree of floating arrays)."""
         flat = jnp.asarray(flat)
         if flat.shape != (self.n,):
             raise ValueError(f"expected a flat vector of shape ({self.n},); got {flat.shape}.")
@@ -195,7 +232,7 @@ class CurvatureOperator:
         if self.layout.is_flat(v) and np.ndim(v) == 2:
             return self.matmat(v)
         flat = self.layout.is_flat(v)
-        tree = self.layout.vector(v, name="v")
+        tree = self.vector(v, name="v")
         out = _apply(self.linear_map(linearize=False), tree)
         return self.layout.ravel(out) if flat else out
 
@@ -319,6 +356,15 @@ class HessianOperator(CurvatureOperator):
         check_finite: evaluate the loss and gradient once at construction and
             raise ``FloatingPointError`` if either is NaN or inf (skipped
             inside ``jax.jit``).
+        wrt: the Hessian block of some variables only, the others held
+            fixed: a pytree of booleans shaped like params (or a prefix of
+            it, e.g. ``{"layer1": True, "layer2": False}``), or a predicate
+            on key paths (``lambda path: "layer1" in path``, the path as
+            ``jax.tree_util.keystr`` writes it).
+
+    Params may be any pytree (an ``eqx.Module``, an NNX ``State``): its
+    floating-point array leaves are the variables and every other leaf is
+    passed through unchanged; ``n`` counts the variables.
 
     Products: ``op @ v`` / ``op.matvec(v)`` (pytree in, pytree out; flat
     (n,) in, flat out; (n, k) in, (n, k) out), ``op.to_dense()``,
@@ -338,12 +384,13 @@ class HessianOperator(CurvatureOperator):
         *args: Any,
         batches: Iterable | None = None,
         check_finite: bool = True,
+        wrt: Any = None,
     ):
-        super().__init__(params)
+        super().__init__(params, wrt)
         self.f = f
         self.data = Data.create(args, batches)
-        check_scalar_loss(f, params, self.data.example_args())
-        if check_finite and not is_traced(params, self.data):
+        check_scalar_loss(f, params, self.data.example_args(), self.partition)
+        if check_finite and not is_traced(self.variables, self.data):
             value, grad = self.value_and_grad()
             require_finite("loss", value)
             require_finite("gradient", grad)
@@ -358,13 +405,15 @@ class HessianOperator(CurvatureOperator):
         return self.data.num_batches
 
     def linear_map(self, linearize: bool = True) -> LinearMap:
-        matvec, prepare = _hessian_products(self.f)
+        matvec, prepare = _hessian_products(self.f, self.partition)
         share = prepare if linearize and not self.data.batched else None
-        return LinearMap(matvec, (self.params, self.data), self.layout, self._block_rule(), share)
+        operands = (self.variables, self.fixed, self.data)
+        return LinearMap(matvec, operands, self.layout, self._block_rule(), share)
 
     def value_and_grad(self) -> tuple[jax.Array, PyTree]:
-        """Loss (the batch-weighted mean) and its gradient at params."""
-        return _value_and_grad(self.f, self.params, self.data)
+        """Loss (the batch-weighted mean) and its gradient with respect to
+        the variables, at params."""
+        return _value_and_grad(self.f, self.partition, self.variables, self.fixed, self.data)
 
 
 class MatvecOperator(CurvatureOperator):
@@ -389,6 +438,8 @@ class MatvecOperator(CurvatureOperator):
 
     def __init__(self, matvec: Callable, example: PyTree, *operands: Any, block: str | None = None):
         super().__init__(example)
+        if not self.partition.trivial:
+            raise TypeError("example must be a pytree of floating-point arrays (a vector).")
         if not callable(matvec):
             raise TypeError(f"matvec must be a function v -> A v; got {type(matvec).__name__}.")
         self._matvec, self.operands, self.block = matvec, tuple(operands), block

@@ -24,11 +24,16 @@ from matplotlib.axes import Axes
 
 from hessian_tools import _plot_common
 from hessian_tools._plot_common import axes as _axes
-from hessian_tools._plot_spectrum import plot_eigenvalues, plot_spectral_density
+from hessian_tools._plot_spectrum import (
+    plot_block_spectra,
+    plot_eigenvalues,
+    plot_spectral_density,
+)
 
 __all__ = [
     "KIND_STYLES",
     "NEGATIVE_COLOR",
+    "plot_block_spectra",
     "plot_critical_points",
     "plot_eigenvalues",
     "plot_function_2d",
