@@ -112,3 +112,81 @@ def mlp_problem(sizes=MLP_SIZES, samples=1797, seed=0, dtype=jnp.float32):
             )
         )
     return params, x, y
+
+
+# --------------------------------------------------------------------------
+# A small regression MLP on a nested pytree (dicts, a tuple and a scalar leaf)
+
+
+def nested_mlp_loss(params, x, y):
+    """Mean squared error of a 3-4-2 tanh MLP whose output bias is scaled by
+    the scalar leaf ``params["scale"]``."""
+    h = jnp.tanh(x @ params["layers"][0]["w"] + params["layers"][0]["b"][None, :])
+    out = h @ params["layers"][1]["w"] + params["scale"] * params["layers"][1]["b"][None, :]
+    return jnp.mean((out - y) ** 2)
+
+
+def nested_mlp_problem(key, dtype=jnp.float64, n_samples=9):
+    """``(params, x, y)`` for ``nested_mlp_loss``: n = 27 parameters."""
+    k = jax.random.split(key, 6)
+    params = {
+        "layers": (
+            {
+                "w": jax.random.normal(k[0], (3, 4), dtype),
+                "b": jax.random.normal(k[1], (4,), dtype),
+            },
+            {
+                "w": jax.random.normal(k[2], (4, 2), dtype),
+                "b": jax.random.normal(k[3], (2,), dtype),
+            },
+        ),
+        "scale": jnp.asarray(0.7, dtype),
+    }
+    x = jax.random.normal(k[4], (n_samples, 3), dtype)
+    y = jax.random.normal(k[5], (n_samples, 2), dtype)
+    return params, x, y
+
+
+# --------------------------------------------------------------------------
+# Starts for the 2-D toy problems
+
+
+def grid_starts(bounds, num):
+    """A num x num grid of starts over ``bounds = ((x0, x1), (y0, y1))``,
+    rows of constant y (meshgrid order), as a (num^2, 2) array."""
+    (x0, x1), (y0, y1) = bounds
+    xs, ys = np.meshgrid(np.linspace(x0, x1, num), np.linspace(y0, y1, num))
+    return jnp.asarray(np.stack([xs.ravel(), ys.ravel()], axis=1))
+
+
+def inside(x, bounds, slack=1e-6):
+    """Whether the point x lies in the box ``bounds`` (up to ``slack``)."""
+    return all(lo - slack <= xi <= hi + slack for xi, (lo, hi) in zip(x, bounds, strict=True))
+
+
+# --------------------------------------------------------------------------
+# A loss on a small pytree with two directions, for directions and slices
+
+
+def asym_loss(p, a):
+    """Asymmetric in every coordinate: swapping x and y changes the value."""
+    w, b = p["w"], p["b"]
+    return jnp.sum(a * w**2) + w[0, 1] ** 3 + jnp.sum(jnp.sin(b)) + 0.3 * w[1, 2] * b[0]
+
+
+def asym_problem():
+    """``(params, a, d1, d2)`` for ``asym_loss``: a point, its data and two
+    non-orthogonal directions, all pytrees ``{"w": (2, 3), "b": (3,)}``."""
+    params = {"w": jnp.arange(6.0).reshape(2, 3) / 3 - 0.5, "b": jnp.array([0.2, -0.4, 0.7])}
+    a = jnp.arange(1.0, 7.0).reshape(2, 3)
+    d1 = {"w": jnp.array([[1.0, 0.0, 0.5], [0.0, -1.0, 0.0]]), "b": jnp.array([0.0, 1.0, 0.0])}
+    d2 = {"w": jnp.array([[0.0, 2.0, 0.0], [0.3, 0.0, 1.0]]), "b": jnp.array([1.0, 0.0, -0.5])}
+    return params, a, d1, d2
+
+
+def at(params, coefs, dirs):
+    """``params + sum_i coefs[i] * dirs[i]`` on pytrees."""
+    out = params
+    for c, d in zip(coefs, dirs, strict=True):
+        out = jax.tree.map(lambda p, v, c=c: p + c * v, out, d)
+    return out

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _util import mlp_loss, mlp_problem, sym_with_spectrum
 
 from hessian_tools.density import rademacher_probes, spectral_density
 from hessian_tools.operators import HessianOperator
@@ -14,12 +15,6 @@ N = 300
 SPECTRUM = np.concatenate(
     [[12.0, 9.0], np.random.default_rng(0).normal(0.5, 0.4, 208), np.linspace(-3, -0.5, 90)]
 )
-
-
-def sym_with_spectrum(w, seed=0, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(len(w), len(w))))
-    return jnp.asarray((q * np.asarray(w)) @ q.T, dtype)
 
 
 @pytest.fixture(scope="module")
@@ -145,16 +140,11 @@ def digits_problem(adam_steps):
         key, k1, k2 = jax.random.split(key, 3)
         bound = 1 / np.sqrt(i)
         params.append(
-            {
-                "w": jax.random.uniform(k1, (i, o), jnp.float32, -bound, bound),
-                "b": jax.random.uniform(k2, (o,), jnp.float32, -bound, bound),
-            }
+            (
+                jax.random.uniform(k1, (i, o), jnp.float32, -bound, bound),
+                jax.random.uniform(k2, (o,), jnp.float32, -bound, bound),
+            )
         )
-
-    def mlp_loss(p, x, y):
-        h = jnp.tanh(x @ p[0]["w"] + p[0]["b"][None, :])
-        h = h @ p[1]["w"] + p[1]["b"][None, :]
-        return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(h), -1))
 
     @jax.jit
     def adam(p, m, v, t, x, y):
@@ -178,13 +168,13 @@ def digits_problem(adam_steps):
     v = jax.tree.map(jnp.zeros_like, params)
     for t in range(1, adam_steps + 1):
         params, m, v = adam(params, m, v, t, x, y)
-    return mlp_loss, params, x, y
+    return params, x, y
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("adam_steps", [0, 200])
 def test_defaults_on_digits_mlp(adam_steps):
-    mlp_loss, params, x, y = digits_problem(adam_steps)
+    params, x, y = digits_problem(adam_steps)
     op64 = HessianOperator(
         mlp_loss,
         jax.tree.map(lambda a: a.astype(jnp.float64), params),
@@ -209,8 +199,6 @@ def test_vmapped_loop_matches_python_hvps_on_85k_mlp():
     # jaxlib 0.10.2 miscompiled HVP reductions in jitted loops (see the README):
     # per probe, sum_i w_i theta_i = T[0, 0] = z.Hz / n, checked against a
     # Python loop of jitted HVPs.
-    from test_lanczos import mlp_loss, mlp_problem
-
     params, x, y = mlp_problem()
     op = HessianOperator(mlp_loss, params, x, y)
     key = jax.random.PRNGKey(0)

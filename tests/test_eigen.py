@@ -259,6 +259,14 @@ def test_bad_input():
         eigenpairs(lambda v: v, 1)
 
 
+def test_k_out_of_range():
+    a = jnp.eye(3)
+    with pytest.raises(ValueError, match="k"):
+        eigenpairs(a, 4)
+    with pytest.raises(ValueError, match="k"):
+        eigenpairs(a, 0)
+
+
 # --------------------------------------------------------------------------
 # The bounds on a network Hessian (the 2,410-parameter digits-shaped MLP)
 

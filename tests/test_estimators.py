@@ -5,7 +5,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _util import mlp_loss, mlp_problem
+from _util import mlp_loss, mlp_problem, sym_with_spectrum
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,20 +18,12 @@ TRACE_METHODS = ["krylov", "hutch++", "hutchinson", "xtrace"]
 DIAG_METHODS = ["krylov", "diag++", "hutchinson"]
 
 
-def spectrum_matrix(eigenvalues, seed=0):
-    """Symmetric matrix with the given eigenvalues and random eigenvectors."""
-    lam = np.asarray(eigenvalues, np.float64)
-    rng = np.random.default_rng(seed)
-    q = np.linalg.qr(rng.standard_normal((lam.size, lam.size)))[0]
-    return jnp.asarray((q * lam) @ q.T)
-
-
 def outlier_matrix(n=400, seed=0):
     """A few large outliers over a bulk of small mixed-sign eigenvalues, like
     the Hessian of a trained network."""
     rng = np.random.default_rng(seed)
     lam = np.concatenate([[200.0, 120.0, 80.0, 50.0, 30.0], rng.uniform(-0.05, 0.2, n - 5)])
-    return spectrum_matrix(lam, seed)
+    return sym_with_spectrum(lam, seed)
 
 
 def rel_errors(a, method, m, seeds, fn=trace):
@@ -52,7 +44,7 @@ def rel_errors(a, method, m, seeds, fn=trace):
 @pytest.mark.parametrize("method", ["krylov", "hutch++", "xtrace"])
 def test_trace_converges_on_decaying_spectrum(method):
     # lambda_i = i^-2: deflation captures almost everything; 1e-3 within 120 products
-    a = spectrum_matrix(1.0 / np.arange(1, 501) ** 2)
+    a = sym_with_spectrum(1.0 / np.arange(1, 501) ** 2)
     errs = rel_errors(a, method, 120, seeds=5)
     assert np.max(errs) < 1e-3, errs
 
@@ -196,7 +188,7 @@ def test_progress_bar_runs(capsys):
 def test_diagonal_converges(method):
     # strongly decaying spectrum plus a diagonal part
     rng = np.random.default_rng(2)
-    a = spectrum_matrix(1.0 / np.arange(1, 301) ** 1.5) + jnp.diag(rng.uniform(0.5, 1.0, 300))
+    a = sym_with_spectrum(1.0 / np.arange(1, 301) ** 1.5) + jnp.diag(rng.uniform(0.5, 1.0, 300))
     exact = np.diag(np.asarray(a))
     est = diagonal(a, key=jax.random.PRNGKey(0), num_matvecs=200, method=method)
     assert est.value.shape == (300,) and est.stderr.shape == (300,)

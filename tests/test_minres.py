@@ -5,14 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse.linalg as sla
+from _util import sym_with_spectrum
 
 from hessian_tools._minres import minres
 
 
 def symmetric(n, eigenvalues, seed):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
-    return (q * eigenvalues) @ q.T, rng.normal(size=n)
+    """A symmetric (n, n) matrix with the given eigenvalues and a right-hand side."""
+    b = np.random.default_rng(seed + 1000).normal(size=n)
+    return np.asarray(sym_with_spectrum(eigenvalues, seed)), b
 
 
 @pytest.mark.parametrize("n,seed", [(5, 0), (30, 1), (60, 2)])

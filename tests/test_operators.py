@@ -1,4 +1,4 @@
-"""hvp, HessianOperator and hessian() against dense float64 references."""
+"""hvp and HessianOperator (hessian_tools.operators) against dense float64 references."""
 
 import itertools
 
@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse.linalg as sla
+from _util import TraceCounter, dense_reference, nested_mlp_loss, nested_mlp_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
@@ -14,63 +15,29 @@ from jax.flatten_util import ravel_pytree
 import hessian_tools as ht
 
 
-def mlp_loss(params, x, y):
-    h = jnp.tanh(x @ params["layers"][0]["w"] + params["layers"][0]["b"][None, :])
-    out = h @ params["layers"][1]["w"] + params["scale"] * params["layers"][1]["b"][None, :]
-    return jnp.mean((out - y) ** 2)
-
-
-def make_mlp(key, dtype=jnp.float64, n_samples=9):
-    k = jax.random.split(key, 6)
-    params = {
-        "layers": (
-            {
-                "w": jax.random.normal(k[0], (3, 4), dtype),
-                "b": jax.random.normal(k[1], (4,), dtype),
-            },
-            {
-                "w": jax.random.normal(k[2], (4, 2), dtype),
-                "b": jax.random.normal(k[3], (2,), dtype),
-            },
-        ),
-        "scale": jnp.asarray(0.7, dtype),
-    }
-    x = jax.random.normal(k[4], (n_samples, 3), dtype)
-    y = jax.random.normal(k[5], (n_samples, 2), dtype)
-    return params, x, y
-
-
-def dense_reference(f, params, *args):
-    flat, unravel = ravel_pytree(params)
-    flat64 = flat.astype(jnp.float64)
-    args64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), args)
-    g = lambda z: f(jax.tree.map(lambda a: a.astype(jnp.float64), unravel(z)), *args64)
-    return np.asarray(jax.hessian(g)(flat64))
-
-
 @pytest.mark.parametrize("dtype,tol", [(jnp.float64, 1e-10), (jnp.float32, 1e-4)])
 def test_hvp_matches_dense_hessian_on_nested_pytree(dtype, tol):
-    params, x, y = make_mlp(jax.random.PRNGKey(0), dtype)
+    params, x, y = nested_mlp_problem(jax.random.PRNGKey(0), dtype)
     v = jax.tree.map(lambda p: jnp.ones_like(p) * 0.3, params)
-    hv = ht.hvp(mlp_loss, params, v, x, y)
+    hv = ht.hvp(nested_mlp_loss, params, v, x, y)
     assert jax.tree.structure(hv) == jax.tree.structure(params)
     assert all(a.dtype == dtype for a in jax.tree.leaves(hv))
-    H = dense_reference(mlp_loss, params, x, y)
+    H = dense_reference(nested_mlp_loss, params, x, y)
     expect = H @ np.asarray(ravel_pytree(v)[0], np.float64)
     got = np.asarray(ravel_pytree(hv)[0], np.float64)
     np.testing.assert_allclose(got, expect, rtol=tol, atol=tol * np.abs(expect).max())
 
 
 def test_hvp_under_jit_and_vmap():
-    params, x, y = make_mlp(jax.random.PRNGKey(1))
+    params, x, y = nested_mlp_problem(jax.random.PRNGKey(1))
     n = ravel_pytree(params)[0].size
     _, unravel = ravel_pytree(params)
     basis = jnp.eye(n)
-    cols = jax.jit(jax.vmap(lambda e: ravel_pytree(ht.hvp(mlp_loss, params, unravel(e), x, y))[0]))(
-        basis
-    )
+    cols = jax.jit(
+        jax.vmap(lambda e: ravel_pytree(ht.hvp(nested_mlp_loss, params, unravel(e), x, y))[0])
+    )(basis)
     np.testing.assert_allclose(
-        cols, dense_reference(mlp_loss, params, x, y), rtol=1e-10, atol=1e-10
+        cols, dense_reference(nested_mlp_loss, params, x, y), rtol=1e-10, atol=1e-10
     )
 
 
@@ -89,9 +56,9 @@ def test_hvp_agrees_with_dense_hessian_times_v(seed, d):
 
 
 def test_operator_products_dense_and_scipy():
-    params, x, y = make_mlp(jax.random.PRNGKey(2))
-    op = ht.HessianOperator(mlp_loss, params, x, y)
-    H = dense_reference(mlp_loss, params, x, y)
+    params, x, y = nested_mlp_problem(jax.random.PRNGKey(2))
+    op = ht.HessianOperator(nested_mlp_loss, params, x, y)
+    H = dense_reference(nested_mlp_loss, params, x, y)
     n = H.shape[0]
     assert op.shape == (n, n) and op.dtype == jnp.float64
     v = np.linspace(-1, 1, n)
@@ -105,15 +72,6 @@ def test_operator_products_dense_and_scipy():
     np.testing.assert_allclose(np.sort(top), np.linalg.eigvalsh(H)[-3:], rtol=1e-8)
 
 
-def test_hessian_chunked_equals_unchunked():
-    params, x, y = make_mlp(jax.random.PRNGKey(3))
-    H = dense_reference(mlp_loss, params, x, y)
-    for chunk in (1, 4, 7, None):
-        np.testing.assert_allclose(
-            ht.hessian(mlp_loss, params, x, y, chunk_size=chunk), H, rtol=1e-10, atol=1e-12
-        )
-
-
 @settings(max_examples=8)  # every new batch shape compiles afresh
 @given(
     seed=st.integers(0, 1000),
@@ -121,30 +79,25 @@ def test_hessian_chunked_equals_unchunked():
 )
 def test_batched_operator_equals_full_data_hessian(seed, sizes):
     n_samples = sum(sizes)
-    params, x, y = make_mlp(jax.random.PRNGKey(seed), n_samples=n_samples)
+    params, x, y = nested_mlp_problem(jax.random.PRNGKey(seed), n_samples=n_samples)
     edges = np.cumsum([0, *sizes])
     batches = [(x[a:b], y[a:b]) for a, b in itertools.pairwise(edges)]
-    op = ht.HessianOperator(mlp_loss, params, batches=batches)
-    H = dense_reference(mlp_loss, params, x, y)
+    op = ht.HessianOperator(nested_mlp_loss, params, batches=batches)
+    H = dense_reference(nested_mlp_loss, params, x, y)
     np.testing.assert_allclose(op.to_dense(), H, rtol=1e-9, atol=1e-11)
     value, _ = op.value_and_grad()
-    np.testing.assert_allclose(value, mlp_loss(params, x, y), rtol=1e-12)
+    np.testing.assert_allclose(value, nested_mlp_loss(params, x, y), rtol=1e-12)
 
 
 def test_new_operator_for_same_loss_and_shapes_does_not_recompile():
-    traces = []
-
-    def loss(p, x):
-        traces.append(1)  # runs only while JAX traces
-        return jnp.sum(jnp.tanh(x @ p) ** 2)
-
+    loss = TraceCounter(lambda p, x: jnp.sum(jnp.tanh(x @ p) ** 2))
     x = jnp.ones((5, 3))
     for i in range(3):  # e.g. three training checkpoints
         op = ht.HessianOperator(loss, jnp.full(3, 0.1 * i), x)
         op @ jnp.ones(3)
         if i == 0:
-            first = len(traces)
-    assert len(traces) == first
+            first = loss.count
+    assert loss.count == first
 
 
 class TestBadInput:
@@ -158,7 +111,7 @@ class TestBadInput:
         with pytest.raises(FloatingPointError, match="loss"):
             ht.HessianOperator(lambda p: jnp.sum(jnp.log(p)), -jnp.ones(2))
         with pytest.raises(FloatingPointError, match="gradient"):
-            ht.hessian(lambda p: jnp.sum(jnp.sqrt(p)), jnp.zeros(2))
+            ht.HessianOperator(lambda p: jnp.sum(jnp.sqrt(p)), jnp.zeros(2))
 
     def test_mismatched_structure(self):
         params = {"a": jnp.ones(2), "b": jnp.ones(3)}
@@ -201,15 +154,6 @@ def test_matmat_with_single_array_params(shape):
     np.testing.assert_allclose(np.ravel(tree), H @ v, rtol=1e-10, atol=1e-12)
 
 
-def test_non_finite_hessian_raises():
-    # |x|^1.5 has a finite gradient at 0 but an infinite second derivative
-    f = lambda p: jnp.sum(jnp.abs(p) ** 1.5)
-    with pytest.raises(FloatingPointError, match="Hessian"):
-        ht.hessian(f, jnp.zeros(2))
-    with pytest.raises(FloatingPointError, match="Hessian"):
-        ht.classify(f, jnp.zeros(2))
-
-
 def test_batch_arrays_must_agree_on_sample_axis():
     f = lambda p, a, x: jnp.mean((x @ a @ p) ** 2)
     batches = [(jnp.eye(2), jnp.ones((10, 2))), (jnp.eye(2), jnp.ones((1, 2)))]
@@ -218,8 +162,8 @@ def test_batch_arrays_must_agree_on_sample_axis():
 
 
 def test_batches_given_as_lists():
-    params, x, y = make_mlp(jax.random.PRNGKey(7), n_samples=5)
-    op = ht.HessianOperator(mlp_loss, params, batches=[[x[:2], y[:2]], [x[2:], y[2:]]])
+    params, x, y = nested_mlp_problem(jax.random.PRNGKey(7), n_samples=5)
+    op = ht.HessianOperator(nested_mlp_loss, params, batches=[[x[:2], y[:2]], [x[2:], y[2:]]])
     np.testing.assert_allclose(
-        op.to_dense(), dense_reference(mlp_loss, params, x, y), rtol=1e-9, atol=1e-11
+        op.to_dense(), dense_reference(nested_mlp_loss, params, x, y), rtol=1e-9, atol=1e-11
     )
