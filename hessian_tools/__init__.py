@@ -7,7 +7,10 @@ points found and classified, loss-landscape slices, plots, and toy problems
 whose critical points are known.
 """
 
-from hessian_tools import landscape, plotting, problems
+import importlib
+from typing import Any
+
+from hessian_tools import landscape, problems
 from hessian_tools.blocks import BlockSpectrum, block_spectra
 from hessian_tools.critical import CriticalPoint, classify, find_critical_points
 from hessian_tools.dense import hessian
@@ -21,6 +24,15 @@ from hessian_tools.operators import CurvatureOperator, HessianOperator, MatvecOp
 from hessian_tools.tracking import SpectrumRecord, track_spectrum
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # ``ht.plotting`` is imported on first use: matplotlib costs about a
+    # second at import, and analysis code that draws nothing should not pay it
+    if name == "plotting":
+        return importlib.import_module("hessian_tools.plotting")
+    raise AttributeError(f"module 'hessian_tools' has no attribute {name!r}")
+
 
 __all__ = [
     "BlockSpectrum",

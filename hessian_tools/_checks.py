@@ -146,9 +146,23 @@ def check_same_structure(reference: Any, other: Any, *, name: str = "v") -> None
 def check_scalar_output(name: str, fn: Callable, *args: Any, fix: str = "") -> jax.ShapeDtypeStruct:
     """Raise ``ValueError`` unless ``fn(*args)`` is a real floating scalar.
 
-    Uses ``jax.eval_shape``: no FLOPs, and safe under ``jit``/``vmap``.
+    Uses ``jax.eval_shape``: no FLOPs, and safe under ``jit``/``vmap``. A
+    Flax NNX ``TraceContextError`` (a loss that changes a module captured
+    from outside) is re-raised with the fix.
     """
-    out = jax.eval_shape(fn, *args)
+    try:
+        out = jax.eval_shape(fn, *args)
+    except Exception as err:
+        if type(err).__name__ == "TraceContextError":
+            raise TypeError(
+                f"{name} changes a Flax NNX module that it closes over (a TraceContextError "
+                "from inside the loss, e.g. BatchNorm in train mode updating its statistics). "
+                "Pass the module's state as params and rebuild the module inside the loss: "
+                "graphdef, state = nnx.split(model); loss = lambda state, x, y: "
+                "f(nnx.merge(graphdef, state, copy=True), x, y). The user guide's NNX recipe "
+                "shows train and eval mode."
+            ) from err
+        raise
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
         shape = getattr(out, "shape", type(out).__name__)
         raise ValueError(

@@ -11,6 +11,10 @@ where ``size_b`` is the leading-axis length of batch b's arrays. With equal
 batch sizes this divides by the number of batches exactly once; uneven
 batches are weighted by their size, so ``f`` must be a per-sample mean.
 
+Arguments that are the same for every batch (BatchNorm statistics, a
+mask, hyperparameters) are passed as ``*args`` next to ``batches=``: they
+come first, ``f(params, *args, *batch_b)``, and are not split by sample.
+
 Batches are stacked once, group by group of equal shapes, onto the device
 (the whole data set is held there; a remainder batch of another size forms
 a group of its own), and the mean is a ``lax.scan`` over each group inside
@@ -68,32 +72,32 @@ class Data:
     are its leaves), so it passes into jitted functions as an argument.
     """
 
-    def __init__(self, groups: tuple, batched: bool, sizes: tuple[int, ...]):
+    def __init__(self, groups: tuple, batched: bool, sizes: tuple[int, ...], shared: tuple = ()):
         self.groups = groups  # fixed: (args,); batched: ((stacked_args, weights), ...)
         self.batched = batched
         self.sizes = sizes  # batch sizes, in the order given (static)
+        self.shared = shared  # arguments before each batch's, the same for all
 
     def tree_flatten(self):
-        return (self.groups,), (self.batched, self.sizes)
+        return (self.groups, self.shared), (self.batched, self.sizes)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(children[0], *aux)
+        return cls(children[0], *aux, shared=children[1])
 
     @classmethod
     def create(cls, args: tuple, batches: Iterable | None) -> Data:
-        """Check and store ``args`` or ``batches`` (not both).
+        """Check and store ``args``, or ``batches`` with ``args`` as the
+        arguments shared by every batch (passed before the batch's own).
 
         Raises:
-            ValueError: both given; an empty batch list or batch; batch
-                arrays that disagree on the sample axis.
+            ValueError: an empty batch list or batch; batch arrays that
+                disagree on the sample axis.
             TypeError: a one-shot iterator (batches are read once here, but
                 the error keeps callers from relying on lazy loading).
         """
         if batches is None:
             return cls((tuple(args),), False, ())
-        if args:
-            raise ValueError("pass the data either as *args or as batches=, not both.")
         if iter(batches) is batches:
             raise TypeError(
                 "batches must be a re-iterable collection (a list or tuple of argument "
@@ -111,7 +115,7 @@ class Data:
         for idx in order.values():
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[items[i] for i in idx])
             groups.append((stacked, np.asarray([sizes[i] / total for i in idx])))
-        return cls(tuple(groups), True, sizes)
+        return cls(tuple(groups), True, sizes, tuple(args))
 
     @property
     def num_batches(self) -> int:
@@ -122,21 +126,23 @@ class Data:
         if not self.batched:
             return self.groups[0]
         stacked = self.groups[0][0]
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stacked)
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stacked)
+        return (*self.shared, *batch)
 
     def mean(self, fn: Callable[..., Any]) -> Any:
-        """``sum_b w_b fn(*args_b)`` (a pytree sum); ``fn(*args)`` for fixed
-        data. Traceable: one ``lax.scan`` per group of equal-shape batches."""
+        """``sum_b w_b fn(*shared, *args_b)`` (a pytree sum); ``fn(*args)``
+        for fixed data. Traceable: one ``lax.scan`` per group of equal-shape
+        batches."""
         if not self.batched:
             return fn(*self.groups[0])
         total = None
         for stacked, weights in self.groups:
-            out = jax.eval_shape(fn, *jax.tree.map(lambda x: x[0], stacked))
+            out = jax.eval_shape(fn, *self.shared, *jax.tree.map(lambda x: x[0], stacked))
             init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
 
             def body(acc, item):
                 args, w = item
-                val = fn(*args)
+                val = fn(*self.shared, *args)
                 return jax.tree.map(lambda a, v: a + jnp.asarray(w, v.dtype) * v, acc, val), None
 
             part, _ = jax.lax.scan(body, init, (stacked, jnp.asarray(weights)))

@@ -73,6 +73,32 @@ def krylov_basis(lm, probes, breakdown_tol, token, *, depth: int, acc: Any, diag
         progress=token,
         stop_on_breakdown=False,  # k * depth products, whatever the data
     )
+    return _basis_parts(lm, state, diagonal)
+
+
+def krylov_basis_host(lm, probes, breakdown_tol, bar, *, depth: int, acc: Any, diagonal: bool):
+    """``krylov_basis`` with its steps driven from Python, one compiled block
+    step each (for operators slow in compiled loops)."""
+    cols = jax.tree.leaves(probes)[0].shape[0] * depth
+    state = _krylov.run_host(
+        lm,
+        _start(lm, probes, cols=cols, acc=acc),
+        cols,
+        acc=acc,
+        breakdown_tol=breakdown_tol,
+        bar=bar,
+        stop_on_breakdown=False,
+    )
+    return _basis_parts_jit(lm, state, diagonal)
+
+
+@functools.partial(jax.jit, static_argnames=("cols", "acc"))
+def _start(lm, probes, *, cols, acc):
+    return _krylov.start(lm, probes, cols, acc)[0]
+
+
+def _basis_parts(lm, state: _krylov.State, diagonal: bool):
+    cols = state.coeffs.shape[1]
     low = jnp.tril(state.coeffs[:cols])
     t = low + jnp.tril(low, -1).T
     basis = get_rows(state.basis, 0, cols)
@@ -84,6 +110,9 @@ def krylov_basis(lm, probes, breakdown_tol, token, *, depth: int, acc: Any, diag
         diag = jax.tree.map(lambda v, av: jnp.sum(v * av, axis=0), basis, images)
         diag = lm.layout.unflatten_leaves(diag)
     return basis, state.num_columns, state.status, jnp.trace(t), diag
+
+
+_basis_parts_jit = jax.jit(_basis_parts, static_argnames=("diagonal",))
 
 
 @jax.jit

@@ -39,6 +39,7 @@ stops it with ``status == NONFINITE``; callers raise.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -68,11 +69,14 @@ __all__ = [
     "State",
     "as_vectors",
     "default_breakdown_tol",
+    "flat_product",
     "gram_schmidt",
+    "host_loop",
     "init",
     "padded_projection",
     "ritz",
     "run",
+    "run_host",
     "start",
     "step",
 ]
@@ -104,7 +108,7 @@ class State(NamedTuple):
 
     @property
     def block(self) -> int:
-        return self.coeffs.shape[0] - self.coeffs.shape[1]
+        return self.coeffs.shape[-2] - self.coeffs.shape[-1]  # also for a batch of states
 
     @property
     def num_columns(self) -> jax.Array:
@@ -282,24 +286,121 @@ def run(
     return lax.while_loop(cond, body, state)
 
 
+def flat_product(lm: LinearMap) -> Callable:
+    """The operator's product on the kernel's flat leaves, bound (and, for a
+    Hessian, linearised) here: call once inside a compiled function."""
+    layout, mv = lm.layout, lm.bind()
+    return lambda v: layout.flatten_leaves(mv(layout.unflatten_leaves(v)))
+
+
 def start(lm: LinearMap, v0: PyTree, num_columns: int, acc: Any) -> tuple[State, Callable]:
     """The initial state for the stacked start vectors ``v0`` (leaves
-    ``(b, *leaf.shape)``, in the operator's layout) and the operator's
-    product on the kernel's flat leaves. Call inside the compiled function:
-    the product is bound (and, for a Hessian, linearised) here, once."""
-    layout = lm.layout
-    mv = lm.bind()
+    ``(b, *leaf.shape)``, in the operator's layout) and ``flat_product``.
+    Call inside the compiled function."""
+    return init(lm.layout.flatten_leaves(v0, lead=1), num_columns, acc), flat_product(lm)
 
-    def flat_mv(v):
-        return layout.flatten_leaves(mv(layout.unflatten_leaves(v)))
 
-    return init(layout.flatten_leaves(v0, lead=1), num_columns, acc), flat_mv
+def host_loop(lm: LinearMap, traced: bool = False) -> bool:
+    """Whether to iterate from Python (``lm.loop == "host"``; never inside
+    ``jax.jit``, where the values are not concrete)."""
+    return lm.loop == "host" and not traced
 
 
 def as_vectors(stack: PyTree, layout: Layout) -> PyTree:
     """Rows of the kernel's basis (leaves ``(k, leaf.size)``) as vectors in
     ``layout``'s shapes (leaves ``(k, *leaf.shape)``)."""
     return layout.unflatten_leaves(stack, lead=1)
+
+
+def _active(s: State, stop_on_breakdown: bool) -> jax.Array:
+    return (s.status == RUNNING) | ((s.status == BREAKDOWN) & (not stop_on_breakdown))
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("acc", "reorthogonalize", "monitor", "batched", "stop_on_breakdown"),
+    donate_argnums=(1,),
+)
+def _host_step(
+    lm,
+    state,
+    breakdown_tol,
+    monitor_args,
+    *,
+    acc,
+    reorthogonalize,
+    monitor,
+    batched,
+    stop_on_breakdown,
+):
+    mv = flat_product(lm)
+
+    def one(s):
+        new = step(
+            s,
+            mv,
+            block_apply=lm.block,
+            acc=acc,
+            breakdown_tol=breakdown_tol,
+            reorthogonalize=reorthogonalize,
+        )
+        if monitor is not None:
+            done = monitor(new, *monitor_args)
+            new = new._replace(
+                status=jnp.where((new.status == RUNNING) & done, CONVERGED, new.status)
+            )
+        return new
+
+    if not batched:
+        return one(state)
+
+    def masked(s):  # a finished run of the batch stays as it is
+        keep = _active(s, stop_on_breakdown)
+        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), one(s), s)
+
+    return jax.vmap(masked)(state)
+
+
+def run_host(
+    lm: LinearMap,
+    state: State,
+    num_columns: int,
+    *,
+    acc: Any,
+    breakdown_tol: Any,
+    reorthogonalize: bool = True,
+    monitor: Callable | None = None,
+    monitor_args: tuple = (),
+    bar: Any = None,
+    stop_on_breakdown: bool = True,
+    batched: bool = False,
+) -> State:
+    """``run``, iterated from Python: one compiled step (product, insertion,
+    ``monitor(state, *monitor_args)``) per call, the state donated so that
+    the basis is updated in place. For products that are slow inside
+    compiled loops (``_operator.schedule``). ``batched``: the state has a
+    leading axis (one Lanczos run per start vector, stepped together, the
+    products vectorised); it runs until every one is done."""
+    block = state.block
+    while True:
+        cols = np.atleast_1d(np.asarray(state.num_columns))
+        status = np.atleast_1d(np.asarray(state.status))
+        go = (status == RUNNING) | ((status == BREAKDOWN) & (not stop_on_breakdown))
+        if not np.any(go & (cols < num_columns)):
+            return state
+        state = _host_step(
+            lm,
+            state,
+            breakdown_tol,
+            monitor_args,
+            acc=acc,
+            reorthogonalize=reorthogonalize,
+            monitor=monitor,
+            batched=batched,
+            stop_on_breakdown=stop_on_breakdown,
+        )
+        if bar is not None:
+            bar.update(block * int(np.sum(go & (cols < num_columns))))
 
 
 # --------------------------------------------------------------------------

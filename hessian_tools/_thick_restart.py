@@ -18,6 +18,7 @@ deprecated ``tol`` of earlier releases, every residual at most ``tol ||A||``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -167,103 +168,91 @@ def _restart(s: _krylov.State, theta, u, key, *, keep: int, which: str, acc: Any
     return _krylov.State((kept + 1).astype(s.size.dtype), basis, new, s.scale, status)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("k", "which", "m", "budget", "acc", "kind", "true_residuals", "progress"),
-)
-def solve(
-    lm,
-    v0,
-    key,
-    rtol,
-    atol,
-    floor,
-    tol,
-    breakdown_tol,
-    token,
-    *,
-    k: int,
-    which: str,
-    m: int,
-    budget: int,
-    acc: Any,
-    kind: str,
-    true_residuals: bool,
-    progress: bool,
-):
-    """Thick-restart Lanczos from ``v0`` with a basis of ``m`` vectors and a
-    budget of ``budget`` products. Returns a dict of arrays: values, stacked
-    vectors, residuals, error bounds, converged, products, restarts, norm
-    estimate, status (see ``eigen.eigenpairs``)."""
-    n = lm.n
-    crit = Criterion(kind, rtol, atol, floor, tol)
-    keep = min(m - 2, k + (m - k) // 2) if m < n else m - 1
-    token = token if progress else None
-    state, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), m, acc)
+class Config(NamedTuple):
+    """The static settings of a solve."""
 
-    def cycle(loop: _Loop) -> _Loop:
-        s, norm0 = loop.krylov, loop.norm
-        start = s.num_columns
+    k: int
+    which: str
+    m: int  # basis size
+    budget: int  # products
+    acc: Any  # dtype of the projected matrix
+    kind: str  # Criterion.kind
+    n: int
+    dtype: Any  # the operator's
 
-        def monitor(s):
-            theta, _, res = _krylov.ritz(s)
-            cols = s.num_columns
-            norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
-            return _accepted(theta, res, cols, norm, k, which, crit, lm.dtype)
+    @property
+    def keep(self) -> int:
+        """Ritz pairs kept at a restart: the wanted ones and about half of
+        the rest (all but one when the basis spans everything)."""
+        return min(self.m - 2, self.k + (self.m - self.k) // 2) if self.m < self.n else self.m - 1
 
-        stop = jnp.minimum(m, start + budget - loop.used)
-        s = _krylov.run(
-            s,
-            mv,
-            stop,
-            block_apply=lm.block,
-            acc=acc,
-            breakdown_tol=breakdown_tol,
-            monitor=monitor,
-            progress=token,
-        )
-        used = loop.used + s.num_columns - start
-        theta, u, res = _krylov.ritz(s)
+
+@functools.cache
+def _monitor(cfg: Config) -> Callable:
+    """``monitor(state, norm0, rtol, atol, floor, tol)``: are the wanted pairs
+    accepted after this step? One object per configuration (a static
+    argument of compiled steps)."""
+
+    def monitor(s, norm0, rtol, atol, floor, tol):
+        theta, _, res = _krylov.ritz(s)
         cols = s.num_columns
         norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
-        ok = _accepted(theta, res, cols, norm, k, which, crit, lm.dtype)
-        broken = s.status == _krylov.BREAKDOWN
-        done = ok | (used >= budget) | (broken & (cols >= n)) | (s.status == _krylov.NONFINITE)
-        key, sub = jax.random.split(loop.key)
-        s = lax.cond(
-            done,
-            lambda s: s,
-            lambda s: _restart(s, theta, u, sub, keep=keep, which=which, acc=acc),
-            s,
-        )
-        return _Loop(s, used, loop.restarts + (~done), norm, key, done)
+        crit = Criterion(cfg.kind, rtol, atol, floor, tol)
+        return _accepted(theta, res, cols, norm, cfg.k, cfg.which, crit, cfg.dtype)
 
+    return monitor
+
+
+def _begin(lm, v0, key, cfg: Config) -> _Loop:
+    state, _ = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), cfg.m, cfg.acc)
     zero = jnp.zeros((), jnp.int32)
-    init = _Loop(state, zero, zero, jnp.zeros((), acc), key, jnp.asarray(False))
-    loop = lax.while_loop(lambda c: ~c.done, cycle, init)
-    s = loop.krylov
+    return _Loop(state, zero, zero, jnp.zeros((), cfg.acc), key, jnp.asarray(False))
+
+
+def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, cfg: Config) -> _Loop:
+    """After a cycle's steps: accept, or restart keeping ``cfg.keep`` pairs."""
+    used = loop.used + s.num_columns - start
     theta, u, res = _krylov.ritz(s)
     cols = s.num_columns
-    pos = wanted_positions(cols, k, which)
+    norm = jnp.maximum(loop.norm, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
+    ok = _accepted(theta, res, cols, norm, cfg.k, cfg.which, Criterion(cfg.kind, *crit), cfg.dtype)
+    broken = s.status == _krylov.BREAKDOWN
+    done = ok | (used >= cfg.budget) | (broken & (cols >= cfg.n)) | (s.status == _krylov.NONFINITE)
+    key, sub = jax.random.split(loop.key)
+    s = lax.cond(
+        done,
+        lambda s: s,
+        lambda s: _restart(s, theta, u, sub, keep=cfg.keep, which=cfg.which, acc=cfg.acc),
+        s,
+    )
+    return _Loop(s, used, loop.restarts + (~done), norm, key, done)
+
+
+def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> dict:
+    s, k = loop.krylov, cfg.k
+    theta, u, res = _krylov.ritz(s)
+    cols = s.num_columns
+    pos = wanted_positions(cols, k, cfg.which)
     values = theta[pos]
     vectors = _krylov.ritz_vectors(s, u[:, pos])  # flat leaves (k, leaf.size)
     used = loop.used
     if true_residuals:
-        products = apply_block(mv, vectors, lm.block)
+        products = apply_block(_krylov.flat_product(lm), vectors, lm.block)
         diff = jax.tree.map(
             lambda av, v: av - values.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - 1)) * v,
             products,
             vectors,
         )
         squares = [
-            jnp.sum(d.astype(acc) ** 2, axis=tuple(range(1, d.ndim))) for d in jax.tree.leaves(diff)
+            jnp.sum(d.astype(cfg.acc) ** 2, axis=tuple(range(1, d.ndim)))
+            for d in jax.tree.leaves(diff)
         ]
-        true = jnp.sqrt(sum(squares))
-        res = res.at[pos].set(true.astype(res.dtype))
+        res = res.at[pos].set(jnp.sqrt(sum(squares)).astype(res.dtype))
         used = used + k
-    bounds = error_bounds(theta, res, cols, _rounding(loop.norm, lm.dtype))[pos]
-    converged = _accepted(theta, res, cols, loop.norm, k, which, crit, lm.dtype)
-    converged = converged | ((cols >= n) & (s.status == _krylov.BREAKDOWN) & (cols >= k))
+    criterion = Criterion(cfg.kind, *crit)
+    bounds = error_bounds(theta, res, cols, _rounding(loop.norm, cfg.dtype))[pos]
+    converged = _accepted(theta, res, cols, loop.norm, k, cfg.which, criterion, cfg.dtype)
+    converged = converged | ((cols >= cfg.n) & (s.status == _krylov.BREAKDOWN) & (cols >= k))
     return {
         "values": values,
         "vectors": _krylov.as_vectors(vectors, lm.layout),
@@ -276,6 +265,63 @@ def solve(
         "status": s.status,
         "num_ritz": cols,
     }
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "true_residuals", "progress"))
+def solve(lm, v0, key, crit, breakdown_tol, token, *, cfg: Config, true_residuals, progress):
+    """Thick-restart Lanczos from ``v0``, cycles and steps in compiled loops
+    (``lm.loop == "device"``, and always inside ``jax.jit``). ``crit`` holds
+    the criterion's arrays ``(rtol, atol, floor, tol)``. Returns the dict of
+    ``_finish``."""
+    mv = _krylov.flat_product(lm)
+    token = token if progress else None
+
+    def cycle(loop: _Loop) -> _Loop:
+        start = loop.krylov.num_columns
+        monitor = functools.partial(
+            _monitor(cfg), norm0=loop.norm, rtol=crit[0], atol=crit[1], floor=crit[2], tol=crit[3]
+        )
+        s = _krylov.run(
+            loop.krylov,
+            mv,
+            jnp.minimum(cfg.m, start + cfg.budget - loop.used),
+            block_apply=lm.block,
+            acc=cfg.acc,
+            breakdown_tol=breakdown_tol,
+            monitor=monitor,
+            progress=token,
+        )
+        return _end_cycle(s, loop, start, crit, cfg)
+
+    loop = lax.while_loop(lambda c: ~c.done, cycle, _begin(lm, v0, key, cfg))
+    return _finish(lm, loop, crit, cfg, true_residuals)
+
+
+_begin_jit = jax.jit(_begin, static_argnames=("cfg",))
+_end_cycle_jit = jax.jit(_end_cycle, static_argnames=("cfg",))
+_finish_jit = jax.jit(_finish, static_argnames=("cfg", "true_residuals"))
+
+
+def solve_host(lm, v0, key, crit, breakdown_tol, bar, *, cfg: Config, true_residuals) -> dict:
+    """``solve`` with cycles and steps driven from Python, one compiled step
+    per product (``lm.loop == "host"``: products that are slow inside
+    compiled loops, see ``_operator.schedule``)."""
+    loop = _begin_jit(lm, v0, key, cfg=cfg)
+    while not bool(loop.done):
+        start = int(loop.krylov.num_columns)
+        stop = min(cfg.m, start + cfg.budget - int(loop.used))
+        state = _krylov.run_host(
+            lm,
+            loop.krylov,
+            stop,
+            acc=cfg.acc,
+            breakdown_tol=breakdown_tol,
+            monitor=_monitor(cfg),
+            monitor_args=(loop.norm, *crit),
+            bar=bar,
+        )
+        loop = _end_cycle_jit(state, loop._replace(krylov=None), start, crit, cfg=cfg)
+    return _finish_jit(lm, loop, crit, cfg=cfg, true_residuals=true_residuals)
 
 
 # --------------------------------------------------------------------------
@@ -357,26 +403,26 @@ def lanczos_eigenpairs(
     else:
         kind, tol = "bounds", 0.0
     rtol = default_rtol(lm.dtype) if rtol is None else rtol
+    cfg = Config(k, which, m, budget, acc, kind, n, jnp.dtype(lm.dtype))
+    crit = tuple(jnp.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype), tol))
+    bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
     with progress_bar(budget, "eigenpairs", progress) as bar:
-        out = solve(
-            lm,
-            start,
-            key,
-            jnp.asarray(rtol, acc),
-            jnp.asarray(atol, acc),
-            jnp.asarray(noise_floor(lm.dtype), acc),
-            jnp.asarray(tol, acc),
-            _krylov.default_breakdown_tol(n, lm.dtype),
-            jnp.asarray(bar.token, jnp.int32),
-            k=k,
-            which=which,
-            m=m,
-            budget=budget,
-            acc=acc,
-            kind=kind,
-            true_residuals=bool(true_residuals),
-            progress=bool(progress),
-        )
+        if _krylov.host_loop(lm, is_traced(start, lm.operands)):
+            out = solve_host(
+                lm, start, key, crit, bd_tol, bar, cfg=cfg, true_residuals=bool(true_residuals)
+            )
+        else:
+            out = solve(
+                lm,
+                start,
+                key,
+                crit,
+                bd_tol,
+                jnp.asarray(bar.token, jnp.int32),
+                cfg=cfg,
+                true_residuals=bool(true_residuals),
+                progress=bool(progress),
+            )
     raise_if_nonfinite(out["status"], out["num_matvecs"], "HVP (eigenpairs)")
     counts = {f: out[f] for f in ("converged", "num_matvecs", "num_restarts", "norm")}
     if not is_traced(out["values"]):

@@ -129,18 +129,44 @@ def rademacher_probes(key: jax.Array, num: int, n: int, dtype: Any) -> jax.Array
 def _slq_chunk(lm, probes, breakdown_tol, token, *, m, acc):
     """Lanczos from each probe of the stack (``lm.block``: one after another
     or vmapped), all sharing one ``prepare``; the coefficients of T."""
-    idx = jnp.arange(m)
-    _, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], probes), m, acc)
+    mv = _krylov.flat_product(lm)
 
     def one(v):
         state = _krylov.init(jax.tree.map(lambda x: x[None], v), m, acc)
         state = _krylov.run(
             state, mv, m, block_apply=lm.block, acc=acc, breakdown_tol=breakdown_tol, progress=token
         )
-        c = state.coeffs
-        return state.num_columns, c[idx, idx], c[idx + 1, idx], state.status
+        return _coefficients(state)
 
     return apply_block(one, lm.layout.flatten_leaves(probes, lead=1), lm.block)
+
+
+def _coefficients(state: _krylov.State):
+    """(steps, alphas, betas, status) of one probe's run."""
+    m = state.coeffs.shape[1]
+    idx, c = jnp.arange(m), state.coeffs
+    return state.num_columns, c[idx, idx], c[idx + 1, idx], state.status
+
+
+@functools.partial(jax.jit, static_argnames=("m", "acc"))
+def _host_init(lm, probes, *, m, acc):
+    flat = lm.layout.flatten_leaves(probes, lead=1)
+    return jax.vmap(lambda v: _krylov.init(jax.tree.map(lambda x: x[None], v), m, acc))(flat)
+
+
+def _slq_chunk_host(lm, probes, breakdown_tol, bar, *, m, acc):
+    """``_slq_chunk`` stepped from Python, every probe of the chunk at once
+    (their products vectorised): for operators slow in compiled loops."""
+    states = _krylov.run_host(
+        lm,
+        _host_init(lm, probes, m=m, acc=acc),
+        m,
+        acc=acc,
+        breakdown_tol=breakdown_tol,
+        bar=bar,
+        batched=True,
+    )
+    return jax.vmap(_coefficients)(states)
 
 
 def _quadrature(alphas: jax.Array, betas: jax.Array, steps: jax.Array):
@@ -286,7 +312,10 @@ def spectral_density(
             pad = chunk - take  # one compiled shape for every chunk
             if pad:
                 block = jax.tree.map(lambda x, p=pad: jnp.concatenate([x, x[:p]]), block)
-            part = _slq_chunk(lm, block, bd_tol, token, m=m, acc=acc)
+            if _krylov.host_loop(lm, is_traced(block, lm.operands)):
+                part = _slq_chunk_host(lm, block, bd_tol, bar, m=m, acc=acc)
+            else:
+                part = _slq_chunk(lm, block, bd_tol, token, m=m, acc=acc)
             part = [x[:take] for x in part]
             if not is_traced(part[0]):
                 for i, s in enumerate(np.asarray(part[0])):

@@ -100,15 +100,15 @@ def _deflate(products: Products, key: jax.Array, m: int, method: str, target: st
     layout, lm = products.layout, products.lm
     if method == "krylov":
         k, depth = _deflation.krylov_shape(m, target)
-        v, spent, status, low_trace, low_diag = _deflation.krylov_basis(
-            lm,
-            products.probes(key, k),
-            _krylov.default_breakdown_tol(lm.n, lm.dtype),
-            None,
-            depth=depth,
-            acc=lm.dtype,
-            diagonal=target == "diagonal",
-        )
+        probes = products.probes(key, k)
+        bd_tol = _krylov.default_breakdown_tol(lm.n, lm.dtype)
+        options = dict(depth=depth, acc=lm.dtype, diagonal=target == "diagonal")
+        if _krylov.host_loop(lm, is_traced(probes, lm.operands)):
+            parts = _deflation.krylov_basis_host(lm, probes, bd_tol, products.bar, **options)
+        else:
+            parts = _deflation.krylov_basis(lm, probes, bd_tol, None, **options)
+            products.bar.update(k * depth)
+        v, _, status, low_trace, low_diag = parts
         spent = k * depth  # static: the loop goes on through a breakdown
         if not is_traced(status) and int(status) == _krylov.NONFINITE:
             raise FloatingPointError(
@@ -116,7 +116,6 @@ def _deflate(products: Products, key: jax.Array, m: int, method: str, target: st
                 f"(within the first {spent} products); check the loss and params."
             )
         products.count += spent
-        products.bar.update(spent)
         low = low_trace if target == "trace" else layout.ravel(low_diag)
         return v, low, m - spent
     k = (m - 2) // 2 if m < 6 else m // 3

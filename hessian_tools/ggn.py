@@ -156,8 +156,7 @@ class _OutputLossOperator(CurvatureOperator):
         # taken batch by batch inside the scan
         matvec, prepare = _products(type(self)._kind, self.model, self.loss, self.partition)
         share = prepare if linearize and not self.data.batched else None
-        operands = (self.variables, self.fixed, self.data)
-        return LinearMap(matvec, operands, self.layout, self._block_rule(), share)
+        return self._linear_map(matvec, (self.variables, self.fixed, self.data), share)
 
 
 class GGNOperator(_OutputLossOperator):

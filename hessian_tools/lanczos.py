@@ -179,6 +179,16 @@ def raise_if_nonfinite(status: Any, step: Any, what: str = "Lanczos") -> None:
         )
 
 
+@functools.partial(jax.jit, static_argnames=("num_steps", "acc"))
+def _init(lm, v0, *, num_steps, acc):
+    return _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), num_steps, acc)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "acc"))
+def _init(lm, v0, *, num_steps, acc):
+    return _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), num_steps, acc)[0]
+
+
 @functools.partial(jax.jit, static_argnames=("num_steps", "acc", "reorthogonalize"))
 def _lanczos(lm, v0, breakdown_tol, *, num_steps, acc, reorthogonalize):
     state, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), num_steps, acc)
@@ -255,7 +265,19 @@ def lanczos(
     acc = check_accumulate_dtype(accumulate_dtype, lm.dtype)
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype) if breakdown_tol is None else breakdown_tol
     v0 = start_vector(lm, key, v0)
-    state = _lanczos(lm, v0, bd_tol, num_steps=m, acc=acc, reorthogonalize=bool(reorthogonalize))
+    if _krylov.host_loop(lm, is_traced(v0, lm.operands)):
+        state = _krylov.run_host(
+            lm,
+            _init(lm, v0, num_steps=m, acc=acc),
+            m,
+            acc=acc,
+            breakdown_tol=bd_tol,
+            reorthogonalize=bool(reorthogonalize),
+        )
+    else:
+        state = _lanczos(
+            lm, v0, bd_tol, num_steps=m, acc=acc, reorthogonalize=bool(reorthogonalize)
+        )
     steps = state.num_columns
     raise_if_nonfinite(state.status, steps - 1 if is_traced(steps) else int(steps) - 1)
     idx = np.arange(m)

@@ -27,7 +27,7 @@ import numpy as np
 
 from hessian_tools._checks import check_scalar_output, is_traced, require_finite
 from hessian_tools._data import Data
-from hessian_tools._operator import LinearMap, apply_block, default_block
+from hessian_tools._operator import LinearMap, apply_block, schedule
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
 
@@ -172,13 +172,18 @@ class CurvatureOperator:
     Attributes:
         chunk_size: columns per vectorised product in ``matmat`` and
             ``to_dense`` (None: automatic, ~64 MB of vectors per chunk).
-        block: how a block of vectors is applied inside solvers, ``"map"``
-            (sequential ``lax.map``) or ``"vmap"``; None: the default rule
-            (``hessian_tools._operator.default_block``).
+        block: how a block of vectors is applied, ``"map"`` (sequential
+            ``lax.map``) or ``"vmap"``; None: the library's rule
+            (``hessian_tools._operator.schedule``).
+        loop: where solvers iterate, ``"device"`` (one compiled loop) or
+            ``"host"`` (from Python, one compiled step each); None: the
+            rule (``schedule``: from Python on CPU for convolutions, whose
+            HVPs are 3-4x slower inside compiled loops there).
     """
 
     chunk_size: int | None = None
     block: str | None = None
+    loop: str | None = None
 
     def __init__(self, params: PyTree, wrt: Any = None):
         self.params = params
@@ -198,8 +203,12 @@ class CurvatureOperator:
         ``linearize`` lets products at one point share work."""
         raise NotImplementedError
 
-    def _block_rule(self) -> str:
-        return self.block or default_block()
+    def _linear_map(self, matvec: Callable, operands: tuple, prepare=None) -> LinearMap:
+        """The ``LinearMap`` of a product, its block and loop by the rule
+        unless set on the operator."""
+        block, loop = schedule(matvec, operands, self.layout)
+        block, loop = self.block or block, self.loop or loop
+        return LinearMap(matvec, operands, self.layout, block, prepare, loop)
 
     # -- layout --------------------------------------------------------
     def vector(self, v: Any, name: str = "v") -> PyTree:
@@ -341,8 +350,10 @@ class HessianOperator(CurvatureOperator):
             compilation (a new ``lambda`` each time recompiles).
         params: the point, any pytree of floating arrays.
         *args: data passed to ``f``. Arrays are traced arguments, never
-            baked into the compiled code.
-        batches: instead of ``*args``, a collection (list, tuple) of argument
+            baked into the compiled code. With ``batches=`` they are the
+            arguments shared by every batch (BatchNorm statistics, say),
+            passed first: ``f(params, *args, *batch_b)``.
+        batches: a collection (list, tuple) of argument
             tuples (or lists; any other item is a single argument). Every
             array in a batch carries the samples along axis 0. The operator
             is then the Hessian of the *mean loss over all samples*,
@@ -371,8 +382,7 @@ class HessianOperator(CurvatureOperator):
     ``op.as_linear_operator()``. Each product costs one HVP per batch.
 
     Raises:
-        ValueError: a non-scalar loss; both ``*args`` and ``batches``; an
-            empty batch collection or batch.
+        ValueError: a non-scalar loss; an empty batch collection or batch.
         TypeError: non-floating params; a one-shot iterator as ``batches``.
         FloatingPointError: the loss or gradient is not finite at params.
     """
@@ -407,8 +417,7 @@ class HessianOperator(CurvatureOperator):
     def linear_map(self, linearize: bool = True) -> LinearMap:
         matvec, prepare = _hessian_products(self.f, self.partition)
         share = prepare if linearize and not self.data.batched else None
-        operands = (self.variables, self.fixed, self.data)
-        return LinearMap(matvec, operands, self.layout, self._block_rule(), share)
+        return self._linear_map(matvec, (self.variables, self.fixed, self.data), share)
 
     def value_and_grad(self) -> tuple[jax.Array, PyTree]:
         """Loss (the batch-weighted mean) and its gradient with respect to
@@ -446,4 +455,4 @@ class MatvecOperator(CurvatureOperator):
 
     def linear_map(self, linearize: bool = True) -> LinearMap:
         del linearize  # nothing to share for a user product
-        return LinearMap(self._matvec, self.operands, self.layout, self._block_rule())
+        return self._linear_map(self._matvec, self.operands)

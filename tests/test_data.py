@@ -28,6 +28,14 @@ def test_uneven_batches_are_weighted_by_size_in_one_scan_per_shape():
     np.testing.assert_allclose(out["m"], 0.4 * 3 + 0.4 * 7 + 0.2 * 9, rtol=1e-12)
 
 
+def test_shared_arguments_come_first_and_are_not_split():
+    x = jnp.arange(6.0)
+    data = Data.create((jnp.asarray(10.0),), [(x[:4],), (x[4:],)])
+    assert [a.shape for a in data.example_args()] == [(), (4,)]
+    mean = data.mean(lambda scale, b: scale * jnp.mean(b))
+    np.testing.assert_allclose(mean, 10 * jnp.mean(x), rtol=1e-12)
+
+
 def test_example_args_have_one_batch_shape():
     data = Data.create((), [(jnp.ones((5, 2)), jnp.zeros(5))] * 3)
     shapes = [a.shape for a in data.example_args()]
@@ -35,8 +43,6 @@ def test_example_args_have_one_batch_shape():
 
 
 def test_bad_batches_raise_clear_errors():
-    with pytest.raises(ValueError, match="not both"):
-        Data.create((jnp.ones(2),), [(jnp.ones(2),)])
     with pytest.raises(ValueError, match="at least one batch"):
         Data.create((), [])
     with pytest.raises(ValueError, match="batch 1 is empty"):

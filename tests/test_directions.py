@@ -54,6 +54,43 @@ def test_filter_normalisation_matches_param_filter_norms():
     )
 
 
+def test_filter_axis_read_off_each_library_layout():
+    import equinox as eqx
+    import flax.linen as nn
+    from flax import nnx
+
+    key = jax.random.PRNGKey(0)  # the models are float32: norms agree to ~1e-7
+    # Equinox: weights (out, in) and OIHW, filters along axis 0; its conv
+    # bias is (out, 1, 1) and counts as a bias
+    model = eqx.nn.Sequential(
+        [eqx.nn.Conv2d(2, 4, 3, key=key), eqx.nn.Lambda(jnp.tanh), eqx.nn.Linear(6, 3, key=key)]
+    )
+    d = D.random_direction(jax.random.PRNGKey(1), model)
+    for layer in (0, 2):
+        w, dw = model.layers[layer].weight, d.layers[layer].weight
+        np.testing.assert_allclose(filter_norms(dw, 0), filter_norms(w, 0), rtol=1e-6)
+        assert not np.allclose(filter_norms(dw, -1), filter_norms(w, -1))
+        assert not np.any(d.layers[layer].bias)
+    assert d.layers[1].fn is None  # not a variable: no direction there
+    # Flax Linen: kernels (in, out) and HWIO, filters along the last axis
+    linen = nn.Sequential([nn.Conv(4, (3, 3)), nn.Dense(3)])
+    variables = linen.init(key, jnp.ones((1, 5, 5, 2)))
+    d = D.random_direction(jax.random.PRNGKey(2), variables)
+    for name in ("layers_0", "layers_1"):
+        w, dw = variables["params"][name]["kernel"], d["params"][name]["kernel"]
+        np.testing.assert_allclose(filter_norms(dw), filter_norms(w), rtol=1e-6)
+    # Flax NNX: the same kernels, under .value
+    lin = nnx.Linear(5, 3, rngs=nnx.Rngs(0))
+    state = nnx.split(lin)[1]
+    d = D.random_direction(jax.random.PRNGKey(3), state)
+    np.testing.assert_allclose(
+        filter_norms(d["kernel"][...]), filter_norms(state["kernel"][...]), rtol=1e-6
+    )
+    # a weight whose layout cannot be told from its name: an error, not a guess
+    with pytest.raises(ValueError, match="filter_axis"):
+        D.random_direction(key, {"w": jnp.ones((3, 2)), "b": jnp.ones(2)})
+
+
 def test_leaves_1d_keep_and_other_normalisations():
     params = conv_params()
     key = jax.random.PRNGKey(2)

@@ -83,8 +83,12 @@ def test_batches_weighted_by_size(problem):
     s = L.slice_2d(f, params, (d1, d2), XS[:3], YS[:2], batches=batches)
     full = L.slice_2d(f, params, (d1, d2), XS[:3], YS[:2], data)
     np.testing.assert_allclose(s.values, full.values, rtol=1e-12)
-    with pytest.raises(ValueError, match="either"):
-        L.slice_1d(f, params, d1, XS, data, batches=batches)
+    # *args next to batches= are shared by every batch and come first
+    g = lambda p, scale, x: scale * f(p, x)
+    shared = L.slice_1d(g, params, d1, XS, 2.0, batches=batches)
+    np.testing.assert_allclose(
+        shared.values, 2 * L.slice_1d(f, params, d1, XS, data).values, rtol=1e-12
+    )
 
 
 def test_metrics_and_curvature_metric(problem):

@@ -77,3 +77,44 @@ def test_dense_rule_counts_products():
     assert dense_is_cheaper(20, 30, explicit=False)
     assert not dense_is_cheaper(1500, 60, explicit=False)  # eigenpairs(op, 1) at n = 1500
     assert dense_is_cheaper(2000, 1, explicit=True) and not dense_is_cheaper(5000, 1, explicit=True)
+
+
+def _conv_loss(p, x):
+    h = jax.lax.conv_general_dilated(
+        x, p["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return jnp.mean(jnp.tanh(h) ** 2) + 0.1 * jnp.sum(p["k"] ** 2)
+
+
+def test_schedule_rule_separates_convolutions_on_cpu():
+    params, x = _problem()
+    mlp = ht.HessianOperator(_loss, params, x).linear_map()
+    k = {"k": jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 1, 2)))}
+    images = jnp.asarray(np.random.default_rng(2).normal(size=(4, 5, 5, 1)))
+    conv = ht.HessianOperator(_conv_loss, k, images).linear_map()
+    assert jax.default_backend() == "cpu"
+    assert (mlp.block, mlp.loop) == ("map", "device")
+    assert (conv.block, conv.loop) == ("vmap", "host")
+    op = ht.HessianOperator(_conv_loss, k, images)
+    op.loop, op.block = "device", "map"  # the user's setting wins
+    assert (op.linear_map().loop, op.linear_map().block) == ("device", "map")
+
+
+def test_host_and_device_loops_agree():
+    # every solver, iterated from Python (one compiled step each) and in a
+    # compiled loop, on the same operator
+    params, x = _problem()
+    results = {}
+    for loop in ("host", "device"):
+        op = ht.HessianOperator(_loss, params, x)
+        op.loop = loop
+        key = jax.random.PRNGKey(0)
+        results[loop] = (
+            ht.lanczos(op, 6).alphas,
+            ht.eigenpairs(op, 2, which="both", method="lanczos", max_basis=5, rtol=1e-10).values,
+            ht.trace(op, key=key, num_matvecs=7).value,
+            ht.diagonal(op, key=key, num_matvecs=7).value,
+            ht.spectral_density(op, key=key, num_matvecs=12, num_probes=3).nodes,
+        )
+    for host, device in zip(*results.values(), strict=True):
+        np.testing.assert_allclose(host, device, rtol=1e-10, atol=1e-12)

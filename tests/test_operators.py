@@ -131,8 +131,13 @@ class TestBadInput:
             ht.HessianOperator(f, jnp.ones(2), batches=[(jnp.ones((0, 2)),)])
         with pytest.raises(TypeError, match="re-iterable"):
             ht.HessianOperator(f, jnp.ones(2), batches=((jnp.ones((3, 2)),) for _ in range(2)))
-        with pytest.raises(ValueError, match="not both"):
-            ht.HessianOperator(f, jnp.ones(2), jnp.ones((3, 2)), batches=[(jnp.ones((3, 2)),)])
+        # *args next to batches= are arguments shared by every batch, first
+        g = lambda p, scale, x: scale * jnp.mean((x * p[None, :]) ** 2)
+        x = jnp.arange(6.0).reshape(3, 2)
+        shared = ht.HessianOperator(g, jnp.ones(2), 3.0, batches=[(x[:1],), (x[1:],)])
+        np.testing.assert_allclose(
+            shared.to_dense(), ht.HessianOperator(g, jnp.ones(2), 3.0, x).to_dense(), rtol=1e-12
+        )
 
     def test_integer_params(self):
         with pytest.raises(TypeError, match="floating"):
@@ -167,3 +172,87 @@ def test_batches_given_as_lists():
     np.testing.assert_allclose(
         op.to_dense(), dense_reference(nested_mlp_loss, params, x, y), rtol=1e-9, atol=1e-11
     )
+
+
+# --------------------------------------------------------------------------
+# The JAX model libraries: Flax NNX (with BatchNorm statistics) and Equinox
+
+
+def _dense_of(loss_of_flat, flat):
+    return np.asarray(jax.hessian(loss_of_flat)(flat))
+
+
+def test_flax_nnx_cnn_with_batchnorm_against_jax_hessian():
+    from flax import nnx
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 2, (3, 3), rngs=rngs, param_dtype=jnp.float64)
+            self.bn = nnx.BatchNorm(2, use_running_average=True, rngs=rngs, param_dtype=jnp.float64)
+            self.lin = nnx.Linear(2 * 16, 3, rngs=rngs, param_dtype=jnp.float64)
+
+        def __call__(self, x):
+            h = nnx.relu(self.bn(self.conv(x)))
+            return self.lin(h.reshape(h.shape[0], -1))
+
+    model = CNN(nnx.Rngs(0))
+    graphdef, params, stats = nnx.split(model, nnx.Param, ...)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(10, 4, 4, 1)))
+    y = jax.nn.one_hot(jnp.asarray(rng.integers(0, 3, 10)), 3, dtype=jnp.float64)
+
+    def loss(params, stats, x, y):
+        logits = nnx.merge(graphdef, params, stats)(x)
+        return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits), -1))
+
+    op = ht.HessianOperator(loss, params, stats, x, y)  # statistics as data, fixed
+    flat, unravel = ravel_pytree(params)
+    assert op.n == flat.size
+    ref = _dense_of(lambda z: loss(unravel(z), stats, x, y), flat)
+    np.testing.assert_allclose(op.to_dense(), ref, rtol=1e-10, atol=1e-12)
+    top = ht.eigenpairs(op, 3, method="lanczos", rtol=1e-10)
+    np.testing.assert_allclose(top.values, np.linalg.eigvalsh(ref)[::-1][:3], rtol=1e-9)
+    assert jax.tree.structure(top.tree_vectors) == jax.tree.structure(params)
+
+
+def test_equinox_module_whole_equals_partitioned():
+    import equinox as eqx
+
+    model = eqx.nn.MLP(3, 2, 5, 2, activation=jnp.tanh, key=jax.random.PRNGKey(0))
+    model = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model)
+    rng = np.random.default_rng(1)
+    x, y = jnp.asarray(rng.normal(size=(8, 3))), jnp.asarray(rng.normal(size=(8, 2)))
+
+    def loss(m, x, y):
+        return jnp.mean((jax.vmap(m)(x) - y) ** 2)
+
+    whole = ht.HessianOperator(loss, model, x, y)  # activation functions held fixed
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    parted = ht.HessianOperator(lambda p, x, y: loss(eqx.combine(p, static), x, y), params, x, y)
+    flat, unravel = ravel_pytree(params)
+    assert whole.n == parted.n == flat.size
+    ref = _dense_of(lambda z: loss(eqx.combine(unravel(z), static), x, y), flat)
+    np.testing.assert_allclose(whole.to_dense(), ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(parted.to_dense(), ref, rtol=1e-10, atol=1e-12)
+    top = ht.eigenpairs(whole, 2, which="both", method="lanczos", rtol=1e-10)
+    np.testing.assert_allclose(top.values, np.linalg.eigvalsh(ref)[[0, -1]], rtol=1e-9)
+    # vectors are pytrees of the variables: the module's structure, None elsewhere
+    assert jax.tree.structure(top.tree_vectors) == jax.tree.structure(params)
+    hv = whole @ jax.tree.map(jnp.ones_like, params)
+    np.testing.assert_allclose(ravel_pytree(hv)[0], ref @ np.ones(flat.size), rtol=1e-10)
+
+
+def test_unsupported_dtypes_and_closed_over_nnx_modules_get_named_errors():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ht.HessianOperator(lambda p: jnp.sum(p.astype(jnp.float32) ** 2), jnp.ones(3, jnp.bfloat16))
+    from flax import nnx
+
+    bn = nnx.BatchNorm(2, rngs=nnx.Rngs(0))  # train mode: updates its statistics
+    graphdef, state = nnx.split(bn)
+
+    def loss(state, x):
+        nnx.merge(graphdef, state)
+        return jnp.mean(bn(x) ** 2)  # closes over the module: not allowed under a trace
+
+    with pytest.raises(TypeError, match="NNX module that it closes over"):
+        ht.HessianOperator(loss, state, jnp.ones((4, 2), jnp.float32))

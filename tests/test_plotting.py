@@ -258,3 +258,16 @@ def test_with_real_critical_points_over_a_toy_function():
     np.testing.assert_allclose(
         scatter_by_label(ax2)["maximum"].get_offsets()[:, 0], [1.0]
     )  # index 2 of n = 2
+
+
+def test_import_does_not_load_matplotlib():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hessian_tools as ht\n"
+        "assert 'matplotlib' not in sys.modules, 'imported eagerly'\n"
+        "ht.plotting.plot_eigenvalues\n"
+        "assert 'matplotlib' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -58,5 +58,6 @@ def test_track_spectrum_under_jit():
     values, bounds, tr, nodes = measure(params, x, y)
     eager = ht.track_spectrum(mlp_loss, params, x, y, k=2, trace_matvecs=10, density_matvecs=24)
     np.testing.assert_allclose(values, eager.values, rtol=1e-10)
+    np.testing.assert_allclose(bounds, eager.error_bounds, rtol=1e-6)
     np.testing.assert_allclose(tr, eager.trace.value, rtol=1e-10)
     np.testing.assert_allclose(nodes, eager.density.nodes, rtol=1e-8, atol=1e-12)
