@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = [
     "TOY_2D",
-    "Problem",
+    "ToyProblem",
     "himmelblau",
     "linear_autoencoder",
     "linear_autoencoder_critical_point",
@@ -233,7 +233,7 @@ def linear_autoencoder_critical_point(
 
 
 @dataclasses.dataclass(frozen=True)
-class Problem:
+class ToyProblem:
     """A 2-D toy loss with its plotting box and known critical points.
 
     ``critical_points`` is a tuple of ``(point, kind)`` with ``point`` a
@@ -245,6 +245,11 @@ class Problem:
     bounds: tuple[tuple[float, float], tuple[float, float]]
     critical_points: tuple[tuple[np.ndarray, str], ...]
     log_scale: bool = False
+
+
+#: The old name of ``ToyProblem``, kept so existing code runs; ``hessian_tools.Problem``
+#: is a different type, the input of ``hessian-tools analyze``.
+Problem = ToyProblem
 
 
 def _from_list(pts: Sequence[tuple[float, float, str]]) -> tuple:
@@ -277,8 +282,8 @@ def _rastrigin_points(lo: float, hi: float, amplitude: float = 10.0) -> tuple:
 
 _ST = (-2.903534027771, 0.156731256780, 2.746802770991)
 
-TOY_2D: dict[str, Problem] = {
-    "himmelblau": Problem(
+TOY_2D: dict[str, ToyProblem] = {
+    "himmelblau": ToyProblem(
         "himmelblau",
         himmelblau,
         ((-5.0, 5.0), (-5.0, 5.0)),
@@ -297,14 +302,14 @@ TOY_2D: dict[str, Problem] = {
         ),
         log_scale=True,
     ),
-    "rosenbrock": Problem(
+    "rosenbrock": ToyProblem(
         "rosenbrock",
         rosenbrock,
         ((-2.0, 2.0), (-1.0, 3.0)),
         _from_list([(1.0, 1.0, "minimum")]),
         log_scale=True,
     ),
-    "six_hump_camel": Problem(
+    "six_hump_camel": ToyProblem(
         "six_hump_camel",
         six_hump_camel,
         ((-2.0, 2.0), (-1.0, 1.0)),
@@ -325,7 +330,7 @@ TOY_2D: dict[str, Problem] = {
             ]
         ),
     ),
-    "three_hump_camel": Problem(
+    "three_hump_camel": ToyProblem(
         "three_hump_camel",
         three_hump_camel,
         ((-2.5, 2.5), (-2.0, 2.0)),
@@ -341,7 +346,7 @@ TOY_2D: dict[str, Problem] = {
             ]
         ),
     ),
-    "styblinski_tang": Problem(
+    "styblinski_tang": ToyProblem(
         "styblinski_tang",
         styblinski_tang,
         ((-5.0, 5.0), (-5.0, 5.0)),
@@ -353,14 +358,16 @@ TOY_2D: dict[str, Problem] = {
             ]
         ),
     ),
-    "rastrigin": Problem(
+    "rastrigin": ToyProblem(
         "rastrigin", rastrigin, ((-1.2, 1.2), (-1.2, 1.2)), _rastrigin_points(-1.2, 1.2)
     ),
-    "monkey_saddle": Problem(
+    "monkey_saddle": ToyProblem(
         "monkey_saddle",
         monkey_saddle,
         ((-1.0, 1.0), (-1.0, 1.0)),
         _from_list([(0, 0, "degenerate")]),
     ),
-    "saddle": Problem("saddle", saddle, ((-1.0, 1.0), (-1.0, 1.0)), _from_list([(0, 0, "saddle")])),
+    "saddle": ToyProblem(
+        "saddle", saddle, ((-1.0, 1.0), (-1.0, 1.0)), _from_list([(0, 0, "saddle")])
+    ),
 }
