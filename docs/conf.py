@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # gallery_reset
+sys.path.insert(0, str(HERE))  # gallery_reset, gallery_order, api_reference
 sys.path.insert(0, str(HERE.parent))  # the package, also without an install
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -25,8 +25,10 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "matplotlib.sphinxext.plot_directive",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
+    "api_reference",  # docs/api_reference.py: every public name documented
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -56,7 +58,7 @@ napoleon_use_ivar = True
 napoleon_custom_sections = ["Cost"]
 
 # -- myst --------------------------------------------------------------------
-myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_enable_extensions = ["dollarmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 # -- sphinx-gallery ----------------------------------------------------------
@@ -65,7 +67,7 @@ sphinx_gallery_conf = {
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
     "ignore_pattern": r"__init__\.py",
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "gallery_order.GalleryOrder",  # the story, then A-Z
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
     "download_all_examples": False,
@@ -76,14 +78,28 @@ sphinx_gallery_conf = {
     "min_reported_time": 1,
 }
 
+# -- plot directive (the getting-started snippet runs at every build) --------
+plot_include_source = True
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 110)]
+plot_rcparams = {"figure.figsize": (6.4, 3.6)}
+# the gallery runs in the same process; its last example may have left
+# float64 on
+plot_pre_code = "import gallery_reset\ngallery_reset.reset_jax(None, None)"
+
 # -- HTML --------------------------------------------------------------------
-html_theme = "alabaster"
+html_theme = "pydata_sphinx_theme"
 html_title = f"hessian_tools {release}"
 html_theme_options = {
-    "description": "Second-order analysis of JAX loss functions",
-    "fixed_sidebar": True,
-    "page_width": "1100px",
-    "sidebar_width": "230px",
+    "logo": {"text": f"hessian_tools {release}"},
+    "navbar_align": "left",
+    "header_links_before_dropdown": 7,  # one line at 1300 px; the rest under "More"
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "show_prev_next": True,
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
 }
 html_static_path = []
 
