@@ -102,6 +102,20 @@ html_theme_options = {
     "footer_end": ["sphinx-version", "theme-version"],
 }
 html_static_path = []
+# No empty "Section Navigation" column on pages without sub-pages.
+html_sidebars = {
+    page: []
+    for page in (
+        "index",
+        "getting_started",
+        "concepts",
+        "guide",
+        "recipes",
+        "scaling",
+        "benchmarks",
+        "migrating",
+    )
+}
 
 
 # -- docstrings ----------------------------------------------------------------
