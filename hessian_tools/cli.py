@@ -1,304 +1,282 @@
-"""The ``hessian-tools`` command.
+"""The ``hessian-tools`` command (also ``python -m hessian_tools``).
 
-``hessian-tools demo --out DIR`` finds and classifies every critical point
-of the built-in 2-D toy problems, prints a table, and writes a
-self-contained report: one contour figure per problem with the points
-marked by kind, an index-vs-loss figure for the linear autoencoder, a JSON
-file with every point, and ``index.html`` showing them.
+``hessian-tools analyze TARGET [options]``: TARGET is ``package.module:factory``
+or ``path/to/file.py:factory``, a function of no arguments that returns a
+``hessian_tools.Problem(loss, params, args=(), batches=None, name=None)``.
+It writes a report folder (``--out``): ``index.html`` (self-contained:
+figures, summary table, settings, versions, HVPs per part), the figures as
+PNG, ``summary.json``, and ``parts/`` with every finished part, saved as
+soon as it is done. ``--resume`` continues an interrupted run from its
+finished parts and refuses parts made for another problem or with other
+settings. For example::
+
+    hessian-tools analyze hessian_tools._demo_digits:digits_mlp_trained --x64 --out report
+
+``hessian-tools demo``: the critical points of the built-in toy problems, and
+a digits MLP analysed at initialisation and after a short training run, with
+its sharpness tracked during training; one page, ``demo_output/index.html``.
+
+Progress bars and status lines go to stderr (none under ``--quiet``); the
+short summary table and the report's path to stdout. Exit status: 0 done;
+1 the analysis failed (a non-scalar or non-finite loss, a factory or module
+that raised, an output folder that cannot be written, a refused resume);
+2 a bad command line or TARGET (a missing file, module or factory, a factory
+that returns something else than a Problem); 130 interrupted (Ctrl-C), after
+printing the command that resumes. An error is one line on stderr; ``--debug``
+adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
-import itertools
-import json
+import shlex
+import signal
 import sys
-import time
+import threading
+import traceback
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from hessian_tools._target import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    TARGET_FORM,
+    CommandError,
+    load_problem,
+)
 
-KIND_ORDER = ("minimum", "saddle", "maximum", "degenerate")
-
-
-def _grid(bounds, num):
-    (x0, x1), (y0, y1) = bounds
-    xs, ys = np.meshgrid(np.linspace(x0, x1, num), np.linspace(y0, y1, num))
-    return np.stack([xs.ravel(), ys.ravel()], axis=1)
-
-
-def _inside(x, bounds, slack=1e-9):
-    return all(lo - slack <= xi <= hi + slack for xi, (lo, hi) in zip(x, bounds, strict=True))
+EXIT_INTERRUPTED = 130
 
 
-# Near a degenerate critical point (Hessian singular there) the Hessian at
-# any nearby point shows the local shape instead: the monkey saddle's found
-# point, 1e-10 from the origin, has eigenvalues -/+1e-9, a saddle.
-COMPATIBLE = {"degenerate": {"degenerate", "saddle"}}
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def _match(found, known, atol):
-    """Indices of known points matched (same place and kind) by found points;
-    a second point matching the same known one counts as unexpected."""
-    matched, extra = set(), []
-    for cp in found:
-        x = np.asarray(cp.x, float)
-        d = [np.linalg.norm(x - p) for p, _ in known]
-        j = int(np.argmin(d))
-        kinds = COMPATIBLE.get(known[j][1], {known[j][1]})
-        if d[j] <= atol and cp.kind in kinds and j not in matched:
-            matched.add(j)
-        else:
-            extra.append(cp)
-    return matched, extra
+# --------------------------------------------------------------------------
+# The commands
 
 
-def _row(cp, problem, **extra):
-    """One critical point as a JSON-ready dict."""
-    return {
-        "problem": problem,
-        "kind": cp.kind,
-        "index": cp.index,
-        "num_zero": cp.num_zero,
-        "definiteness": cp.definiteness,
-        "value": float(cp.value),
-        "grad_norm": float(cp.grad_norm),
-        **extra,
-    }
-
-
-def _problem_section(name, prob, num_starts, dtype, out, ht, plt):
-    import jax.numpy as jnp
-
-    starts = jnp.asarray(_grid(prob.bounds, num_starts), dtype)
-    t0 = time.perf_counter()
-    found = ht.find_critical_points(prob.f, starts)
-    seconds = time.perf_counter() - t0
-    inside = [cp for cp in found if _inside(np.asarray(cp.x, float), prob.bounds)]
-    atol = 1e-3 if dtype == jnp.float32 else 1e-7
-    matched, extra = _match(inside, list(prob.critical_points), atol)
-
-    fmin = min(float(cp.value) for cp in inside) if inside else 0.0
-    fig, ax = plt.subplots(figsize=(6.4, 5.0))
-    if prob.log_scale:
-        g = lambda x: jnp.log10(1.0 + prob.f(x) - fmin)
-        label = "log10(1 + f - f_min)"
-    else:
-        g, label = prob.f, "f"
-    ht.plotting.plot_function_2d(g, *prob.bounds, ax=ax, num=160, critical_points=inside)
-    ax.set_title(f"{name}: {len(inside)} critical points ({label})", fontsize="medium")
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=110)
-    plt.close(fig)
-
-    rows = [
-        _row(
-            cp,
-            name,
-            x=[float(v) for v in np.asarray(cp.x, float)],
-            eigenvalues=[float(v) for v in np.asarray(cp.eigenvalues, float)],
-        )
-        for cp in inside
-    ]
-    summary = {
-        "problem": name,
-        "starts": int(starts.shape[0]),
-        "found": len(inside),
-        "known": len(prob.critical_points),
-        "matched": len(matched),
-        "unexpected": len(extra),
-        "seconds": seconds,
-    }
-    return rows, summary
-
-
-def _autoencoder_section(dtype, out, ht, plt):
-    import jax
-
-    lam = [5.0, 4.0, 3.0, 2.0, 1.0]
-    p = 2
-    _, s, _ = ht.problems.linear_autoencoder_critical_point(lam, [0, 1], p, dtype=dtype)
-    key = jax.random.PRNGKey(0)
-    m = 256
-    starts = {
-        "W1": 0.8 * jax.random.normal(key, (m, p, len(lam)), dtype),
-        "W2": 0.8 * jax.random.normal(jax.random.fold_in(key, 1), (m, len(lam), p), dtype),
-    }
-    found = ht.find_critical_points(ht.problems.linear_autoencoder, starts, s, dedup_tol=1e-3)
-    # The GL(p) symmetry makes every critical point one of a continuum; keep
-    # one representative per loss level for the figure and the table.
-    levels = {}
-    for cp in found:
-        levels.setdefault(round(float(cp.value), 4), cp)
-    reps = sorted(levels.values(), key=lambda cp: float(cp.value))
-    # Baldi & Hornik: every critical loss is (1/2) sum of the eigenvalues left out
-    closed_form = {
-        0.5 * (sum(lam) - sum(lam[i] for i in subset))
-        for r in range(p + 1)
-        for subset in itertools.combinations(range(len(lam)), r)
-    }
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ht.plotting.plot_index_vs_loss(reps, ax=ax)
-    ax.set_title(
-        f"linear autoencoder (d = {len(lam)}, p = {p}): loss rises with the index",
-        fontsize="medium",
-    )
-    fig.tight_layout()
-    fig.savefig(out / "linear_autoencoder_index_vs_loss.png", dpi=110)
-    plt.close(fig)
-    return [
-        _row(
-            cp,
-            "linear_autoencoder",
-            closed_form=any(abs(float(cp.value) - v) <= 1e-4 * v for v in closed_form),
-        )
-        for cp in reps
-    ]
-
-
-def _html(summaries, rows, ae_rows, meta):
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        "<title>hessian_tools demo</title><style>",
-        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}",
-        "table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}",
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}",
-        "img{max-width:100%;border:1px solid #ddd}.bad{color:#b00;font-weight:bold}",
-        "</style></head><body>",
-        "<h1>hessian_tools: critical points of toy problems</h1>",
-        f"<p>{esc(meta)}</p>",
-        "<p>Every point was found by Newton-MR (MINRES steps, backtracking on "
-        "|grad f|<sup>2</sup>) from a grid of starts, deduplicated, and classified by the "
-        "signs of its Hessian's eigenvalues. Known points are those listed in "
-        "<code>hessian_tools.problems</code>. A point found next to a degenerate critical "
-        "point (the monkey saddle's origin) is labelled by the Hessian's signs where it "
-        "landed, which show the local shape (a saddle).</p>",
-        "<h2>Summary</h2><table><tr><th>problem</th><th>starts</th><th>found</th>"
-        "<th>known</th><th>matched</th><th>unexpected</th><th>seconds</th></tr>",
-    ]
-    for s in summaries:
-        ok = s["matched"] == s["known"] and s["unexpected"] == 0
-        cls = "" if ok else " class='bad'"
-        parts.append(
-            f"<tr{cls}><td>{esc(s['problem'])}</td><td>{s['starts']}</td><td>{s['found']}</td>"
-            f"<td>{s['known']}</td><td>{s['matched']}</td><td>{s['unexpected']}</td>"
-            f"<td>{s['seconds']:.2f}</td></tr>"
-        )
-    parts.append("</table>")
-    for s in summaries:
-        name = s["problem"]
-        parts.append(f"<h2>{esc(name)}</h2><img src='{esc(name)}.png' alt='{esc(name)}'>")
-        parts.append(
-            "<table><tr><th>x</th><th>y</th><th>kind</th><th>index</th><th>value</th>"
-            "<th>|grad|</th><th>eigenvalues</th></tr>"
-        )
-        for r in (r for r in rows if r["problem"] == name):
-            eig = ", ".join(f"{v:.4g}" for v in r["eigenvalues"])
-            parts.append(
-                f"<tr><td>{r['x'][0]:.6f}</td><td>{r['x'][1]:.6f}</td><td>{r['kind']}</td>"
-                f"<td>{r['index']}</td><td>{r['value']:.6g}</td><td>{r['grad_norm']:.2e}</td>"
-                f"<td>{eig}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append(
-        "<h2>Linear autoencoder</h2><p>Critical points of "
-        "&frac12;&#8214;(I &minus; W<sub>2</sub>W<sub>1</sub>)&Sigma;<sup>1/2</sup>&#8214;"
-        "<sup>2</sup> (Baldi &amp; Hornik 1989) found from random starts: the only minimum "
-        "is degenerate (positive semidefinite, from the GL(p) symmetry), all others are "
-        "saddles, and the index rises with the loss.</p>"
-        "<img src='linear_autoencoder_index_vs_loss.png' alt='index vs loss'>"
-        "<table><tr><th>value</th><th>kind</th><th>index</th><th>zero eigenvalues</th>"
-        "<th>definiteness</th><th>a closed-form level?</th></tr>"
-    )
-    for r in ae_rows:
-        cls = "" if r["closed_form"] else " class='bad'"
-        parts.append(
-            f"<tr{cls}><td>{r['value']:.6g}</td><td>{r['kind']}</td><td>{r['index']}</td>"
-            f"<td>{r['num_zero']}</td><td>{esc(r['definiteness'])}</td>"
-            f"<td>{'yes' if r['closed_form'] else 'NO'}</td></tr>"
-        )
-    parts.append("</table></body></html>")
-    return "\n".join(parts)
-
-
-def demo(out: Path, num_starts: int, x64: bool, names: list[str] | None) -> int:
+def _setup(x64: bool) -> None:
     import jax
 
     if x64:  # an application-level choice of the user, never made by the library
         jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+
+def _settings(args: argparse.Namespace, **defaults: Any) -> Any:
+    from hessian_tools.analysis import Settings
+
+    given = {
+        k: getattr(args, k)
+        for k in ("top_k", "grid", "span", "seed", "trace_matvecs", "density_matvecs")
+        if getattr(args, k, None) is not None
+    }
+    filter_axis = getattr(args, "filter_axis", None)
+    try:
+        return Settings(**{**defaults, **given}, filter_axis=filter_axis)
+    except ValueError as err:
+        raise CommandError(str(err), EXIT_USAGE) from err
+
+
+def _parts(selected: str | None, skipped: str | None) -> list:
+    from hessian_tools.analysis import resolve_parts
+
+    split = lambda s: [p.strip() for p in s.split(",") if p.strip()]
+    try:
+        return resolve_parts(split(selected) if selected else None, split(skipped or ""))
+    except ValueError as err:
+        raise CommandError(str(err), EXIT_USAGE) from err
+
+
+def analyze(args: argparse.Namespace) -> int:
+    _setup(args.x64)
+    from hessian_tools._analysis_report import format_summary, run_analysis
+
+    parts = _parts(args.parts, args.skip)
+    settings = _settings(args)
+    problem = load_problem(args.target)
+    s = run_analysis(
+        problem,
+        settings,
+        parts,
+        args.out,
+        resume=args.resume,
+        progress=not args.quiet,
+        log=None if args.quiet else _log,
+    )
+    print(format_summary(s))
+    print(f"wrote {Path(args.out) / 'index.html'}")
+    return 0
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    _setup(args.x64)
+    import jax.numpy as jnp
 
     import hessian_tools as ht
+    from hessian_tools._analysis_report import meta_sections
+    from hessian_tools._demo_digits import run_digits
+    from hessian_tools._demo_toy import run_toy
+    from hessian_tools._report import PartStore, versions, write_html, write_json
 
-    dtype = jnp.float64 if x64 else jnp.float32
-    out.mkdir(parents=True, exist_ok=True)
-    names = names or list(ht.problems.TOY_2D)
+    skip = {p.strip() for p in (args.skip or "").split(",") if p.strip()}
+    if skip - {"toy", "autoencoder", "digits"}:
+        raise CommandError(
+            f"unknown --skip {sorted(skip)}; give toy, autoencoder or digits.", EXIT_USAGE
+        )
+    names = args.problems.split(",") if args.problems else list(ht.problems.TOY_2D)
     unknown = sorted(set(names) - set(ht.problems.TOY_2D))
     if unknown:
-        raise SystemExit(f"unknown problem(s) {unknown}; known: {list(ht.problems.TOY_2D)}")
-    rows, summaries = [], []
-    header = f"{'problem':18s} {'x':>11s} {'y':>11s}  {'kind':10s} {'idx':>3s} {'value':>12s}"
-    print(header + f" {'|grad|':>9s}  eigenvalues")
-    for name in names:
-        r, s = _problem_section(name, ht.problems.TOY_2D[name], num_starts, dtype, out, ht, plt)
-        rows += r
-        summaries.append(s)
-        for p in r:
-            eig = " ".join(f"{v:9.4g}" for v in p["eigenvalues"])
-            print(
-                f"{name:18s} {p['x'][0]:11.6f} {p['x'][1]:11.6f}  {p['kind']:10s} {p['index']:3d}"
-                f" {p['value']:12.6g} {p['grad_norm']:9.2e}  {eig}"
-            )
-        status = "OK" if s["matched"] == s["known"] and not s["unexpected"] else "MISMATCH"
-        print(
-            f"{'':18s} -> {s['found']} found, {s['matched']}/{s['known']} known matched, "
-            f"{s['unexpected']} unexpected, {s['seconds']:.2f} s  [{status}]"
+        raise CommandError(
+            f"unknown problem(s) {unknown}; known: {list(ht.problems.TOY_2D)}", EXIT_USAGE
         )
-    ae_rows = _autoencoder_section(dtype, out, ht, plt)
-    print("\nlinear autoencoder (d = 5, p = 2): value, kind, index")
-    for r in ae_rows:
-        flag = "" if r["closed_form"] else "  <- not a closed-form critical level"
-        print(f"  {r['value']:8.4f}  {r['kind']:10s} {r['index']:3d}{flag}")
-    meta = (
-        f"hessian_tools {ht.__version__}, jax {jax.__version__}, dtype {jnp.dtype(dtype).name}, "
-        f"{num_starts}x{num_starts} starts per problem."
-    )
-    (out / "critical_points.json").write_text(
-        json.dumps({"meta": meta, "summary": summaries, "points": rows, "autoencoder": ae_rows})
-    )
-    (out / "index.html").write_text(_html(summaries, rows, ae_rows, meta))
+    settings = _settings(args, grid=31)
+    out = Path(args.out)
+    PartStore.check_writable(out)
+    dtype = jnp.float64 if args.x64 else jnp.float32
+    page, failures, report = [], [], {}
+    toy_names = [] if "toy" in skip else names
+    if toy_names or "autoencoder" not in skip:
+        sections, report["critical_points"], failures = run_toy(
+            toy_names, "autoencoder" not in skip, args.starts, dtype, out
+        )
+        page += sections
+        write_json(out / "critical_points.json", report["critical_points"])
+    if "digits" not in skip:
+        log = None if args.quiet else _log
+        sections, report["digits"] = run_digits(
+            settings, out, steps=args.steps, resume=args.resume, log=log
+        )
+        page += sections
+    meta = {
+        "dtype": jnp.dtype(dtype).name,
+        "toy starts": f"{args.starts} x {args.starts}",
+        "training steps": args.steps,
+        **{k: v for k, v in vars(settings).items() if v is not None},
+    }
+    write_json(out / "summary.json", {**report, "settings": meta, "versions": versions()})
+    write_html(out / "index.html", "hessian_tools demo", page + meta_sections(meta, versions()))
     print(f"\nwrote {out / 'index.html'}")
-    bad = [s["problem"] for s in summaries if s["matched"] != s["known"] or s["unexpected"]]
-    if not all(r["closed_form"] for r in ae_rows):
-        bad.append("linear_autoencoder")
-    if bad:
-        print(f"mismatch with the known critical points: {bad}", file=sys.stderr)
-    return 1 if bad else 0
+    if failures:
+        print(f"mismatch with the known critical points: {failures}", file=sys.stderr)
+    return EXIT_FAILED if failures else 0
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def _common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", type=Path, default=Path(out), help=f"report folder (default {out})")
+    p.add_argument("--x64", action="store_true", help="float64 for this run (default float32)")
+    p.add_argument("--resume", action="store_true", help="reuse the finished parts in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    p.add_argument("--seed", type=int, help="seed of every random part (default 0)")
+    p.add_argument("--grid", type=int, help="slice points per axis (default 41; demo 31)")
+    p.add_argument("--top-k", type=int, help="eigenvalues at each end (default 5)")
+
+
+def parser() -> argparse.ArgumentParser:
+    from hessian_tools.analysis import DEFAULT_PARTS, PARTS
+
+    top = argparse.ArgumentParser(prog="hessian-tools", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="analyse a model's Hessian into an HTML report")
+    a.add_argument("target", metavar="TARGET", help=TARGET_FORM)
+    _common(a, "hessian_report")
+    a.add_argument(
+        "--parts",
+        help=f"comma-separated parts to run, or 'all' (default {','.join(DEFAULT_PARTS)}; "
+        f"all parts: {','.join(PARTS)})",
+    )
+    a.add_argument("--skip", help="comma-separated parts not to run")
+    a.add_argument("--span", type=float, help="slices over [-span, span] (default 1)")
+    a.add_argument("--trace-matvecs", type=int, help="HVPs of the trace (default 100)")
+    a.add_argument("--density-matvecs", type=int, help="HVPs of the density (default 768)")
+    a.add_argument(
+        "--filter-axis",
+        type=int,
+        help="filter axis of the weights for the random direction (-1: (in, out), 0: (out, in))",
+    )
+    d = sub.add_parser("demo", help="the toy problems' critical points and a digits MLP")
+    _common(d, "demo_output")
+    d.add_argument("--starts", type=int, default=20, help="grid of N x N starts per toy problem")
+    d.add_argument("--problems", default=None, help="comma-separated subset of toy problems")
+    d.add_argument("--skip", help="comma-separated sections not to run: toy, autoencoder, digits")
+    d.add_argument("--steps", type=int, default=200, help="training steps of the digits MLP")
+    return top
+
+
+class _Interrupts:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: one that
+    lands in a host callback (a progress bar) reaches us wrapped in another
+    exception, which then still counts as an interruption."""
+
+    seen = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _resume_command(argv: list) -> str:
+    prog = ["hessian-tools"]
+    if sys.argv and sys.argv[0].endswith("__main__.py"):
+        prog = [sys.executable, "-m", "hessian_tools"]
+    return shlex.join(prog + [a for a in argv if a != "--resume"] + ["--resume"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hessian-tools", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="find and classify the critical points of the toy problems")
-    d.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
-    d.add_argument("--starts", type=int, default=20, help="grid of N x N starts per problem")
-    d.add_argument(
-        "--x64", action="store_true", help="enable float64 for this run (default float32)"
+    """Run the command; return its exit status (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    run = analyze if args.command == "analyze" else _demo_command
+    guard = _Interrupts()
+    try:
+        with guard:
+            return run(args)
+    except KeyboardInterrupt:
+        pass
+    except Exception as err:
+        if not guard.seen:
+            return _error(err, args.debug)
+    print(
+        f"\ninterrupted; every finished part is saved in {args.out}. Resume with:\n"
+        f"  {_resume_command(argv)}",
+        file=sys.stderr,
     )
-    d.add_argument("--problems", default=None, help="comma-separated subset of problems")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        names = args.problems.split(",") if args.problems else None
-        return demo(args.out, args.starts, args.x64, names)
-    return 2  # pragma: no cover
+    return EXIT_INTERRUPTED
+
+
+def _error(err: Exception, debug: bool) -> int:
+    from hessian_tools._report import ReportError, StaleResultError
+    from hessian_tools.analysis import ProblemError
+
+    if debug:
+        traceback.print_exc()
+    if isinstance(err, CommandError):
+        message, status = str(err), err.status
+    elif isinstance(err, (ProblemError, ReportError, StaleResultError)):
+        message, status = str(err), EXIT_FAILED
+    else:
+        message = f"{type(err).__name__}: {err}" + ("" if debug else " (--debug shows where)")
+        status = EXIT_FAILED
+    print(f"hessian-tools: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

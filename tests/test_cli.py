@@ -1,37 +1,313 @@
-"""The ``hessian-tools demo`` command (hessian_tools.cli): the report it
-writes, and its points against find_critical_points called directly."""
+"""The ``hessian-tools`` command (hessian_tools.cli): ``analyze`` end to end
+against the library's API called directly, interruption and resume, every
+error case, the report in a real browser; ``demo`` against
+find_critical_points called directly."""
 
 import contextlib
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from _util import grid_starts, inside
+from analyze_targets import CURVATURES, toy_saddle
 
 import hessian_tools as ht
 from hessian_tools import cli
+from hessian_tools.analysis import part_key
 from hessian_tools.problems import TOY_2D
 
 PROBLEMS = ("himmelblau", "saddle")
 STARTS = 8
 REPO = Path(__file__).resolve().parents[1]
+TARGETS = Path(__file__).resolve().parent / "analyze_targets.py"
+TOY = f"{TARGETS}:toy_saddle"
+# a trace budget below n = 15, so that the trace is a randomised estimate
+OPTIONS = ["--x64", "--grid", "9", "--trace-matvecs", "8"]
+ENV = {**os.environ, "MPLBACKEND": "Agg"}
+
+
+def _main(argv):
+    """(status, stdout, stderr) of the command run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+def _cli(*args, timeout=300, **kwargs):
+    cmd = [sys.executable, "-m", "hessian_tools", *args]
+    return subprocess.run(
+        cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+def _without_timings(summary):
+    return {k: v for k, v in summary.items() if k != "seconds"}
+
+
+# --------------------------------------------------------------------------
+# analyze
+
+
+@pytest.fixture(scope="module")
+def toy_report(tmp_path_factory):
+    """One analysis of the toy saddle with every part: (status, folder, stdout)."""
+    out = tmp_path_factory.mktemp("toy_report")
+    status, printed, _ = _main(["analyze", TOY, "--out", str(out), "--parts", "all", *OPTIONS])
+    return status, out, printed
+
+
+def test_analyze_writes_the_report(toy_report):
+    status, out, printed = toy_report
+    assert status == 0
+    assert "wrote" in printed and "saddle" in printed  # the short summary table
+    summary = json.loads((out / "summary.json").read_text())
+    for name in summary["figures"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert len(summary["figures"]) == 5
+    page = (out / "index.html").read_text()
+    assert all(f"data-file='{name}'" in page for name in summary["figures"])
+    assert "<table class='summary'>" in page and "Versions" in page and "Settings" in page
+    assert summary["parts"] == list(ht.analysis.PARTS)
+    for part in summary["parts"]:
+        assert (out / "parts" / f"{part}.json").exists()
+    spent = summary["num_matvecs"]
+    assert spent["total"] == sum(v for k, v in spent.items() if k != "total") > 0
+
+
+def test_analyze_summary_equals_the_library_called_directly(toy_report):
+    _, out, _ = toy_report
+    s = json.loads((out / "summary.json").read_text())
+    p = toy_saddle()
+    op = ht.HessianOperator(p.loss, p.params, *p.args)
+    value, grad = op.value_and_grad()
+    assert s["num_params"] == op.n == 15
+    assert s["loss"] == pytest.approx(float(value), abs=1e-14)
+    assert s["grad_norm"] == pytest.approx(float(np.linalg.norm(op.ravel(grad))), abs=1e-14)
+
+    cp = ht.classify(p.loss, p.params, *p.args, key=part_key(0, "classification"))
+    c = s["classification"]
+    assert (c["kind"], c["index"], c["exact"]) == (cp.kind, cp.index, cp.exact)
+    assert (c["kind"], c["index"]) == ("saddle", 3)  # and that is right: diag(CURVATURES)
+
+    for sub, which in enumerate(("largest", "smallest")):
+        key = jax.random.fold_in(part_key(0, "eigenvalues"), sub)
+        ep = ht.eigenpairs(op, 5, which=which, key=key)
+        np.testing.assert_allclose(s["eigenvalues"][which]["values"], ep.values, rtol=1e-12)
+        np.testing.assert_allclose(s["eigenvalues"][which]["error_bounds"], ep.error_bounds)
+        assert s["eigenvalues"][which]["num_matvecs"] == int(ep.num_matvecs)
+    truth = np.sort(CURVATURES)
+    np.testing.assert_allclose(s["eigenvalues"]["largest"]["values"], truth[::-1][:5], atol=1e-9)
+    np.testing.assert_allclose(s["eigenvalues"]["smallest"]["values"], truth[:5], atol=1e-9)
+
+    est = ht.trace(op, key=part_key(0, "trace"), num_matvecs=8)
+    assert s["trace"]["value"] == pytest.approx(float(est.value), rel=1e-12)
+    assert s["trace"]["stderr"] == pytest.approx(float(est.stderr), rel=1e-9)
+    assert s["trace"]["num_matvecs"] == est.num_matvecs == 8
+
+    sd = ht.spectral_density(op, key=part_key(0, "density"), num_matvecs=12 * 15, num_probes=12)
+    frac, frac_err = sd.negative_fraction()
+    assert s["density"]["negative_fraction"] == pytest.approx(frac, rel=1e-12)
+    assert s["density"]["negative_fraction_stderr"] == pytest.approx(frac_err, rel=1e-9, abs=1e-15)
+    assert frac == pytest.approx(3 / 15, abs=1e-9)
+
+    d = ht.landscape.random_direction(part_key(0, "random_direction"), p.params)
+    alphas = np.linspace(-1.0, 1.0, 9)
+    line = ht.landscape.slice_1d(p.loss, p.params, d, alphas, *p.args)
+    np.testing.assert_allclose(s["slice_1d"]["alphas"], alphas)
+    np.testing.assert_allclose(s["slice_1d"]["random"], line.values, rtol=1e-12)
+    assert s["slice_1d"]["direction_norm"] == pytest.approx(float(np.linalg.norm(op.ravel(d))))
+
+    blocks = ht.block_spectra(p.loss, p.params, *p.args, key=part_key(0, "blocks"), trace_matvecs=8)
+    assert [b["name"] for b in s["blocks"]] == [b.name for b in blocks]
+    np.testing.assert_allclose([b["top"] for b in s["blocks"]], [b.values[0] for b in blocks])
+    np.testing.assert_allclose(
+        [b["trace"] for b in s["blocks"]], [b.trace.value for b in blocks], rtol=1e-12
+    )
+
+
+@pytest.mark.slow  # three processes of ~10 s each on 2 cores
+def test_interrupted_then_resumed_equals_an_uninterrupted_run(toy_report, tmp_path):
+    _, full, _ = toy_report
+    out = tmp_path / "report"
+    args = ["analyze", TOY, "--out", str(out), "--parts", "all", *OPTIONS]  # bars on
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hessian_tools", *args],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:  # the first part's status line, then Ctrl-C
+        if "done in" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    assert "Traceback" not in err
+    done = sorted(p.stem for p in (out / "parts").glob("*.json"))
+    assert "point" in done and len(done) < len(ht.analysis.PARTS)
+    assert json.loads((out / "summary.json").read_text())["parts"] == [
+        p for p in ht.analysis.PARTS if p in done
+    ]  # the report of the finished parts was written too
+    resume_cmd = err.strip().splitlines()[-1].split()
+    assert resume_cmd[-1] == "--resume" and resume_cmd[resume_cmd.index("--out") + 1] == str(out)
+
+    run = _cli(*args, "--resume")
+    assert run.returncode == 0, run.stderr
+    assert "reused the saved result" in run.stderr
+    resumed = json.loads((out / "summary.json").read_text())
+    reference = json.loads((full / "summary.json").read_text())
+    assert _without_timings(resumed) == _without_timings(reference)
+
+
+def test_resume_refuses_parts_of_other_settings_or_another_problem(toy_report, tmp_path):
+    _, full, _ = toy_report
+    out = tmp_path / "copy"
+    shutil.copytree(full, out)
+    status, _, err = _main(["analyze", TOY, "--out", str(out), "--resume", "--quiet", *OPTIONS])
+    assert status == 0, err  # same settings: every part reused
+    other = [*OPTIONS[:-1], "9"]  # trace_matvecs 8 -> 9
+    status, _, err = _main(["analyze", TOY, "--out", str(out), "--resume", "--quiet", *other])
+    assert status == 1
+    assert "part trace" in err and "trace_matvecs 8 -> 9" in err and "drop --resume" in err
+    assert err.count("\n") == 1  # one line
+    status, _, err = _main(
+        ["analyze", f"{TARGETS}:non_scalar", "--out", str(out), "--resume", "--quiet"]
+    )
+    assert status == 1  # checked before the folder: its loss is not a scalar
+
+
+ERRORS = [
+    ("nowhere/missing.py:make", 2, "no such file: nowhere/missing.py"),
+    ("no_such_module_here:make", 2, "no module named 'no_such_module_here'"),
+    (f"{TARGETS}:absent", 2, "has no factory 'absent' (its functions:"),
+    (f"{TARGETS}:NOT_A_FUNCTION", 2, "is not a function that returns a Problem"),
+    (f"{TARGETS}:wrong_type", 2, "returned dict, not a hessian_tools.Problem("),
+    (f"{TARGETS}:raises", 1, "raised RuntimeError: the data folder is missing"),
+    (f"{TARGETS}:non_scalar", 1, "must return a scalar; got shape (3,)"),
+    (f"{TARGETS}:not_finite", 1, "the loss is not finite (NaN or inf)"),
+    (str(TARGETS), 2, "TARGET must be package.module:factory or path/to/file.py:factory"),
+]
+
+
+@pytest.mark.parametrize(("target", "status", "message"), ERRORS, ids=[e[2][:20] for e in ERRORS])
+def test_errors_are_one_line_with_their_status(target, status, message, tmp_path):
+    got, printed, err = _main(["analyze", target, "--out", str(tmp_path / "out"), "--quiet"])
+    assert got == status
+    assert err.startswith("hessian-tools: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert "Traceback" not in err and printed == ""
+    assert not (tmp_path / "out").exists()  # nothing computed, nothing written
+
+
+def test_an_unwritable_output_folder_is_an_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    status, _, err = _main(["analyze", TOY, "--out", str(blocker / "report"), "--quiet"])
+    assert status == 1
+    assert f"cannot write to the output folder {blocker / 'report'}: Not a directory" in err
+
+
+def test_debug_adds_the_traceback(tmp_path):
+    status, _, err = _main(["analyze", f"{TARGETS}:raises", "--debug", "--out", str(tmp_path)])
+    assert status == 1
+    assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("hessian-tools: error:")
+
+
+def test_python_dash_m_runs_the_command():
+    run = _cli("analyze", "nowhere/missing.py:make", timeout=120)
+    assert run.returncode == 2
+    assert run.stderr == "hessian-tools: error: no such file: nowhere/missing.py\n"
+
+
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _browser(profile):
+    missing = [p for p in ("/usr/bin/chromium", "/usr/bin/chromedriver") if not Path(p).exists()]
+    if missing:
+        pytest.fail(
+            f"the browser test needs Debian's chromium and chromium-driver ({missing} missing): "
+            "apt-get install -y chromium chromium-driver (.ci/run installs them)"
+        )
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.fail("the browser test needs selenium: pip install -e '.[dev]'")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for flag in [*BROWSER_FLAGS, f"--user-data-dir={profile}"]:
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path="/usr/bin/chromedriver")
+    return webdriver.Chrome(options=opts, service=service)
+
+
+def _page_problems(driver, path):
+    """(images that did not load, console errors, whether the summary table is there)."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(Path(path).as_uri())
+    widths = driver.execute_script(
+        "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0);"
+    )
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    return (
+        [i for i, w in enumerate(widths) if not w > 0],
+        errors,
+        len(widths),
+        bool(driver.find_elements(By.CSS_SELECTOR, "table.summary td")),
+    )
+
+
+@pytest.mark.slow  # starts a browser
+def test_the_report_in_a_real_browser(toy_report, tmp_path):
+    _, out, _ = toy_report
+    broken = tmp_path / "broken.html"  # the check itself must be able to fail
+    broken.write_text("<!doctype html><html><body><img src='missing.png'></body></html>")
+    driver = _browser(tmp_path / "profile")
+    try:
+        bad_images, errors, count, table = _page_problems(driver, out / "index.html")
+        assert count == 5 and bad_images == [] and table
+        assert errors == []
+        bad_images, errors, _, table = _page_problems(driver, broken)
+        assert bad_images == [0] and errors and not table
+    finally:
+        driver.quit()
+
+
+# --------------------------------------------------------------------------
+# demo
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """One run of the demo (float64), shared by the tests below: its exit
-    status, its output folder and what it printed."""
+    """One run of the toy part of the demo (float64), shared by the tests
+    below: its exit status, its output folder and what it printed."""
     out = tmp_path_factory.mktemp("demo")
     argv = ["demo", "--out", str(out), "--x64", "--problems", ",".join(PROBLEMS)]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        status = cli.main([*argv, "--starts", str(STARTS)])
-    return status, out, printed.getvalue()
+    status, printed, _ = _main([*argv, "--starts", str(STARTS), "--skip", "digits"])
+    return status, out, printed
 
 
 @pytest.mark.slow  # ~12 s: the linear autoencoder section always runs (256 starts)
@@ -42,7 +318,8 @@ def test_demo_writes_the_report(demo):
     for name in names:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     page = (out / "index.html").read_text()
-    assert all(f"src='{name}'" in page for name in names)
+    assert all(f"data-file='{name}'" in page for name in names)
+    assert page.count("src='data:image/png;base64,") == len(names)  # embedded: offline
     assert "class='bad'" not in page  # no problem row or autoencoder level flagged
     report = json.loads((out / "critical_points.json").read_text())
     assert [s["problem"] for s in report["summary"]] == list(PROBLEMS)
@@ -82,18 +359,31 @@ def test_demo_points_equal_find_critical_points(demo, name):
     assert sorted((tuple(np.round(r["x"], 6)), r["kind"]) for r in rows) == listed
 
 
-def test_unknown_problem_exits_non_zero_naming_the_known_ones(tmp_path):
-    cmd = [sys.executable, "-m", "hessian_tools.cli", "demo", "--out", str(tmp_path)]
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    run = subprocess.run(
-        [*cmd, "--problems", "himmelblau,nope"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+@pytest.mark.slow  # ~1-2 min on 2 cores: compiling every solver for a 2,410-parameter MLP
+def test_demo_digits_mlp_analysed_before_and_after_training(tmp_path):
+    argv = ["demo", "--out", str(tmp_path), "--x64", "--skip", "toy,autoencoder", "--quiet"]
+    status, _, err = _main([*argv, "--steps", "20", "--grid", "5", "--top-k", "2"])
+    assert status == 0, err
+    digits = json.loads((tmp_path / "summary.json").read_text())["digits"]
+    init, trained = digits["init"], digits["trained"]
+    assert init["num_params"] == trained["num_params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert trained["loss"] < init["loss"] and digits["accuracy"]["trained"] > 0.5
+    for s in (init, trained):
+        assert set(s["eigenvalues"]) >= {"largest", "smallest"}
+        assert s["eigenvalues"]["largest"]["values"][0] > 0 and s["trace"]["stderr"] > 0
+    assert [r["step"] for r in digits["track"]] == [0, 10, 20]
+    assert digits["track"][0]["sharpness"] == pytest.approx(
+        init["eigenvalues"]["largest"]["values"][0], rel=1e-6
     )
-    assert run.returncode != 0
+    page = (tmp_path / "index.html").read_text()
+    for name in ("digits_init/slice_2d.png", "digits_trained/density.png", "sharpness_track.png"):
+        assert f"data-file='{name}'" in page
+    assert (tmp_path / "digits_trained" / "index.html").exists()
+
+
+def test_unknown_problem_exits_non_zero_naming_the_known_ones(tmp_path):
+    run = _cli("demo", "--out", str(tmp_path), "--problems", "himmelblau,nope", timeout=120)
+    assert run.returncode == 2
     assert "nope" in run.stderr
     for known in TOY_2D:
         assert known in run.stderr

@@ -1,0 +1,6 @@
+"""``python -m hessian_tools``: the ``hessian-tools`` command."""
+
+from hessian_tools.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,384 @@
+"""The report folder that ``hessian-tools analyze`` and ``demo`` write.
+
+* ``PartStore``: every finished part of an analysis as ``parts/<part>.json``
+  (its numbers, the problem's fingerprint, the settings it depends on) plus
+  ``parts/<part>.npz`` (its arrays), written atomically as soon as the part
+  is done. With ``resume=True`` a saved part is reused when its fingerprint
+  and settings match, and refused (``StaleResultError``) when they do not:
+  results of another problem or other settings are never mixed.
+* ``render_html``: one self-contained page (figures embedded as data URIs,
+  readable offline) from a list of ``Section``; ``save_figure`` writes a
+  figure's PNG next to it; ``write_json`` writes summary.json.
+
+Every file goes through ``atomic_write``: an interrupted run leaves the
+previous version of a file, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import html
+import io
+import json
+import os
+import platform
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import jax
+import numpy as np
+
+from hessian_tools._checkpoint import atomic_write
+from hessian_tools.analysis import PartResult, Problem
+
+__all__ = [
+    "Figure",
+    "PartStore",
+    "Raw",
+    "ReportError",
+    "Section",
+    "StaleResultError",
+    "Table",
+    "problem_fingerprint",
+    "render_html",
+    "save_figure",
+    "versions",
+    "write_json",
+]
+
+PART_FORMAT = "hessian_tools.analyze.part/1"
+
+
+class ReportError(OSError):
+    """The output folder cannot be written."""
+
+
+class StaleResultError(ValueError):
+    """A saved part was made for another problem or with other settings."""
+
+
+# --------------------------------------------------------------------------
+# Fingerprints
+
+
+def _name(fn: Any) -> str:
+    if isinstance(fn, functools.partial):
+        return f"partial({_name(fn.func)})"
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{qualname}"
+
+
+def _hash_tree(h: Any, tree: Any) -> None:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    h.update(re.sub(r" at 0x[0-9a-fA-F]+", "", str(treedef)).encode())  # no addresses
+    for leaf in leaves:
+        if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            arr = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"|{arr.dtype}{arr.shape}|".encode())
+            h.update(arr.tobytes())
+        elif isinstance(leaf, (bool, int, float, complex, str, bytes, type(None))):
+            h.update(f"|{leaf!r}|".encode())
+        elif callable(leaf):
+            h.update(f"|{_name(leaf)}|".encode())
+        else:  # an opaque object: its type is all that is stable across runs
+            h.update(f"|{type(leaf).__module__}.{type(leaf).__qualname__}|".encode())
+
+
+def problem_fingerprint(problem: Problem) -> str:
+    """A hash of the problem: the loss's qualified name and the bytes, dtypes
+    and shapes of params, args and batches (copied to the host)."""
+    h = hashlib.sha256(_name(problem.loss).encode())
+    if isinstance(problem.loss, functools.partial):
+        _hash_tree(h, (problem.loss.args, problem.loss.keywords))
+    for part in (problem.params, problem.args, problem.batches):
+        _hash_tree(h, part)
+    fa = problem.filter_axis
+    h.update(f"|filter_axis={_name(fa) if callable(fa) else fa!r}".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Files
+
+
+@contextlib.contextmanager
+def _open(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """``atomic_write``, readable by all (its temporary file is private,
+    0600, but a report is for sharing)."""
+    with atomic_write(path, mode) as fh:
+        os.fchmod(fh.fileno(), 0o644)
+        yield fh
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON, written atomically (NaN written as NaN)."""
+    text = json.dumps(obj, indent=1, allow_nan=True)
+    with _open(path, "w") as fh:
+        fh.write(text + "\n")
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> bytes:
+    """Write a matplotlib figure as PNG (atomically), close it, and return
+    the PNG's bytes for embedding."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    with _open(path) as fh:
+        fh.write(buf.getvalue())
+    return buf.getvalue()
+
+
+def versions() -> dict:
+    """Versions of everything that shapes the numbers, and the device."""
+    import jaxlib
+    import matplotlib
+
+    import hessian_tools
+
+    return {
+        "hessian_tools": hessian_tools.__version__,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "matplotlib": matplotlib.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "devices": ", ".join(sorted({d.device_kind for d in jax.devices()})),
+        "x64": bool(jax.config.x64_enabled),
+    }
+
+
+class PartStore:
+    """Finished parts of one analysis under ``folder/parts``.
+
+    Args:
+        folder: the report folder (created if missing).
+        problem: the problem analysed (fingerprinted once here).
+        resume: reuse matching saved parts (``load``); otherwise ``load``
+            returns None and every part is computed again.
+
+    Raises:
+        ReportError: the folder cannot be created or written.
+    """
+
+    def __init__(self, folder: Path, problem: Problem, resume: bool):
+        self.folder, self.resume = Path(folder), resume
+        self.parts = self.folder / "parts"
+        self.check_writable(self.parts, self.folder)
+        self.fingerprint = problem_fingerprint(problem)
+        self.problem_name = problem.title
+
+    @staticmethod
+    def check_writable(folder: Path, shown: Path | None = None) -> None:
+        """Create ``folder`` and write a file in it, or raise ``ReportError``
+        (naming ``shown``, default ``folder``)."""
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(folder / ".write-test") as fh:
+                fh.write(b"")
+            os.remove(folder / ".write-test")
+        except OSError as err:
+            raise ReportError(
+                f"cannot write to the output folder {shown or folder}: {err.strerror or err}"
+            ) from err
+
+    def checkpoint(self, part: str) -> Path:
+        """A file for the finished rows of a part in progress (``slice_2d``)."""
+        return self.parts / f"{part}.rows.npz"
+
+    def load(self, part: str, settings: dict) -> PartResult | None:
+        """The saved part if resuming and it exists; ``StaleResultError`` if
+        it was made for another problem or with other settings."""
+        path = self.parts / f"{part}.json"
+        if not (self.resume and path.exists()):
+            return None
+        advice = "drop --resume to start afresh, or pass another --out"
+        try:
+            record = json.loads(path.read_text())
+            assert record["format"] == PART_FORMAT
+        except Exception as err:
+            raise StaleResultError(f"{path} is not a saved part ({err!r}); {advice}.") from err
+        if record["problem"]["fingerprint"] != self.fingerprint:
+            raise StaleResultError(
+                f"cannot resume: part {part} in {self.folder} was made for another problem "
+                f"({record['problem']['name']!r}: its loss, params, data or dtype differ); "
+                f"{advice}."
+            )
+        saved, now = record["settings"], _jsonable(settings)
+        if saved != now:
+            diff = ", ".join(
+                f"{k} {saved.get(k)!r} -> {now.get(k)!r}"
+                for k in sorted(set(saved) | set(now))
+                if saved.get(k) != now.get(k)
+            )
+            raise StaleResultError(
+                f"cannot resume: part {part} in {self.folder} was made with other settings "
+                f"({diff}); {advice}."
+            )
+        arrays = {}
+        if record["arrays"]:
+            try:
+                with np.load(self.parts / f"{part}.npz", allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in record["arrays"]}
+            except (OSError, KeyError, ValueError):
+                return None  # its arrays were lost: compute the part again
+        return PartResult(
+            part,
+            record["results"],
+            arrays,
+            record["num_matvecs"],
+            record["seconds"],
+            record["matvecs_estimated"],
+        )
+
+    def save(self, result: PartResult, settings: dict) -> None:
+        """Write the part: arrays first, then the record that marks it done."""
+        import hessian_tools
+
+        if result.arrays:
+            with _open(self.parts / f"{result.part}.npz") as fh:
+                np.savez(fh, **result.arrays)
+        record = {
+            "format": PART_FORMAT,
+            "part": result.part,
+            "problem": {"name": self.problem_name, "fingerprint": self.fingerprint},
+            "settings": _jsonable(settings),
+            "version": hessian_tools.__version__,
+            "results": result.results,
+            "arrays": sorted(result.arrays),
+            "num_matvecs": result.num_matvecs,
+            "matvecs_estimated": result.matvecs_estimated,
+            "seconds": result.seconds,
+        }
+        write_json(self.parts / f"{result.part}.json", record)
+
+
+# --------------------------------------------------------------------------
+# The HTML page
+
+
+@dataclasses.dataclass(frozen=True)
+class Raw:
+    """HTML written by this library, inserted as it is (never user text)."""
+
+    html: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A table; cells are escaped (a ``Raw`` cell is not); rows whose index
+    is in ``bad`` are highlighted."""
+
+    header: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    bad: frozenset = frozenset()
+    css_class: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A PNG figure, embedded in the page; ``name`` is its file."""
+
+    name: str
+    png: bytes
+    caption: str = ""
+
+    @classmethod
+    def read(cls, folder: Path, name: str, caption: str = "") -> Figure:
+        return cls(name, (Path(folder) / name).read_bytes(), caption)
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A titled section: paragraphs (str, escaped), ``Raw``, ``Table``, ``Figure``."""
+
+    title: str
+    items: Sequence[Any]
+    level: int = 2
+
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
+    "table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+    "th{background:#f3f3f3}td:first-child{text-align:left}"
+    "figure{display:inline-block;margin:0.3em;vertical-align:top}"
+    "img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#555}"
+    ".bad{color:#b00;font-weight:bold}"
+)
+
+
+BAD_ROW = " class='bad'"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Raw):
+        return value.html
+    if isinstance(value, float):
+        return html.escape(f"{value:.6g}")
+    return html.escape(str(value))
+
+
+def _item(item: Any) -> str:
+    if isinstance(item, Raw):
+        return item.html
+    if isinstance(item, str):
+        return f"<p>{html.escape(item)}</p>"
+    if isinstance(item, Table):
+        cls = f" class='{item.css_class}'" if item.css_class else ""
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in item.header)
+        rows = [
+            f"<tr{BAD_ROW if i in item.bad else ''}>"
+            + "".join(f"<td>{_cell(c)}</td>" for c in row)
+            + "</tr>"
+            for i, row in enumerate(item.rows)
+        ]
+        return f"<table{cls}><tr>{head}</tr>" + "".join(rows) + "</table>"
+    if isinstance(item, Figure):
+        data = base64.b64encode(item.png).decode("ascii")
+        name = html.escape(item.name)
+        cap = f"<figcaption>{html.escape(item.caption)}</figcaption>" if item.caption else ""
+        return (
+            f"<figure><img src='data:image/png;base64,{data}' alt='{name}' "
+            f"data-file='{name}'>{cap}</figure>"
+        )
+    raise TypeError(f"cannot render {type(item).__name__} in a report section.")
+
+
+def render_html(title: str, sections: Sequence[Section]) -> str:
+    """One self-contained page: no external files, scripts or fonts."""
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        # an empty icon: the browser asks for no favicon file, so nothing fails to load
+        "<link rel='icon' href='data:,'>",
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for section in sections:
+        tag = f"h{section.level}"
+        parts.append(f"<{tag}>{html.escape(section.title)}</{tag}>")
+        parts.extend(_item(item) for item in section.items)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: Path, title: str, sections: Sequence[Section]) -> None:
+    """``render_html`` written atomically to ``path``."""
+    with _open(path, "w") as fh:
+        fh.write(render_html(title, sections))

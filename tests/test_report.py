@@ -1,0 +1,105 @@
+"""hessian_tools._report: fingerprints, the saved parts and their refusals,
+and the self-contained page (the browser check of a real report is in
+test_cli.py)."""
+
+import base64
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hessian_tools as ht
+from hessian_tools import _report
+from hessian_tools.analysis import PartResult
+
+
+def _loss(p, x):
+    return jnp.sum((p["kernel"] @ x) ** 2)
+
+
+def _problem(scale=1.0, name="p"):
+    params = {"kernel": jnp.ones((2, 3)) * scale, "step": 3}  # a non-array leaf too
+    return ht.Problem(_loss, params, args=(jnp.arange(3.0),), name=name)
+
+
+def test_fingerprint_is_stable_and_sees_params_data_and_loss():
+    fp = _report.problem_fingerprint
+    assert fp(_problem()) == fp(_problem())  # rebuilt from scratch: same bytes, same hash
+    assert fp(_problem()) == fp(_problem(name="renamed"))  # the name is only a label
+    assert fp(_problem()) != fp(_problem(scale=2.0))
+    assert fp(_problem()) != fp(ht.Problem(_loss, _problem().params, args=(jnp.ones(3),)))
+    other = lambda p, x: _loss(p, x)
+    assert fp(_problem()) != fp(ht.Problem(other, _problem().params, args=_problem().args))
+    as32 = jnp.ones((2, 3), jnp.float32)
+    assert fp(_problem()) != fp(ht.Problem(_loss, {"kernel": as32, "step": 3}, _problem().args))
+
+
+def _result(part="trace", value=1.5):
+    return PartResult(part, {"value": value}, {"v": np.arange(3.0)}, 7, 0.25)
+
+
+def test_a_saved_part_is_reused_only_when_resuming(tmp_path):
+    store = _report.PartStore(tmp_path, _problem(), resume=False)
+    store.save(_result(), {"seed": 0})
+    assert store.load("trace", {"seed": 0}) is None  # a fresh run computes everything
+    again = _report.PartStore(tmp_path, _problem(), resume=True)
+    loaded = again.load("trace", {"seed": 0})
+    assert loaded.results == {"value": 1.5} and loaded.num_matvecs == 7
+    np.testing.assert_array_equal(loaded.arrays["v"], np.arange(3.0))
+    assert again.load("density", {"seed": 0}) is None  # not saved yet: to compute
+
+
+def test_a_saved_part_of_other_settings_or_another_problem_is_refused(tmp_path):
+    _report.PartStore(tmp_path, _problem(), resume=False).save(_result(), {"seed": 0})
+    with pytest.raises(_report.StaleResultError, match=r"other settings \(seed 0 -> 1\)"):
+        _report.PartStore(tmp_path, _problem(), resume=True).load("trace", {"seed": 1})
+    with pytest.raises(_report.StaleResultError, match=r"another problem.*drop --resume"):
+        _report.PartStore(tmp_path, _problem(scale=3.0), resume=True).load("trace", {"seed": 0})
+
+
+def test_a_part_whose_arrays_were_lost_is_computed_again(tmp_path):
+    store = _report.PartStore(tmp_path, _problem(), resume=True)
+    store.save(_result(), {"seed": 0})
+    (tmp_path / "parts" / "trace.npz").unlink()
+    assert store.load("trace", {"seed": 0}) is None
+
+
+def test_files_are_written_whole_and_readable_by_all(tmp_path):
+    store = _report.PartStore(tmp_path, _problem(), resume=False)
+    store.save(_result(), {"seed": 0})
+    record = json.loads((tmp_path / "parts" / "trace.json").read_text())
+    assert record["format"] == _report.PART_FORMAT and record["arrays"] == ["v"]
+    assert not list((tmp_path / "parts").glob(".*"))  # no temporary file left behind
+    assert (tmp_path / "parts" / "trace.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_unwritable_folder_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(_report.ReportError, match="cannot write to the output folder"):
+        _report.PartStore(blocker / "out", _problem(), resume=False)
+
+
+def test_the_page_embeds_figures_and_escapes_text():
+    png = b"\x89PNG\r\n\x1a\nfake"
+    page = _report.render_html(
+        "<title>",
+        [
+            _report.Section(
+                "a <b>",
+                [
+                    "x < y",
+                    _report.Raw("<p id='raw'>ok</p>"),
+                    _report.Table(("h",), [["<td>"], [1.23456789]], bad=frozenset({1})),
+                    _report.Figure("f.png", png, "cap"),
+                ],
+            )
+        ],
+    )
+    assert "<h1>&lt;title&gt;</h1>" in page and "<h2>a &lt;b&gt;</h2>" in page
+    assert "<p>x &lt; y</p>" in page and "<p id='raw'>ok</p>" in page
+    assert "<td>&lt;td&gt;</td>" in page and "<tr class='bad'><td>1.23457</td>" in page
+    assert f"src='data:image/png;base64,{base64.b64encode(png).decode()}'" in page
+    assert "data-file='f.png'" in page
+    assert "src='http" not in page and "<script" not in page  # nothing to fetch
