@@ -8,7 +8,7 @@ OUT ?= demo_output
 .PHONY: help install demo test lint format docs bench bench-peers clean
 
 help:
-	@echo "make demo   - find and classify critical points of the toy problems, write $(OUT)/index.html"
+	@echo "make demo   - toy problems' critical points and a digits MLP analysed (hessian-tools demo), write $(OUT)/index.html"
 	@echo "make test   - run the test suite (slow tests included)"
 	@echo "make lint   - ruff check + ruff format --check"
 	@echo "make docs   - build the Sphinx docs into docs/_build/html"
