@@ -83,7 +83,7 @@ plot_include_source = True
 plot_html_show_source_link = False
 plot_html_show_formats = False
 plot_formats = [("png", 110)]
-plot_rcparams = {"figure.figsize": (6.4, 3.6)}
+plot_rcparams = {"figure.figsize": (6.4, 3.6), "savefig.bbox": "tight"}  # no clipped labels
 # the gallery runs in the same process; its last example may have left
 # float64 on
 plot_pre_code = "import gallery_reset\ngallery_reset.reset_jax(None, None)"
