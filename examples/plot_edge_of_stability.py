@@ -116,14 +116,14 @@ for lr, run in runs.items():
     )
 
 # %%
-# The sharpness rises to :math:`2/\\eta` and stays there
+# The sharpness rises to :math:`2/\eta` and stays there
 # -----------------------------------------------------
-# At :math:`\\eta` = 0.1 and 0.2 the sharpness starts at 7.5, well below
-# :math:`2/\\eta` = 20 and 10, climbs to it, and then stays within a few per
-# cent of it for the rest of training. At :math:`\\eta = 0.4` it starts
-# *above* :math:`2/\\eta = 5`: the first steps are unstable along the top
+# At :math:`\eta` = 0.1 and 0.2 the sharpness starts at 7.5, well below
+# :math:`2/\eta` = 20 and 10, climbs to it, and then stays within a few per
+# cent of it for the rest of training. At :math:`\eta = 0.4` it starts
+# *above* :math:`2/\eta = 5`: the first steps are unstable along the top
 # eigenvector, and the sharpness is driven down to 5, where it again stays.
-# At :math:`\\eta = 0.05` the threshold, 40, is not reached in 2,000 steps:
+# At :math:`\eta = 0.05` the threshold, 40, is not reached in 2,000 steps:
 # we see the progressive sharpening only. The certified error bounds of
 # the eigenvalues are far below the line width.
 
@@ -176,7 +176,7 @@ ax.legend()
 # %%
 # Warm starts
 # -----------
-# For :math:`\\eta = 0.1` every measurement was also repeated cold, from a
+# For :math:`\eta = 0.1` every measurement was also repeated cold, from a
 # random start vector, to the same relative accuracy (1e-4, the float32
 # default): the same eigenvalues, at a cost of 1,325 HVPs cold against 843
 # warm (a median of 13 against 7 per measurement of the top two). The

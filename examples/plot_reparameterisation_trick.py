@@ -68,14 +68,14 @@ def free_energy(theta):
 # %%
 # Two estimators of one gradient
 # ------------------------------
-# At :math:`\\theta = (\\mu, s) = (0.6, \\log 0.4)` both estimators average
+# At :math:`\theta = (\mu, s) = (0.6, \log 0.4)` both estimators average
 # :math:`N` per-sample terms; their exact mean is the gradient of the
 # closed-form :math:`E_q[f]`. Per sample, with
-# :math:`z = \\mu + \\sigma \\varepsilon`:
+# :math:`z = \mu + \sigma \varepsilon`:
 #
 # * score function:
-#   :math:`f(z) \\, (\\varepsilon / \\sigma, \\; \\varepsilon^2 - 1)`;
-# * reparameterisation: :math:`f'(z) \\, (1, \\; \\sigma \\varepsilon)`.
+#   :math:`f(z) \, (\varepsilon / \sigma, \; \varepsilon^2 - 1)`;
+# * reparameterisation: :math:`f'(z) \, (1, \; \sigma \varepsilon)`.
 
 
 def score_terms(theta, eps, baseline=0.0):
@@ -200,15 +200,15 @@ axes[1].legend(fontsize="small")
 fig.tight_layout()
 
 # %%
-# The landscape in :math:`(\\mu, \\log \\sigma)` and its critical points
+# The landscape in :math:`(\mu, \log \sigma)` and its critical points
 # ---------------------------------------------------------------------
 # Newton-MR from a 12 x 10 grid of starts finds every zero of the gradient
-# and classifies it by the Hessian's eigenvalues. With :math:`v = \\sigma^2`
+# and classifies it by the Hessian's eigenvalues. With :math:`v = \sigma^2`
 # the stationarity conditions are polynomial and can be solved by hand:
-# :math:`\\partial_\\mu L = 4 a \\mu (\\mu^2 + 3 v - 1) = 0` and
-# :math:`\\partial_v L = a (6 \\mu^2 + 6 v - 2) - 1 / (2 v) = 0`. So either
-# :math:`\\mu = 0` and :math:`12 a v^2 - 4 a v - 1 = 0`, or
-# :math:`\\mu^2 = 1 - 3 v` and :math:`24 a v^2 - 8 a v + 1 = 0`: five
+# :math:`\partial_\mu L = 4 a \mu (\mu^2 + 3 v - 1) = 0` and
+# :math:`\partial_v L = a (6 \mu^2 + 6 v - 2) - 1 / (2 v) = 0`. So either
+# :math:`\mu = 0` and :math:`12 a v^2 - 4 a v - 1 = 0`, or
+# :math:`\mu^2 = 1 - 3 v` and :math:`24 a v^2 - 8 a v + 1 = 0`: five
 # critical points for :math:`a = 4`.
 
 grid = np.stack(np.meshgrid(np.linspace(-1.5, 1.5, 12), np.linspace(-2.5, 0.5, 10)), -1)
@@ -234,12 +234,12 @@ for (mu, v), kind in known:
 
 # %%
 # Three minima and two saddles. Two minima are narrow Gaussians sitting in
-# one well each, :math:`\\mu \\approx \\pm 0.95`, :math:`\\sigma \\approx
-# 0.19` (the mode-seeking fits for which :math:`KL(q \\| p)` is known);
-# the third is a broad Gaussian over both wells, :math:`\\mu = 0`,
-# :math:`\\sigma \\approx 0.62`, and is a worse fit (higher :math:`L`).
+# one well each, :math:`\mu \approx \pm 0.95`, :math:`\sigma \approx
+# 0.19` (the mode-seeking fits for which :math:`KL(q \| p)` is known);
+# the third is a broad Gaussian over both wells, :math:`\mu = 0`,
+# :math:`\sigma \approx 0.62`, and is a worse fit (higher :math:`L`).
 # The saddles, index 1, sit on the passes between the broad minimum and
-# the narrow ones. The contour is of :math:`\\log(L - L_{min} + 0.05)`.
+# the narrow ones. The contour is of :math:`\log(L - L_{min} + 0.05)`.
 
 l_min = min(float(cp.value) for cp in found)
 
@@ -313,10 +313,10 @@ ax.set_title("Adam with 64 reparameterised samples per step")
 # %%
 # The Monte-Carlo objective has a Hessian too
 # -------------------------------------------
-# With :math:`\\varepsilon_1, \\dots, \\varepsilon_N` drawn once and held
-# fixed, :math:`\\hat L_N(\\mu, s) = \\frac1N \\sum_i f(\\mu + e^s
-# \\varepsilon_i) - s` is an ordinary differentiable function of
-# :math:`(\\mu, s)`: the reparameterisation turns the expectation into a
+# With :math:`\varepsilon_1, \dots, \varepsilon_N` drawn once and held
+# fixed, :math:`\hat L_N(\mu, s) = \frac1N \sum_i f(\mu + e^s
+# \varepsilon_i) - s` is an ordinary differentiable function of
+# :math:`(\mu, s)`: the reparameterisation turns the expectation into a
 # deterministic loss, whose critical points :mod:`hessian_tools` can find and
 # classify like any other (the score function gives an estimator of the
 # gradient, not a function to differentiate). With :math:`N = 4000` fixed
@@ -345,7 +345,7 @@ for cp in found:
 # (and why variational auto-encoders train), not a theorem: for some
 # :math:`f` (rapidly oscillating ones) the reparameterised estimator can be
 # the worse of the two, and for discrete :math:`z` it does not exist. The
-# parameterisation by :math:`\\log \\sigma` keeps :math:`\\sigma > 0`
+# parameterisation by :math:`\log \sigma` keeps :math:`\sigma > 0`
 # without a constraint; it moves the critical points' coordinates but not
-# their number or kinds, since :math:`s \\mapsto e^s` is a diffeomorphism
-# onto :math:`\\sigma > 0`.
+# their number or kinds, since :math:`s \mapsto e^s` is a diffeomorphism
+# onto :math:`\sigma > 0`.

@@ -212,7 +212,7 @@ fig.tight_layout()
 # differ in more than sharpness: the small-batch runs end at a slightly
 # lower training loss, and with the cross-entropy both the sharpness and
 # the gap change as the training loss falls (the logits grow). And
-# :math:`\\lambda_{max}` is not a property of the function the network
+# :math:`\lambda_{max}` is not a property of the function the network
 # computes: Dinh et al. (2017, "Sharp minima can generalize for deep nets")
 # rescale a ReLU network's layers to make any minimum as sharp as wanted
 # without changing a single prediction (the loss-landscape example does it).
