@@ -7,7 +7,7 @@ library's public API (``hessian_tools._parts.Analysis``):
 
 * ``point``: loss, gradient norm and number of parameters (one gradient);
 * ``classification``: ``classify`` (kind, index or its estimate ± stderr);
-* ``eigenvalues``: ``eigenpairs``, the top-k and bottom-k with their
+* ``eigenvalues``: ``eigenpairs(which="both")``, the top-k and bottom-k with their
   certified error bounds (their eigenvectors feed the slices);
 * ``trace``: ``trace`` ± stderr;
 * ``density``: ``spectral_density`` and its negative fraction;
@@ -114,23 +114,27 @@ class Settings:
     """What the parts compute with (the command line's options).
 
     Attributes:
-        top_k: eigenvalues at each end (at most n - 1).
+        top_k: eigenvalues at each end (at most n // 2; default 6, the k of
+            ``classify``, whose compiled solver the eigenvalues then reuse).
         grid: points per axis of the slices (odd puts the point itself on it).
         span: slice coordinates run over ``[-span, span]``, in units of the
             filter-normalised random direction's norm.
         seed: seed of every part's PRNG key (``part_key``).
         trace_matvecs: HVP budget of the trace (and of each block's trace).
-        density_matvecs: HVP budget of the spectral density.
+        density_matvecs: HVP budget of the spectral density (default, as
+            ``spectral_density``'s, 128 Lanczos steps for each of 12 probes:
+            also the density that ``classify`` estimates the index from, so
+            its compiled solver serves both parts).
         num_probes: probes of the spectral density.
         filter_axis: overrides ``Problem.filter_axis`` when not None.
     """
 
-    top_k: int = 5
+    top_k: int = 6
     grid: int = 41
     span: float = 1.0
     seed: int = 0
     trace_matvecs: int = 100
-    density_matvecs: int = 768
+    density_matvecs: int = 1536
     num_probes: int = 12
     filter_axis: int | None = None
 

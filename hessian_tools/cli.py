@@ -177,7 +177,7 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--debug", action="store_true", help="print the traceback of an error")
     p.add_argument("--seed", type=int, help="seed of every random part (default 0)")
     p.add_argument("--grid", type=int, help="slice points per axis (default 41; demo 31)")
-    p.add_argument("--top-k", type=int, help="eigenvalues at each end (default 5)")
+    p.add_argument("--top-k", type=int, help="eigenvalues at each end (default 6)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -196,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--skip", help="comma-separated parts not to run")
     a.add_argument("--span", type=float, help="slices over [-span, span] (default 1)")
     a.add_argument("--trace-matvecs", type=int, help="HVPs of the trace (default 100)")
-    a.add_argument("--density-matvecs", type=int, help="HVPs of the density (default 768)")
+    a.add_argument("--density-matvecs", type=int, help="HVPs of the density (default 1536)")
     a.add_argument(
         "--filter-axis",
         type=int,

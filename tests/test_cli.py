@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from _util import grid_starts, inside
@@ -98,15 +97,16 @@ def test_analyze_summary_equals_the_library_called_directly(toy_report):
     assert (c["kind"], c["index"], c["exact"]) == (cp.kind, cp.index, cp.exact)
     assert (c["kind"], c["index"]) == ("saddle", 3)  # and that is right: diag(CURVATURES)
 
-    for sub, which in enumerate(("largest", "smallest")):
-        key = jax.random.fold_in(part_key(0, "eigenvalues"), sub)
-        ep = ht.eigenpairs(op, 5, which=which, key=key)
-        np.testing.assert_allclose(s["eigenvalues"][which]["values"], ep.values, rtol=1e-12)
-        np.testing.assert_allclose(s["eigenvalues"][which]["error_bounds"], ep.error_bounds)
-        assert s["eigenvalues"][which]["num_matvecs"] == int(ep.num_matvecs)
+    # top-k = 6 (the default) at each end, from one solve over both ends
+    ep = ht.eigenpairs(op, 12, which="both", key=part_key(0, "eigenvalues"))
+    e = s["eigenvalues"]
+    np.testing.assert_allclose(e["largest"]["values"], ep.values[::-1][:6], rtol=1e-12)
+    np.testing.assert_allclose(e["smallest"]["values"], ep.values[:6], rtol=1e-12)
+    np.testing.assert_allclose(e["largest"]["error_bounds"], ep.error_bounds[::-1][:6])
+    assert e["num_matvecs"] == s["num_matvecs"]["eigenvalues"] == int(ep.num_matvecs) == 15
     truth = np.sort(CURVATURES)
-    np.testing.assert_allclose(s["eigenvalues"]["largest"]["values"], truth[::-1][:5], atol=1e-9)
-    np.testing.assert_allclose(s["eigenvalues"]["smallest"]["values"], truth[:5], atol=1e-9)
+    np.testing.assert_allclose(e["largest"]["values"], truth[::-1][:6], atol=1e-9)
+    np.testing.assert_allclose(e["smallest"]["values"], truth[:6], atol=1e-9)
 
     est = ht.trace(op, key=part_key(0, "trace"), num_matvecs=8)
     assert s["trace"]["value"] == pytest.approx(float(est.value), rel=1e-12)
@@ -125,6 +125,17 @@ def test_analyze_summary_equals_the_library_called_directly(toy_report):
     np.testing.assert_allclose(s["slice_1d"]["alphas"], alphas)
     np.testing.assert_allclose(s["slice_1d"]["random"], line.values, rtol=1e-12)
     assert s["slice_1d"]["direction_norm"] == pytest.approx(float(np.linalg.norm(op.ravel(d))))
+    # along the top eigenvector (curvature 12) and over the plane of the top and
+    # bottom (-3) ones, the loss is known: 0.5 a t^2 + 0.1 t^4 per axis, zero at c
+    t = s["slice_1d"]["direction_norm"] * alphas
+    np.testing.assert_allclose(s["slice_1d"]["top_eigenvector"], 6 * t**2 + 0.1 * t**4, atol=1e-12)
+    with np.load(out / "parts" / "slice_2d.npz") as saved:
+        xs, ys, plane = saved["xs"], saved["ys"], saved["values"]
+    tx, ty = np.meshgrid(t, t)  # values[i, j] is at (xs[j], ys[i])
+    known = 6 * tx**2 + 0.1 * tx**4 - 1.5 * ty**2 + 0.1 * ty**4
+    np.testing.assert_allclose(xs, alphas)
+    np.testing.assert_allclose(ys, alphas)
+    np.testing.assert_allclose(plane, known, atol=1e-12)
 
     blocks = ht.block_spectra(p.loss, p.params, *p.args, key=part_key(0, "blocks"), trace_matvecs=8)
     assert [b["name"] for b in s["blocks"]] == [b.name for b in blocks]
@@ -362,7 +373,7 @@ def test_demo_points_equal_find_critical_points(demo, name):
 @pytest.mark.slow  # ~1-2 min on 2 cores: compiling every solver for a 2,410-parameter MLP
 def test_demo_digits_mlp_analysed_before_and_after_training(tmp_path):
     argv = ["demo", "--out", str(tmp_path), "--x64", "--skip", "toy,autoencoder", "--quiet"]
-    status, _, err = _main([*argv, "--steps", "20", "--grid", "5", "--top-k", "2"])
+    status, _, err = _main([*argv, "--steps", "20", "--grid", "5"])
     assert status == 0, err
     digits = json.loads((tmp_path / "summary.json").read_text())["digits"]
     init, trained = digits["init"], digits["trained"]
