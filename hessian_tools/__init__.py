@@ -4,17 +4,20 @@ Gradients and Hessian-vector products on pytrees, dense Hessians for small
 problems, Lanczos eigenpairs at both ends of the spectrum, trace / diagonal /
 spectral-density estimates, Gauss-Newton and Fisher operators, critical
 points found and classified, loss-landscape slices, plots, and toy problems
-whose critical points are known.
+whose critical points are known. ``Problem`` bundles a loss, its point and
+its data for the ``hessian-tools analyze`` command.
 """
 
 import importlib
 from typing import Any
 
 from hessian_tools import landscape, problems
+from hessian_tools.analysis import Problem
 from hessian_tools.blocks import BlockSpectrum, block_spectra
 from hessian_tools.critical import CriticalPoint, classify, find_critical_points
 from hessian_tools.dense import hessian
 from hessian_tools.density import SpectralDensity, spectral_density
+from hessian_tools.distributed import shard_batches
 from hessian_tools.eigen import Eigenpairs, eigenpairs
 from hessian_tools.escape import EscapeDirection, escape_direction, saddle_free_newton_step
 from hessian_tools.estimators import Estimate, diagonal, trace
@@ -46,6 +49,7 @@ __all__ = [
     "HessianOperator",
     "LanczosResult",
     "MatvecOperator",
+    "Problem",
     "SpectralDensity",
     "SpectrumRecord",
     "block_spectra",
@@ -61,6 +65,7 @@ __all__ = [
     "plotting",
     "problems",
     "saddle_free_newton_step",
+    "shard_batches",
     "spectral_density",
     "trace",
     "track_spectrum",

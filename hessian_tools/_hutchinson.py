@@ -19,7 +19,7 @@ import numpy as np
 
 from hessian_tools._checks import check_int, is_traced
 from hessian_tools._operator import LinearMap, apply_linear_map
-from hessian_tools._tree import Layout, basis_combine, basis_dot
+from hessian_tools._tree import Layout, basis_combine, stack_dot
 
 __all__ = ["Products", "exact_diagonal", "mean_stderr", "project_out", "quad", "sequential"]
 
@@ -89,11 +89,8 @@ def project_out(basis: Any, z: Any, layout: Layout) -> Any:
     ``(k, *leaf.shape)``); the basis V is stored with flat leaves
     ``(d, leaf.size)``, as the Lanczos kernel keeps it."""
     flat = layout.flatten_leaves(z, lead=1)
-
-    def one(v):
-        return jax.tree.map(jnp.subtract, v, basis_combine(basis_dot(basis, v), basis))
-
-    return layout.unflatten_leaves(jax.vmap(one)(flat), lead=1)
+    projected = jax.tree.map(jnp.subtract, flat, basis_combine(stack_dot(flat, basis), basis))
+    return layout.unflatten_leaves(projected, lead=1)
 
 
 def mean_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:

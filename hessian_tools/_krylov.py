@@ -158,7 +158,10 @@ def init(v0: PyTree, num_columns: int, acc: Any) -> State:
     """
     b = jax.tree.leaves(v0)[0].shape[0]
     rows = num_columns + b
-    basis = jax.tree.map(lambda x: jnp.zeros((rows, *x.shape[1:]), x.dtype), v0)
+    # zeros of the start vectors' own sharding (P(None, *spec) per leaf)
+    basis = jax.tree.map(
+        lambda x: jnp.broadcast_to(jnp.zeros_like(x[:1]), (rows, *x.shape[1:])), v0
+    )
     eps = jnp.finfo(acc).eps
 
     def insert(i, basis):
@@ -297,6 +300,7 @@ def start(lm: LinearMap, v0: PyTree, num_columns: int, acc: Any) -> tuple[State,
     """The initial state for the stacked start vectors ``v0`` (leaves
     ``(b, *leaf.shape)``, in the operator's layout) and ``flat_product``.
     Call inside the compiled function."""
+    v0 = lm.conform(v0, lead=1)
     return init(lm.layout.flatten_leaves(v0, lead=1), num_columns, acc), flat_product(lm)
 
 

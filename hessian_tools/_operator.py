@@ -49,7 +49,7 @@ __all__ = [
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["operands"],
+    data_fields=["operands", "template"],
     meta_fields=["matvec", "layout", "block", "prepare", "loop"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,8 @@ class LinearMap:
         loop: ``"device"``: solvers iterate inside one compiled loop;
             ``"host"``: they iterate from Python, one compiled step each
             (``schedule``).
+        template: optional vector (the parameters) whose leaves carry the
+            shardings that vectors must have; ``conform`` gives them those.
     """
 
     matvec: Callable
@@ -75,6 +77,7 @@ class LinearMap:
     block: str = "map"
     prepare: Callable | None = None
     loop: str = "device"
+    template: Any = None
 
     @property
     def n(self) -> int:
@@ -86,10 +89,26 @@ class LinearMap:
 
     def bind(self) -> Callable[[PyTree], PyTree]:
         """The product ``v -> A v``. Call it once inside a compiled function
-        and use the result for all products there."""
-        if self.prepare is not None:
-            return self.prepare(*self.operands)
-        return lambda v: self.matvec(v, *self.operands)
+        and use the result for all products there; every vector is first
+        given the parameters' shardings (``conform``)."""
+        mv = self.prepare(*self.operands) if self.prepare is not None else None
+        if mv is None:
+            return lambda v: self.matvec(self.conform(v), *self.operands)
+        return lambda v: mv(self.conform(v))
+
+    def conform(self, v: PyTree, lead: int = 0) -> PyTree:
+        """``v`` (a vector, or a stack with ``lead`` leading axes) with the
+        template's shardings: adding a zero array of the parameter's
+        sharding places the values (needed in explicit-sharding mode,
+        where a tangent must have its primal's sharding; a no-op on one
+        device)."""
+        if self.template is None:
+            return v
+        return jax.tree.map(
+            lambda t, x: x + jnp.zeros_like(t, dtype=x.dtype).reshape((1,) * lead + t.shape),
+            self.template,
+            v,
+        )
 
 
 def apply_block(mv: Callable, vectors: PyTree, block: str) -> PyTree:

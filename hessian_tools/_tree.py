@@ -44,7 +44,9 @@ __all__ = [
 
 def vdot(x: PyTree, y: PyTree) -> jax.Array:
     """Sum over leaves of ``vdot(x_leaf, y_leaf)`` (no complex conjugation)."""
-    parts = [jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)]
+    # a sum of products rather than jnp.vdot, whose flattening a sharded
+    # leaf in explicit-sharding mode does not allow
+    parts = [jnp.sum(a * b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)]
     return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
 
 
@@ -83,8 +85,9 @@ def accurate_vdot(x: PyTree, y: PyTree, acc: Any) -> jax.Array:
     acc = jnp.dtype(acc)
     total = jnp.zeros((), acc)
     for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
-        if acc.itemsize > jnp.dtype(a.dtype).itemsize:
-            total = total + jnp.vdot(a.astype(acc), b.astype(acc))
+        if acc.itemsize > jnp.dtype(a.dtype).itemsize or not flat_stacks() or _explicit(a):
+            # wider accumulation, or a leaf spread over devices: a plain sum
+            total = total + jnp.sum(a.astype(acc) * b.astype(acc))
             continue
         prod = (a * b).astype(acc).ravel()
         block = 512
@@ -101,6 +104,13 @@ def accurate_vdot(x: PyTree, y: PyTree, acc: Any) -> jax.Array:
 # Stacked vectors: leaves (m, *shape)
 
 
+def flat_stacks() -> bool:
+    """Whether stacks of vectors are kept with flat leaves ``(m, size)``: on
+    one CPU device, where that contracts many times faster; never with
+    several devices, where a leaf's own shape carries its sharding."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
 def basis_dot(basis: PyTree, w: PyTree) -> jax.Array:
     """``(m,)`` inner products of each stacked vector with ``w``: one
     matrix-vector product per leaf, summed over leaves.
@@ -113,10 +123,53 @@ def basis_dot(basis: PyTree, w: PyTree) -> jax.Array:
     the stack to transpose it.
     """
     parts = [
-        q.reshape(q.shape[0], -1) @ x.reshape(-1)
+        q @ x if x.ndim == 1 else _contract(q, x)
         for q, x in zip(jax.tree.leaves(basis), jax.tree.leaves(w), strict=True)
     ]
     return sum(parts[1:], parts[0])
+
+
+def _explicit(x: Any) -> bool:
+    """Whether ``x`` carries an explicit sharding over mesh axes (in
+    explicit-sharding mode contractions over sharded axes must name their
+    output's sharding)."""
+    try:
+        sharding = jax.typeof(x).sharding
+    except Exception:
+        return False
+    spec = getattr(sharding, "spec", None)
+    return spec is not None and any(s is not None for s in spec)
+
+
+def stack_dot(a: PyTree, b: PyTree) -> jax.Array:
+    """``(ka, kb)`` inner products of two stacks (leaves ``(ka, *shape)`` and
+    ``(kb, *shape)``), summed over leaves; a replicated result."""
+
+    def one(x, y):
+        axes = (tuple(range(1, x.ndim)), tuple(range(1, y.ndim)))
+        if _explicit(x) or _explicit(y):
+            return jnp.tensordot(x, y, axes=axes, out_sharding=_replicated_like(x))
+        return jnp.tensordot(x, y, axes=axes)
+
+    parts = [one(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
+    return sum(parts[1:], parts[0])
+
+
+def _replicated_like(x: jax.Array) -> Any:
+    """The replicated sharding on ``x``'s mesh (no mesh context needed)."""
+    return jax.sharding.NamedSharding(jax.typeof(x).sharding.mesh, jax.sharding.PartitionSpec())
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+    return jax.sharding.reshard(x, _replicated_like(x))
+
+
+def _contract(q: jax.Array, x: jax.Array) -> jax.Array:
+    """``q`` (m, *shape) contracted with ``x`` (*shape) over ``shape``; the
+    (m,) result replicated (one all-reduce of m numbers when sharded)."""
+    if _explicit(x) or _explicit(q):
+        return jnp.tensordot(q, x, axes=x.ndim, out_sharding=_replicated_like(x))
+    return jnp.tensordot(q, x, axes=x.ndim)
 
 
 def basis_combine(coeffs: jax.Array, basis: PyTree) -> PyTree:
@@ -125,8 +178,9 @@ def basis_combine(coeffs: jax.Array, basis: PyTree) -> PyTree:
     dtype (see ``basis_dot`` for the shape to keep stacks in)."""
 
     def one(q):
-        out = coeffs.astype(q.dtype) @ q.reshape(q.shape[0], -1)
-        return out.reshape(coeffs.shape[:-1] + q.shape[1:]).astype(q.dtype)
+        if q.ndim == 2:
+            return (coeffs.astype(q.dtype) @ q).astype(q.dtype)
+        return jnp.tensordot(coeffs.astype(q.dtype), q, axes=1).astype(q.dtype)
 
     return jax.tree.map(one, basis)
 
@@ -240,11 +294,18 @@ class Layout:
 
     def flatten_leaves(self, tree: PyTree, lead: int = 0) -> PyTree:
         """Each leaf reshaped to ``(*lead_axes, leaf.size)``: the form the
-        Krylov basis is stored in (see ``basis_dot``)."""
+        Krylov basis is stored in on a single CPU device (see ``basis_dot``).
+        With several devices the leaves keep their shapes, and so their
+        shardings: the basis of a leaf sharded ``P(*spec)`` is sharded
+        ``P(None, *spec)``."""
+        if not flat_stacks():
+            return tree
         return jax.tree.map(lambda x: jnp.reshape(x, (*jnp.shape(x)[:lead], -1)), tree)
 
     def unflatten_leaves(self, tree: PyTree, lead: int = 0) -> PyTree:
         """Inverse of ``flatten_leaves``: leaves back to their shapes."""
+        if not flat_stacks():
+            return tree
         leaves = jax.tree.leaves(tree)
         out = [
             jnp.reshape(x, (*jnp.shape(x)[:lead], *s))
@@ -256,6 +317,8 @@ class Layout:
         """A vector as a flat ``(n,)`` array, or a stack as ``(k, n)``."""
         leaves = jax.tree.leaves(tree)
         lead = jnp.shape(leaves[0])[: jnp.ndim(leaves[0]) - len(self.shapes[0])]
+        # the flat view of a leaf sharded in explicit mode is gathered first
+        leaves = [_replicated(x) if _explicit(x) else x for x in leaves]
         parts = [jnp.reshape(x, (*lead, -1)).astype(self.dtype) for x in leaves]
         return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 

@@ -109,6 +109,30 @@ def hvp(f: Loss, params: PyTree, v: PyTree, *args: Any, wrt: Any = None) -> PyTr
     return _hvp_tree(wrapped_loss(f, partition), variables, v, (fixed, *args))
 
 
+def _sharded(tree: PyTree) -> bool:
+    """Whether a leaf of ``tree`` lives on several devices."""
+    for x in jax.tree.leaves(tree):
+        sharding = getattr(x, "sharding", None)
+        if sharding is not None and len(getattr(sharding, "device_set", ())) > 1:
+            return True
+        if is_traced(x) and len(getattr(jax.typeof(x).sharding, "mesh", {}).shape or {}) > 0:
+            return True
+    return False
+
+
+def _dense_sharding(tree: PyTree, n: int) -> Any:
+    """Where an (n, n) matrix of the params' operator goes: its rows spread
+    over every axis of the params' mesh when they are sharded (replicated
+    when n does not divide evenly), the default device otherwise."""
+    for x in jax.tree.leaves(tree):
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.device_set) > 1:
+            mesh = sharding.mesh
+            rows = tuple(mesh.axis_names) if n % mesh.size == 0 else None
+            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(rows, None))
+    return None
+
+
 def _as_vector(partition: Partition, layout: Layout, v: Any, name: str) -> PyTree:
     """``v`` as a vector of the variables: flat, a variables pytree, or a
     pytree shaped like the whole of params."""
@@ -208,7 +232,8 @@ class CurvatureOperator:
         unless set on the operator."""
         block, loop = schedule(matvec, operands, self.layout)
         block, loop = self.block or block, self.loop or loop
-        return LinearMap(matvec, operands, self.layout, block, prepare, loop)
+        template = self.variables if _sharded(self.variables) else None
+        return LinearMap(matvec, operands, self.layout, block, prepare, loop, template)
 
     # -- layout --------------------------------------------------------
     def vector(self, v: Any, name: str = "v") -> PyTree:
@@ -285,8 +310,9 @@ class CurvatureOperator:
         Row blocks are written into one preallocated host buffer and
         symmetrised there block by block, ``(H + H^T) / 2`` (forward-over-
         reverse products agree with the transpose only up to rounding), then
-        moved to the device once. Peak memory: about twice the n^2 result
-        plus one chunk.
+        moved to the device once: with its rows sharded over the
+        parameters' mesh when they are sharded. Peak memory: about twice the n^2 result plus one
+        chunk.
 
         Args:
             progress: show a progress bar of HVPs (n in all).
@@ -321,7 +347,7 @@ class CurvatureOperator:
                 ) / 2
                 dense[i : i + chunk, j : j + chunk] = avg
                 dense[j : j + chunk, i : i + chunk] = avg.T
-        return jax.device_put(dense)
+        return jax.device_put(dense, _dense_sharding(self.variables, n))
 
     def as_linear_operator(self):
         """A ``scipy.sparse.linalg.LinearOperator`` (symmetric), e.g. for
