@@ -85,7 +85,7 @@ def timed_calls(fn: Callable[[], object], reps: int) -> dict:
             t0 = time.perf_counter()
             out = fn()
             times.append(time.perf_counter() - t0)
-    warm = statistics.median(times)
+    warm = statistics.median(times) if times else cold  # reps=0: the cold call only
     return {
         "seconds": warm,
         "cold_seconds": cold,
@@ -100,8 +100,30 @@ def fresh_operator(w: wl.Workload):
     """A new HessianOperator from new float32 arrays (as at a new checkpoint)."""
     from hessian_tools.operators import HessianOperator
 
-    params, x, y = wl.as_jax(w)
-    return HessianOperator(wl.loss, params, x, y)
+    p = wl.problem(w)
+    return HessianOperator(p.loss, p.params, *p.args)
+
+
+def jitted_grad(p: wl.Problem) -> Callable[[], object]:
+    """A call of the jitted gradient of ``p.loss`` with respect to the inexact
+    array leaves of ``p.params`` (Equinox's rule: an ``eqx.Module``'s
+    functions are held fixed, closed over)."""
+    leaves, treedef = jax.tree.flatten(p.params)
+    idx = [i for i, a in enumerate(leaves) if eqx_inexact(a)]
+
+    def loss_of(variables, *args):
+        full = list(leaves)
+        for i, a in zip(idx, variables, strict=True):
+            full[i] = a
+        return p.loss(jax.tree.unflatten(treedef, full), *args)
+
+    grad = jax.jit(jax.grad(loss_of))
+    variables = [leaves[i] for i in idx]
+    return lambda: _block(grad(variables, *p.args))
+
+
+def eqx_inexact(a) -> bool:
+    return isinstance(a, (jax.Array, np.ndarray)) and jnp.issubdtype(a.dtype, jnp.inexact)
 
 
 # ---------------------------------------------------------------------------
@@ -110,12 +132,11 @@ def fresh_operator(w: wl.Workload):
 
 def hvp_times(w: wl.Workload, reps: int, loop: int = 20) -> list[dict]:
     """Gradient, HVP (op @ v), and HVPs inside a jitted loop (jvp-of-grad, linearized)."""
-    params, x, y = wl.as_jax(w)
-    grad = jax.jit(jax.grad(wl.loss))
+    grad = jitted_grad(wl.problem(w))
     op = fresh_operator(w)
     v = jax.random.normal(jax.random.PRNGKey(0), (op.n,), jnp.float32)
     rows = []
-    g = timed_calls(lambda: _block(grad(params, x, y)), reps)
+    g = timed_calls(grad, reps)
     rows.append({"impl": "ours: jax.grad (jit)", "per_call": g["seconds"], "hvps": 0, **g})
     h = timed_calls(lambda: _block(fresh_operator(w).matvec(v)), reps)
     h["per_call"] = h["seconds"]
@@ -123,7 +144,7 @@ def hvp_times(w: wl.Workload, reps: int, loop: int = 20) -> list[dict]:
     h_only = timed_calls(lambda: _block(op.matvec(v)), reps)
     h_only["per_call"] = h_only["seconds"]
     rows.append({"impl": "ours: op @ v, jvp-of-grad (same operator)", "hvps": 1, **h_only})
-    if hasattr(op, "linear_map"):
+    if loop and hasattr(op, "linear_map"):
         for linearize in (False, True):
             lm = op.linear_map(linearize=linearize)
 
@@ -151,7 +172,7 @@ def hvp_times(w: wl.Workload, reps: int, loop: int = 20) -> list[dict]:
 
 def eig_run(w: wl.Workload, k: int, which: str, reps: int, **options) -> dict:
     """``eigenpairs`` (default settings unless ``options``) on a new operator."""
-    eigenpairs = iterative_eigenpairs()
+    eigenpairs = require("eigen", "eigenpairs")
 
     def call():
         op = fresh_operator(w)
@@ -163,8 +184,10 @@ def eig_run(w: wl.Workload, k: int, which: str, reps: int, **options) -> dict:
     r.update(
         values=np.asarray(res.values, np.float64).tolist(),
         residuals=np.asarray(res.residuals, np.float64).tolist(),
+        bounds=np.asarray(res.error_bounds, np.float64).tolist(),
         converged=bool(res.converged),
         hvps=int(res.num_matvecs),
+        exact=bool(res.exact),
     )
     return r
 
@@ -172,21 +195,22 @@ def eig_run(w: wl.Workload, k: int, which: str, reps: int, **options) -> dict:
 def eig_seeds(w: wl.Workload, k: int, which: str, seeds: int, **options) -> dict:
     """One warm ``eigenpairs`` call per start vector (key s, s < seeds), after a
     compiling call; times, HVPs and values per seed."""
-    eigenpairs = iterative_eigenpairs()
+    eigenpairs = require("eigen", "eigenpairs")
 
     def call(s):
         op = fresh_operator(w)
         return _block(eigenpairs(op, k, which=which, key=jax.random.PRNGKey(s), **options))
 
     call(0)
-    times, hvps, values = [], [], []
+    times, hvps, values, bounds = [], [], [], []
     for s in range(seeds):
         t0 = time.perf_counter()
         res = call(s)
         times.append(time.perf_counter() - t0)
         hvps.append(int(res.num_matvecs))
         values.append(np.asarray(res.values, np.float64).tolist())
-    return {"seconds": times, "hvps": hvps, "values": values}
+        bounds.append(np.asarray(res.error_bounds, np.float64).tolist())
+    return {"seconds": times, "hvps": hvps, "values": values, "bounds": bounds}
 
 
 def trace_runs(w: wl.Workload, seeds: dict[str, int], num_matvecs: int = 100) -> dict:
@@ -262,3 +286,227 @@ def score_density(exact: np.ndarray, nodes, weights, cdf=None) -> dict:
         "exact_neg_frac": float(np.mean(exact < thr)),
         "threshold": thr,
     }
+
+
+# ---------------------------------------------------------------------------
+# issue 9: HVPs inside the solvers, defaults, the 2-D slice
+
+
+def schedule_of(op) -> str:
+    """How the library applies blocks of products and where its solvers loop
+    (``hessian_tools._operator.schedule``), e.g. ``"map, device"``."""
+    lm = op.linear_map()
+    return f"{lm.block}, {lm.loop}"
+
+
+def inloop_runs(w: wl.Workload, reps: int, *, k: int, trace_matvecs: int, density_matvecs: int):
+    """One standalone HVP (``op @ v``, jitted) and the per-HVP cost inside
+    eigenpairs, trace, spectral_density and a block product, on one
+    operator (the solvers' compiled code is reused between calls)."""
+    import hessian_tools as ht
+
+    op = fresh_operator(w)
+    v = jax.random.normal(jax.random.PRNGKey(0), (op.n,), jnp.float32)
+    block = jax.random.normal(jax.random.PRNGKey(1), (op.n, 8), jnp.float32)
+    key = jax.random.PRNGKey(0)
+    standalone = timed_calls(lambda: _block(op.matvec(v)), max(3 * reps, 5))
+    standalone.pop("out")
+    calls = {
+        f"eigenpairs(k={k}, method='lanczos')": lambda: ht.eigenpairs(
+            op, k, key=key, method="lanczos"
+        ),
+        f"trace(num_matvecs={trace_matvecs})": lambda: ht.trace(
+            op, key=key, num_matvecs=trace_matvecs
+        ),
+        f"spectral_density(num_matvecs={density_matvecs})": lambda: ht.spectral_density(
+            op, key=key, num_matvecs=density_matvecs
+        ),
+    }
+    rows = []
+    for label, fn in calls.items():
+        r = timed_calls(lambda fn=fn: _block(fn()), reps)
+        out = r.pop("out")
+        r["hvps"] = int(out.num_matvecs)
+        r["label"] = label
+        rows.append(r)
+        print(f"[bench]   {w.name} {label}: {r['hvps']} HVPs, {r['seconds']:.2f} s", flush=True)
+    r = timed_calls(lambda: _block(op.matmat(block)), max(reps, 2))
+    r.pop("out")
+    r.update(hvps=8, label="op @ V, V of shape (n, 8)")
+    rows.append(r)
+    for r in rows:
+        r["per_hvp"] = r["seconds"] / r["hvps"]
+        r["ratio"] = r["per_hvp"] / standalone["seconds"]
+    return {"schedule": schedule_of(op), "n": op.n, "standalone": standalone, "rows": rows}
+
+
+def defaults_runs(w: wl.Workload, *, run_classify: bool, density_seconds_per_hvp: float) -> dict:
+    """``eigenpairs(op, 1)`` with the default method (a compiling call, then a
+    warm one) and ``classify`` with its default method.
+
+    ``classify`` does not report its HVPs: they are counted from the same
+    eigenpairs call it makes (12 pairs, both ends, key ``split(0)[0]``) plus
+    the default spectral density when the point is a saddle (its index is
+    estimated). With ``run_classify`` False (an overloaded machine, where
+    its ~1,700 CNN HVPs would take many minutes) classify is not called:
+    its path and HVPs come from its cost rule (``classify_cost``) and its
+    time is estimated at ``density_seconds_per_hvp`` an HVP.
+    """
+    import hessian_tools as ht
+    from hessian_tools.critical import classify_cost
+
+    out = {"eig": eig_run(w, 1, "largest", 1)}
+    p = wl.problem(w)
+    n = w.n
+    planned = int(classify_cost(n, 6))
+    r = {"planned_hvps": planned, "n": n, "ran": run_classify}
+    if not run_classify:
+        exact = n <= planned
+        r.update(exact=exact, hvps=n if exact else planned)
+        r.update(seconds=r["hvps"] * density_seconds_per_hvp, kind="not run")
+        out["classify"] = r
+        return out
+    c = timed_calls(lambda: _block(ht.classify(p.loss, p.params, *p.args)), 0)
+    cp = c.pop("out")
+    r.update(
+        seconds=c["cold_seconds"],
+        kind=cp.kind,
+        exact=bool(cp.exact),
+        index=int(cp.index),
+        index_stderr=float(cp.index_stderr),
+    )
+    if cp.exact:
+        r["hvps"] = n
+    else:
+        k_eig, _ = jax.random.split(jax.random.PRNGKey(0))
+        ep = ht.eigenpairs(fresh_operator(w), 12, which="both", key=k_eig, method="lanczos")
+        r["eig_hvps"] = int(ep.num_matvecs)
+        budget = inspect.signature(ht.spectral_density).parameters["num_matvecs"].default
+        r["density_hvps"] = budget if cp.index_stderr > 0 or cp.kind == "saddle" else 0
+        r["hvps"] = r["eig_hvps"] + r["density_hvps"]
+    out["classify"] = r
+    return out
+
+
+def slice2d_run(w: wl.Workload, directions, xs, ys, reps: int = 1) -> dict:
+    """``ht.landscape.slice_2d`` of the loss over the grid (after a compiling call)."""
+    from hessian_tools.landscape import slice_2d
+
+    p = wl.problem(w)
+    r = timed_calls(lambda: _block(slice_2d(p.loss, p.params, directions, xs, ys, *p.args)), reps)
+    r["values"] = np.asarray(r.pop("out").values, np.float64)
+    return r
+
+
+def random_directions(w: wl.Workload, seed: int = 0):
+    """Two filter-normalised random directions (Li et al.), as pytrees like
+    the params, and as npz arrays by the workload's npz names."""
+    from hessian_tools.landscape import random_direction
+
+    p = wl.problem(w)
+    dirs = [
+        random_direction(jax.random.PRNGKey(seed + i), p.params, "filter", filter_axis=-1)
+        for i in range(2)
+    ]
+    named = []
+    for d in dirs:
+        if w.kind != "mlp":
+            raise ValueError("the 2-D slice benchmark is for the list-of-dicts MLPs")
+        named.append(
+            {f"{k}{i}": np.asarray(layer[k], np.float32) for i, layer in enumerate(d) for k in "wb"}
+        )
+    return dirs, named
+
+
+# ---------------------------------------------------------------------------
+# issue 10: ARPACK on our HVP, warm starts along a training run
+
+
+def arpack_run(w: wl.Workload, k: int, which: str, tol: float, seed: int = 0) -> dict:
+    """scipy's ``eigsh`` (ARPACK) on our HVP (``op.as_linear_operator()``),
+    HVPs counted; the operator's compiled product is warmed up first."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    op = fresh_operator(w)
+    lin = op.as_linear_operator()
+    count = [0]
+
+    def mv(x):
+        count[0] += 1
+        return lin.matvec(x)
+
+    counted = LinearOperator(lin.shape, matvec=mv, rmatvec=mv, dtype=lin.dtype)
+    v0 = np.random.default_rng(seed).standard_normal(op.n).astype(lin.dtype)
+    lin.matvec(v0)  # compile
+    t0 = time.perf_counter()
+    try:
+        vals = eigsh(counted, k=k, which="LA" if which == "largest" else "SA", tol=tol, v0=v0)[0]
+    except ArpackNoConvergence as exc:
+        return {"error": f"ArpackNoConvergence after {count[0]} HVPs: {exc}", "hvps": count[0]}
+    seconds = time.perf_counter() - t0
+    vals = np.sort(np.asarray(vals, np.float64))
+    return {
+        "seconds": seconds,
+        "hvps": count[0],
+        "values": (vals[::-1] if which == "largest" else vals).tolist(),
+        "tol": tol,
+    }
+
+
+def warm_runs(w: wl.Workload, *, lr: float, steps: int, every: int, ks=(1, 5)) -> dict:
+    """Full-batch gradient descent from the workload's parameters; at every
+    ``every`` steps, the top-k eigenpairs cold (``eigenpairs``, random
+    start ``PRNGKey(checkpoint)``) and warm (``track_spectrum`` with the
+    previous record: v0 = the previous eigenvectors), same default rtol."""
+    import hessian_tools as ht
+
+    p = wl.problem(w)
+    grad = jax.jit(jax.grad(p.loss))
+
+    @jax.jit
+    def gd(params, *args):
+        def body(_, q):
+            g = grad(q, *args)
+            return jax.tree.map(lambda a, b: a - lr * b, q, g)
+
+        return jax.lax.fori_loop(0, every, body, params)
+
+    out = {k: {"cold": [], "warm": [], "lambda": []} for k in ks}
+    params, records = p.params, dict.fromkeys(ks)
+    for c in range(steps // every + 1):
+        if c:
+            params = _block(gd(params, *p.args))
+        for k in ks:
+            op = ht.HessianOperator(p.loss, params, *p.args)
+            t0 = time.perf_counter()
+            cold = _block(ht.eigenpairs(op, k, key=jax.random.PRNGKey(c), method="lanczos"))
+            t_cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rec = _block(ht.track_spectrum(p.loss, params, *p.args, previous=records[k], k=k))
+            t_warm = time.perf_counter() - t0
+            records[k] = rec
+            o = out[k]
+            o["cold"].append(
+                {
+                    "hvps": int(cold.num_matvecs),
+                    "seconds": t_cold,
+                    "bound": float(np.max(cold.error_bounds / np.abs(cold.values))),
+                    "converged": bool(cold.converged),
+                }
+            )
+            o["warm"].append(
+                {
+                    "hvps": int(rec.num_matvecs),
+                    "seconds": t_warm,
+                    "bound": float(np.max(rec.error_bounds / np.abs(rec.values))),
+                    "converged": bool(rec.converged),
+                    "diff": float(
+                        np.max(np.abs(np.asarray(rec.values) - np.asarray(cold.values)))
+                        / abs(float(cold.values[0]))
+                    ),
+                    "abs_bounds": float(np.max(rec.error_bounds + cold.error_bounds))
+                    / abs(float(cold.values[0])),
+                }
+            )
+            o["lambda"].append(float(cold.values[0]))
+    return out

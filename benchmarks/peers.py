@@ -7,9 +7,11 @@ task so that each task's peak RSS is its own, and reads the JSON object this
 prints on its last line. Raw values only; ``run.py`` scores them against the
 float64 references.
 
-The torch model is the same MLP as ``workloads.mlp`` (``nn.Linear`` weights are
-the transposed JAX weights), float32, full batch, mean cross-entropy; each
-peer is called the way its README shows, with its default settings.
+The torch model computes the same function as the workload's JAX model
+(``_torch_model``: ``nn.Linear`` weights are the transposed JAX weights, conv
+kernels OIHW, BatchNorm in eval mode on the same running statistics),
+float32, full batch, mean cross-entropy; each peer is called the way its
+README shows, with its default settings.
 """
 
 from __future__ import annotations
@@ -29,21 +31,81 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _rss import peak_rss_mb
 
 
+def _torch_arrays(kind: str, arrays: dict) -> dict:
+    """The workload's npz arrays by torch parameter/buffer name, in torch's
+    layouts (Linear weights (out, in), conv weights OIHW)."""
+    out = {}
+    if kind == "nnx-cnn":
+        for key, a in arrays.items():
+            layer, leaf = key.split("_", 1)
+            if leaf == "kernel":
+                a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T  # HWIO -> OIHW; (in, out)
+                leaf = "weight"
+            elif leaf == "scale":
+                leaf = "weight"
+            elif leaf in ("mean", "var"):
+                leaf = f"running_{leaf}"
+            out[f"{layer}.{leaf}"] = a
+        return out
+    for key, a in arrays.items():  # Sequential(Linear, Tanh, Linear, ...): Linears at 0, 2, ...
+        i = int(key[1:])
+        out[f"{2 * i}.weight" if key[0] == "w" else f"{2 * i}.bias"] = a.T if key[0] == "w" else a
+    return out
+
+
+def _torch_model(spec):
+    import torch
+    import workloads as wl
+    from torch import nn
+
+    if spec.kind == "nnx-cnn":
+        c1, c2, classes = spec.sizes
+
+        class CNN(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv0 = nn.Conv2d(1, c1, 3, padding=1)
+                self.bn0 = nn.BatchNorm2d(c1, eps=wl.BN_EPS)
+                self.conv1 = nn.Conv2d(c1, c2, 3, padding=1)
+                self.bn1 = nn.BatchNorm2d(c2, eps=wl.BN_EPS)
+                self.dense = nn.Linear(16 * c2, classes)
+
+            def forward(self, x):  # x: (N, 64) -> (N, 1, 8, 8)
+                h = x.reshape(x.shape[0], 1, 8, 8)
+                h = torch.relu(self.bn0(self.conv0(h)))
+                h = torch.relu(self.bn1(self.conv1(h)))
+                h = nn.functional.avg_pool2d(h, 2)
+                # flatten in (h, w, c) order, as the NHWC JAX model does
+                return self.dense(h.permute(0, 2, 3, 1).reshape(h.shape[0], -1))
+
+        return CNN()
+    layers = []
+    for i, (a, b) in enumerate(zip(spec.sizes[:-1], spec.sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(spec.sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def _set_tensors(model, named: dict) -> None:
+    import torch
+
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for key, a in named.items():
+            tensors[key].copy_(torch.from_numpy(np.ascontiguousarray(a)))
+
+
 def _load(name: str):
+    """The workload as (torch model in eval mode, loss, inputs, targets)."""
     import torch
     import workloads as wl
 
-    params, x, y = wl.load_npz(wl.params_path(name))
-    layers = []
-    for i, p in enumerate(params):
-        lin = torch.nn.Linear(*p["w"].shape)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(p["w"].T.copy()))
-            lin.bias.copy_(torch.from_numpy(p["b"]))
-        layers.append(lin)
-        if i < len(params) - 1:
-            layers.append(torch.nn.Tanh())
-    model = torch.nn.Sequential(*layers)
+    spec = wl.WORKLOADS[name]
+    arrays, x, y = wl.load_npz(wl.params_path(name))
+    model = _torch_model(spec)
+    _set_tensors(model, _torch_arrays(spec.kind, arrays))
+    model.eval()  # BatchNorm on its running statistics, as in the JAX model
     inputs = torch.from_numpy(x)
     targets = torch.from_numpy(y.argmax(axis=1)).long()
     return model, torch.nn.CrossEntropyLoss(), inputs, targets
@@ -188,13 +250,27 @@ def task_top1(name, reps, seeds, **_):
     return out
 
 
-def task_top10(name, reps, **_):
+def task_top10(name, reps, seeds, extras, **_):
+    """PyHessian's top-10 once per start vector (``manual_seed(s)``, s < seeds);
+    with ``extras``, hessian-eigenthings' deflated power iteration and Lanczos."""
     import hessian_eigenthings as he
     import torch
+    from pyhessian import hessian
 
-    torch.manual_seed(0)
-    out = {"pyhessian": _pyhessian_top(name, 10, reps)}
     model, crit, xs, ys = _load(name)
+    counter = _Counter()
+    times, hvps, values = [], [], []
+    for s in range(seeds):
+        torch.manual_seed(s)
+        counter.count = 0
+        t0 = time.perf_counter()
+        vals, _ = hessian(model, crit, data=(xs, ys), cuda=False).eigenvalues(top_n=10)
+        times.append(time.perf_counter() - t0)
+        hvps.append(counter.count)
+        values.append([float(v) for v in vals])
+    out = {"pyhessian_seeds": {"seconds": times, "hvps": hvps, "values": values}}
+    if not extras:
+        return out
     for key, fn, r in (
         ("eigenthings_power", lambda op: he.deflated_power_iteration(op, k=10, seed=0), 1),
         ("eigenthings_lanczos", lambda op: he.lanczos(op, k=10, which="LA", seed=0), reps),
@@ -206,11 +282,11 @@ def task_top10(name, reps, **_):
                 res = fn(op)
                 return res, count[0]
 
-            t, (res, hvps) = _timed(run, r)
+            t, (res, n_hvps) = _timed(run, r)
             out[key] = {
                 "seconds": t,
                 "values": res.eigenvalues.tolist(),
-                "hvps": hvps,
+                "hvps": n_hvps,
                 "converged": bool(res.converged.all()),
             }
         except Exception as exc:  # report, don't crash the benchmark
@@ -330,6 +406,45 @@ def task_matfree(name, reps, budgets, **_):
     return out
 
 
+def task_slice2d(name, directions, **_):
+    """The loss-landscape tool's 2-D slice (Li et al.'s ``plot_surface.py``):
+    for each grid point, set the weights to params + x d1 + y d2, forward
+    pass, loss; a plain Python loop under ``torch.no_grad()``. The
+    directions and the grid come from ``run.py`` (npz: ``xs``, ``ys``,
+    ``d1_<name>``, ``d2_<name>`` by the workload's npz names)."""
+    import torch
+    import workloads as wl
+
+    model, crit, xs, ys = _load(name)
+    spec_kind = wl.WORKLOADS[name].kind
+    with np.load(directions) as z:
+        gx, gy = z["xs"], z["ys"]
+        d = [
+            _torch_arrays(spec_kind, {k[3:]: z[k] for k in z.files if k.startswith(p)})
+            for p in ("d1_", "d2_")
+        ]
+    params = dict(model.named_parameters())
+    origin = {k: p.detach().clone() for k, p in params.items()}
+    d1 = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in d[0].items()}
+    d2 = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in d[1].items()}
+    zero = {k: torch.zeros_like(p) for k, p in origin.items()}
+
+    def grid():
+        values = np.zeros((len(gy), len(gx)))
+        with torch.no_grad():
+            for i, b in enumerate(gy):
+                for j, a in enumerate(gx):
+                    for k, p in params.items():
+                        p.copy_(origin[k] + a * d1.get(k, zero[k]) + b * d2.get(k, zero[k]))
+                    values[i, j] = crit(model(xs), ys).item()
+        return values
+
+    grid()  # warm-up (allocator, threads), as our side gets a compiling call
+    t0 = time.perf_counter()
+    values = grid()
+    return {"seconds": time.perf_counter() - t0, "values": values.tolist()}
+
+
 def task_memory(name, **_):
     """Fresh process: PyHessian top-10 (the peak RSS is what we compare)."""
     import torch
@@ -356,6 +471,7 @@ TASKS = {
     "trace": task_trace,
     "density": task_density,
     "matfree": task_matfree,
+    "slice2d": task_slice2d,
     "memory": task_memory,
     "memory_base": task_memory_base,
 }
@@ -368,12 +484,21 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budgets", default="20,40,80")
+    parser.add_argument("--directions", default="", help="npz of the slice's grid and directions")
+    parser.add_argument("--extras", action="store_true", help="also the slow peer variants")
     a = parser.parse_args()
     budgets = [int(b) for b in a.budgets.split(",")]
     threads = None
     try:
         threads = _pick_threads(a.workload) if a.task != "matfree" else None
-        out = TASKS[a.task](a.workload, reps=a.reps, seeds=a.seeds, budgets=budgets)
+        out = TASKS[a.task](
+            a.workload,
+            reps=a.reps,
+            seeds=a.seeds,
+            budgets=budgets,
+            directions=a.directions,
+            extras=a.extras,
+        )
     except Exception as exc:
         out = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     out["torch_threads"] = threads

@@ -81,6 +81,37 @@ def _git() -> str:
         return "unknown"
 
 
+def previous_targets() -> list[str]:
+    """The targets table of the committed RESULTS.md (git HEAD), to compare with."""
+    try:
+        proc = subprocess.run(
+            ["git", "show", "HEAD:benchmarks/RESULTS.md"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(__file__),
+        )
+    except OSError:
+        return []
+    lines, keep = [], False
+    for line in proc.stdout.splitlines():
+        if line.startswith("## "):
+            keep = line.strip() == "## Targets"
+            continue
+        if keep and line.startswith("|"):
+            lines.append(line)
+    head = next((ln for ln in proc.stdout.splitlines() if ln.startswith("Written by")), "")
+    if not lines:
+        return []
+    return [
+        "## Previous run's targets (committed RESULTS.md)",
+        "",
+        head,
+        "",
+        *lines,
+        "",
+    ]
+
+
 def document(ctx, sections, argv, seconds, load0, load1, platform) -> str:
     refs = ctx.refs
     versions = ", ".join(
@@ -108,13 +139,8 @@ def document(ctx, sections, argv, seconds, load0, load1, platform) -> str:
         "* Data: scikit-learn's bundled digits (1,797 images), inputs divided by 16 "
         "(so in [0, 1]), labels one-hot, full batch, mean cross-entropy, float32.",
     ]
-    for name, (sizes, steps, seed) in wl.WORKLOADS.items():
-        n = wl.get_workload(name).n
-        trained = f"after {steps} full-batch Adam steps (lr {wl.ADAM_LR})" if steps else "at init"
-        lines.append(
-            f"* Workload {name!r}: MLP {'-'.join(map(str, sizes))} tanh, n = {n:,}, "
-            f"{trained}, init seed {seed}."
-        )
+    for name in wl.WORKLOADS:
+        lines.append(f"* Workload {name!r}: {wl.get_workload(name).describe()}.")
     for name, r in refs.items():
         lines.append(f"* Reference for {name!r}: {r['method']}; trace: {r['trace_method']}.")
     if "small" in refs:
@@ -127,4 +153,5 @@ def document(ctx, sections, argv, seconds, load0, load1, platform) -> str:
         lines.append(f"| {what} | {measured} | {fmt(ok)} |")
     lines.append("")
     lines += sections
+    lines += previous_targets()
     return "\n".join(lines) + "\n"

@@ -4,6 +4,15 @@ Run by ``make bench`` as ``.venv/bin/python benchmarks/run.py``; writes
 ``benchmarks/RESULTS.md``. Options: ``--quick`` (one repetition, 3 seeds: a
 smoke run), ``--only hvp,top10`` (sections: see ``SECTIONS``), ``--no-peers``.
 
+Workloads (``workloads.py``): the W-mid MLP (n = 85,002), a small MLP, a
+Flax NNX CNN and an Equinox MLP, all on digits. Sections: HVP and gradient
+cost; the HVP cost inside the solvers and the schedule the library picks
+(issue 9); top-1 / top-10 / bottom-5 eigenvalues with their certified bounds
+against PyHessian, hessian-eigenthings, matfree and ARPACK (issue 10); trace
+and its stderr calibration; spectral density; the default method on the CNN
+(dense only when cheaper); a 21x21 loss slice against a plain torch loop;
+warm starts along a training run; peak RSS.
+
 Our code runs in this process in float32 (x64 stays off here). The float64
 references run once in their own process (``references.py``) and are cached
 with the trained parameters (``$HT_BENCH_CACHE``, default
@@ -35,19 +44,40 @@ import trace_floor
 import workloads as wl
 
 PEER_PY = os.path.join(ROOT, ".venv-bench", "bin", "python")
-SECTIONS = ("hvp", "top1", "top10", "bottom5", "trace", "density", "memory")
+SECTIONS = (
+    "hvp",
+    "inloop",
+    "top1",
+    "top10",
+    "bottom5",
+    "trace",
+    "density",
+    "defaults",
+    "slice2d",
+    "warm",
+    "memory",
+)
 BIG = "W-mid"
+#: workloads of the eigenvalue tables (float64 references: references.py)
+EIG_WORKLOADS = (BIG, "small", "CNN", "eqx-MLP")
 
 
 class Context:
     def __init__(self, args):
         self.args = args
         self.quick = args.quick
-        self.reps = 1 if args.quick else 3
+        # repetitions are few: five engineers share this 2-core machine
+        self.reps = 1 if args.quick else 2
         self.seeds = 3 if args.quick else 10
-        # the trace target is a median over seeds, and the default method sits
-        # near it: judge it on 120 (its median moves by ~15% between sets of 60)
-        self.trace_seeds = 3 if args.quick else 120
+        # the trace target is a median over seeds (of W-mid, ~1.8 s a seed on an idle
+        # machine); the stderr calibration needs >= 100 seeds: the small model's
+        self.trace_seeds = 3 if args.quick else 10
+        self.trace_other_seeds = 3
+        self.calib_seeds = 5 if args.quick else 120
+        self.top10_seeds = 2 if args.quick else 3  # PyHessian's top-10 takes ~4 s a start
+        self.arpack_bottom_tols = (1e-2,)  # ~1,300 HVPs; tol=1e-3 needs ~2,000 more
+        self.warm_steps, self.warm_every = (40, 20) if args.quick else (120, 20)
+        self.block_seconds, self.density_seconds = {}, {}
         self.refs = {}
         self._peer_cache = {}
         self.hvp_seconds = {}
@@ -143,9 +173,12 @@ def _max_rel(values, ref):
 
 def sec_hvp(ctx, out):
     rows = []
-    for name in (BIG, "small"):
+    for name in EIG_WORKLOADS:
         w = wl.get_workload(name)
-        for r in ours.hvp_times(w, reps=max(ctx.reps * 5, 5)):
+        # the CNN's jitted-loop rows would take minutes: those loops are what its
+        # schedule avoids ('inloop' section)
+        loop = 0 if name == "CNN" else 20
+        for r in ours.hvp_times(w, reps=3 if name == "CNN" else max(ctx.reps * 5, 5), loop=loop):
             rows.append(
                 [
                     name,
@@ -193,136 +226,139 @@ def sec_hvp(ctx, out):
     )
 
 
-def _eig_section(ctx, out, k, which, title, peer_task):
-    rows, res_by = [], {}
-    for name in (BIG, "small"):
-        ref = ctx.ref(name)["top" if which == "largest" else "bottom"][:k]
-        w = wl.get_workload(name)
-        try:
-            r = ours.eig_run(w, k, which, ctx.reps if which == "largest" else 1)
-            err = _max_rel(r["values"], ref)
-            scale = abs(ctx.ref(name)["top"][0])
-            res = max(r["residuals"]) / scale
-            rows.append(
-                [
-                    name,
-                    f"hessian_tools eigenpairs(k={k}, which={which!r})",
-                    r["seconds"],
-                    r["hvps"],
-                    err,
-                    res,
-                    r["converged"],
-                    r["compile_seconds"],
-                    r["recompiles"],
-                ]
-            )
-            res_by[name] = (r, err)
-            if k == 1 and name == BIG:
-                # PyHessian's accuracy (~1e-3) needs a residual of ~sqrt(1e-3 gap λ)
-                q = ours.eig_run(w, k, which, ctx.reps, tol=1e-2)
-                q_err = _max_rel(q["values"], ref)
-                rows.append(
-                    [
-                        name,
-                        "hessian_tools eigenpairs(k=1, tol=1e-2)",
-                        q["seconds"],
-                        q["hvps"],
-                        q_err,
-                        max(q["residuals"]) / scale,
-                        q["converged"],
-                        q["compile_seconds"],
-                        q["recompiles"],
-                    ]
-                )
-        except ours.NotAvailable as exc:
-            rows.append([name, "hessian_tools", None, None, None, None, None, None, str(exc)])
-        if peer_task is None or name != BIG:
+EIG_COLUMNS = [
+    "workload",
+    "implementation",
+    "time (s)",
+    "HVPs",
+    "max rel. error",
+    "max bound / |λ|",
+    "error <= bound",
+    "converged",
+    "compile (s)",
+    "recompiles / note",
+]
+
+
+def _certificate(values, bounds, ref):
+    """(max bound / |λ|, every true error <= its bound) of one result."""
+    order = np.argsort(values)[:: -1 if ref[0] > ref[-1] else 1]
+    vals = np.asarray(values)[order][: len(ref)]
+    bnds = np.asarray(bounds)[order][: len(ref)]
+    errs = np.abs(vals - np.asarray(ref[: len(vals)]))
+    return float(np.max(bnds / np.abs(vals))), bool(np.all(errs <= bnds))
+
+
+def _ours_row(name, label, r, ref):
+    rel_bound, holds = _certificate(r["values"], r["bounds"], ref)
+    return [
+        name,
+        label + (" (dense path)" if r.get("exact") else ""),
+        r["seconds"],
+        r["hvps"],
+        _max_rel(r["values"], ref),
+        rel_bound,
+        holds,
+        r["converged"],
+        r["compile_seconds"],
+        r["recompiles"],
+    ]
+
+
+def _arpack_rows(ctx, name, k, which, ref, tols):
+    rows, runs = [], []
+    for tol in tols:
+        a = ours.arpack_run(wl.get_workload(name), k, which, tol)
+        if "error" in a:
+            rows.append([name, f"scipy eigsh (ARPACK, tol={tol:g})", *[None] * 7, a["error"]])
             continue
-        p = ctx.peer(peer_task, name)
-        if peer_task == "top10" and ctx.peers.get("ok"):
-            m = res_by.get(name, ({"hvps": 40},))[0]["hvps"]
-            budgets = sorted({20, 40, int(m)}) if not ctx.quick else [int(m)]
-            p["matfree"] = ctx.peer("matfree", name, "--budgets", ",".join(map(str, budgets)))
-        for key, label in (
-            ("pyhessian", f"PyHessian eigenvalues(top_n={k})"),
-            ("eigenthings_power", "hessian-eigenthings deflated_power_iteration"),
-            ("eigenthings_lanczos", "hessian-eigenthings lanczos(which='LA')"),
-        ):
-            if key not in p and "error" not in p:
-                continue
-            q = p.get(key, p)
-            if "error" in q:
-                rows.append([name, label, None, None, None, None, None, None, q["error"]])
-                continue
-            q["err"] = _max_rel(q["values"], ref)
-            rows.append(
-                [
-                    name,
-                    label,
-                    q["seconds"],
-                    q["hvps"],
-                    q["err"],
-                    None,
-                    q.get("converged"),
-                    None,
-                    None,
-                ]
-            )
-        for m, q in sorted(p.get("matfree", {}).items(), key=lambda kv: str(kv[0])):
-            if isinstance(q, dict) and "values" in q:
-                rows.append(
-                    [
-                        name,
-                        f"matfree eigh_partial(tridiag_sym({m}))",
-                        q["seconds"],
-                        q["hvps"],
-                        _max_rel(q["values"][:k], ref),
-                        None,
-                        None,
-                        q["compile"],
-                        None,
-                    ]
-                )
-            elif m == "error":
-                rows.append([name, "matfree", None, None, None, None, None, None, q])
-        ph = p.get("pyhessian", {})
-        if name in res_by and "seconds" in ph and k > 1:  # top-1: see sec_top1
-            r, err = res_by[name]
-            ratio = r["seconds"] / ph["seconds"]
-            ok_err = err <= 1e-5
-            ctx.target(
-                f"top-{k}: time <= 0.5x PyHessian's, rel. error <= 1e-5",
-                f"{ratio:.2f}x PyHessian's time; error {err:.1e} vs PyHessian {ph['err']:.1e}",
-                ratio <= 0.5 and ok_err,
-            )
-    out.append(
-        report.table(
-            title,
+        a["err"] = _max_rel(a["values"], ref)
+        runs.append(a)
+        rows.append(
             [
-                "workload",
-                "implementation",
-                "time (s)",
-                "HVPs",
-                "max rel. error",
-                "max residual / λ_max",
-                "converged",
-                "compile (s)",
-                "recompiles / note",
-            ],
-            rows,
-            "Default settings, operator built inside the timed call; median of warm calls. "
-            "Relative error: max over the k values, sorted algebraically, against the float64 "
-            "reference.",
+                name,
+                f"scipy eigsh (ARPACK, tol={tol:g}) on our HVP",
+                a["seconds"],
+                a["hvps"],
+                a["err"],
+                None,
+                None,
+                None,
+                None,
+                None,
+            ]
         )
+    return rows, runs
+
+
+def _peer_row(name, label, seconds, hvps, q, ref):
+    """A row of a peer's result ``q`` (values, and optionally converged / compile)."""
+    err = _max_rel(q["values"][: len(ref)], ref)
+    return [name, label, seconds, hvps, err, None, None, q.get("converged"), q.get("compile"), None]
+
+
+def _peer_seed_row(name, label, q, ref):
+    errs = [_max_rel(v, ref) for v in q["values"]]
+    return [
+        name,
+        f"{label}, median over {len(errs)} starts",
+        float(np.median(q["seconds"])),
+        int(np.median(q["hvps"])),
+        float(np.median(errs)),
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+
+
+def _eig_table(title, rows, extra=""):
+    return report.table(
+        title,
+        EIG_COLUMNS,
+        rows,
+        "Default settings (rtol 1e-4 in float32) unless stated, operator built inside the "
+        "timed call; median of warm calls. Relative error: max over the k values, sorted "
+        "algebraically, against the float64 reference; bound: the certified "
+        "`error_bounds`, and whether each true error is below its bound." + extra,
     )
-    return res_by
+
+
+def _ours_eig_rows(ctx, k, which, names):
+    rows, res_by = [], {}
+    for name in names:
+        ref = ctx.ref(name)["top" if which == "largest" else "bottom"][:k]
+        reps = ctx.reps if which == "largest" and name != "CNN" else 1
+        reps = 0 if which == "smallest" and name == BIG else reps  # ~600 HVPs a call
+        try:
+            r = ours.eig_run(wl.get_workload(name), k, which, reps)
+        except ours.NotAvailable as exc:
+            rows.append([name, "hessian_tools", *[None] * 7, str(exc)])
+            continue
+        label = f"hessian_tools eigenpairs(k={k}, which={which!r})"
+        label += ", one call (compile included)" if reps == 0 else ""
+        rows.append(_ours_row(name, label, r, ref))
+        res_by[name] = r
+    return rows, res_by
 
 
 def sec_top1(ctx, out):
-    _eig_section(ctx, out, 1, "largest", "Top-1 eigenvalue", "top1")
+    ref = ctx.ref(BIG)["top"][:1]
+    rows, _ = _ours_eig_rows(ctx, 1, "largest", EIG_WORKLOADS)
+    p = ctx.peer("top1", BIG)
+    q = p.get("pyhessian", p)
+    if "error" in q:
+        rows.append([BIG, "PyHessian eigenvalues(top_n=1)", *[None] * 7, q["error"]])
+    else:
+        rows.append(
+            _peer_row(BIG, "PyHessian eigenvalues(top_n=1)", q["seconds"], q["hvps"], q, ref)
+        )
+    arp_rows, _ = _arpack_rows(ctx, BIG, 1, "largest", ref, (1e-4, 1e-6))
+    rows += arp_rows
+    out.append(_eig_table("Top-1 eigenvalue", rows))
     # PyHessian's power iteration takes 6 to 19 HVPs depending on its start
     # vector, so one start decides little: compare medians over start vectors.
-    ref = ctx.ref(BIG)["top"][:1]
     w = wl.get_workload(BIG)
     rows, med = [], {}
     try:
@@ -331,14 +367,19 @@ def sec_top1(ctx, out):
         }
     except ours.NotAvailable as exc:
         runs = {"hessian_tools": {"error": str(exc)}}
-    p = ctx.peer("top1", BIG)
     runs["PyHessian eigenvalues(top_n=1)"] = p.get("pyhessian_seeds", p)
+    cert = None
     for label, q in runs.items():
         if "error" in q:
-            rows.append([label, None, None, None, None, None, q["error"]])
+            rows.append([label, *[None] * 7, q["error"]])
             continue
         errs = [_max_rel(np.atleast_1d(v), ref) for v in q["values"]]
         med[label] = (float(np.median(q["seconds"])), float(np.median(errs)))
+        bound, holds = None, None
+        if "bounds" in q:
+            certs = [_certificate(v, b, ref) for v, b in zip(q["values"], q["bounds"], strict=True)]
+            bound, holds = max(c[0] for c in certs), all(c[1] for c in certs)
+            cert = (bound, holds)
         rows.append(
             [
                 label,
@@ -347,16 +388,21 @@ def sec_top1(ctx, out):
                 f"{int(np.median(q['hvps']))} ({min(q['hvps'])}-{max(q['hvps'])})",
                 med[label][1],
                 max(errs),
+                bound,
+                holds,
                 None,
             ]
         )
-    if len(med) == 2:
+    if len(med) == 2 and cert is not None:
         (ours_t, ours_e), (ph_t, ph_e) = med.values()
+        ok = ours_t <= 0.5 * ph_t and ours_e <= ph_e and cert[0] <= 1e-4 and cert[1]
         ctx.target(
             f"top-1 over {ctx.seeds} start vectors: median time <= 0.5x PyHessian's, "
-            "equal or better median accuracy",
-            f"{ours_t / ph_t:.2f}x; median error {ours_e:.1e} vs PyHessian {ph_e:.1e}",
-            ours_t <= 0.5 * ph_t and ours_e <= ph_e,
+            "equal or better median accuracy, every bound <= 1e-4 |λ| and above the true error",
+            f"{ours_t / ph_t:.2f}x ({ours_t:.3f} s vs {ph_t:.3f} s); median error {ours_e:.1e} "
+            f"vs PyHessian {ph_e:.1e}; max bound {cert[0]:.1e} |λ|, errors below bounds: "
+            f"{'yes' if cert[1] else 'no'}",
+            ok,
         )
     out.append(
         report.table(
@@ -368,6 +414,8 @@ def sec_top1(ctx, out):
                 "HVPs: median (range)",
                 "median rel. error",
                 "max rel. error",
+                "max bound / |λ|",
+                "every error <= bound",
                 "note",
             ],
             rows,
@@ -378,26 +426,133 @@ def sec_top1(ctx, out):
 
 
 def sec_top10(ctx, out):
-    res_by = _eig_section(ctx, out, 10, "largest", "Top-10 eigenvalues", "top10")
+    k, ref = 10, ctx.ref(BIG)["top"][:10]
+    rows, res_by = _ours_eig_rows(ctx, k, "largest", EIG_WORKLOADS)
+    w = wl.get_workload(BIG)
+    seeds = ours.eig_seeds(w, k, "largest", ctx.top10_seeds)
+    errs = [_max_rel(v, ref) for v in seeds["values"]]
+    certs = [_certificate(v, b, ref) for v, b in zip(seeds["values"], seeds["bounds"], strict=True)]
+    t_ours = float(np.median(seeds["seconds"]))
+    rows.append(
+        [
+            BIG,
+            f"hessian_tools eigenpairs(k=10), median over {len(errs)} starts",
+            t_ours,
+            int(np.median(seeds["hvps"])),
+            float(np.median(errs)),
+            max(c[0] for c in certs),
+            all(c[1] for c in certs),
+            None,
+            None,
+            None,
+        ]
+    )
+    # hessian-eigenthings' top-10 (peers.py --extras) takes ~400 HVPs: left out here
+    p = ctx.peer("top10", BIG, "--seeds", str(ctx.top10_seeds))
+    ph = p.get("pyhessian_seeds", p)
+    if "error" in ph:
+        rows.append([BIG, "PyHessian eigenvalues(top_n=10)", *[None] * 7, ph["error"]])
+    else:
+        rows.append(_peer_seed_row(BIG, "PyHessian eigenvalues(top_n=10)", ph, ref))
+    for key, label in (
+        ("eigenthings_power", "hessian-eigenthings deflated_power_iteration"),
+        ("eigenthings_lanczos", "hessian-eigenthings lanczos(which='LA')"),
+    ):
+        q = p.get(key)
+        if q is None:
+            continue
+        if "error" in q:
+            rows.append([BIG, label, *[None] * 7, q["error"]])
+            continue
+        rows.append(_peer_row(BIG, label, q["seconds"], q["hvps"], q, ref))
+    if ctx.peers.get("ok"):
+        m = int(np.median(seeds["hvps"]))
+        budgets = sorted({20, 40, m}) if not ctx.quick else [m]
+        mf = ctx.peer("matfree", BIG, "--budgets", ",".join(map(str, budgets)))
+        for b, q in sorted(mf.items(), key=lambda kv: str(kv[0])):
+            if isinstance(q, dict) and "values" in q:
+                label = f"matfree eigh_partial(tridiag_sym({b}))"
+                rows.append(_peer_row(BIG, label, q["seconds"], q["hvps"], q, ref))
+            elif b == "error":
+                rows.append([BIG, "matfree", *[None] * 7, q])
+    arp_rows, arp = _arpack_rows(ctx, BIG, k, "largest", ref, (1e-3, 1e-5))
+    rows += arp_rows
+    out.append(_eig_table("Top-10 eigenvalues", rows))
+    if "error" not in ph:
+        t_ph = float(np.median(ph["seconds"]))
+        ph_err = float(np.median([_max_rel(v, ref) for v in ph["values"]]))
+        bound, holds = max(c[0] for c in certs), all(c[1] for c in certs)
+        ctx.target(
+            "top-10: median time <= 0.2x PyHessian's, every bound <= 1e-4 |λ| and above "
+            "the true error",
+            f"{t_ours / t_ph:.2f}x ({t_ours:.2f} s vs {t_ph:.2f} s, {len(errs)} starts); "
+            f"median error {np.median(errs):.1e} vs PyHessian {ph_err:.1e}; max bound "
+            f"{bound:.1e} |λ|, errors below bounds: {'yes' if holds else 'no'}",
+            t_ours <= 0.2 * t_ph and bound <= 1e-4 and holds,
+        )
+    # ARPACK at equal accuracy: the cheapest ARPACK run at least as accurate as ours
+    ours_err, ours_hvps = float(np.median(errs)), int(np.median(seeds["hvps"]))
+    good = [a for a in arp if a["err"] <= max(ours_err, 1e-9)]
+    if good:
+        a = min(good, key=lambda a: a["hvps"])
+        ctx.target(
+            "top-10 HVPs <= 1x ARPACK's (eigsh on our HVP) at equal accuracy",
+            f"{ours_hvps} vs {a['hvps']} HVPs ({ours_hvps / a['hvps']:.2f}x; error "
+            f"{ours_err:.1e} vs {a['err']:.1e} at tol={a['tol']:g})",
+            ours_hvps <= a["hvps"],
+        )
+    if BIG not in ctx.hvp_seconds:
+        ctx.hvp_seconds[BIG] = ours.hvp_times(w, reps=5)[2]["per_call"]
     if BIG in res_by:
-        if BIG not in ctx.hvp_seconds:
-            ctx.hvp_seconds[BIG] = ours.hvp_times(wl.get_workload(BIG), reps=5)[2]["per_call"]
-        r = res_by[BIG][0]
+        r = res_by[BIG]
         ratio = r["seconds"] / (r["hvps"] * ctx.hvp_seconds[BIG])
         ctx.target(
-            "Lanczos time <= 1.2 x num_matvecs x HVP time (top-10)", f"{ratio:.2f}", ratio <= 1.2
+            "Lanczos time <= 1.2 x num_matvecs x HVP time (top-10)",
+            f"{ratio:.2f} ({r['hvps']} HVPs, {r['seconds']:.2f} s)",
+            ratio <= 1.2,
         )
 
 
 def sec_bottom5(ctx, out):
-    res_by = _eig_section(ctx, out, 5, "smallest", "Most negative 5 eigenvalues", None)
-    if BIG in res_by:
-        r, err = res_by[BIG]
+    k, ref = 5, ctx.ref(BIG)["bottom"][:5]
+    # not the CNN: its bottom end needs hundreds of HVPs at ~5x W-mid's cost each
+    names = [n for n in EIG_WORKLOADS if n != "CNN"]
+    rows, res_by = _ours_eig_rows(ctx, k, "smallest", names)
+    w = wl.get_workload(BIG)
+    loose = ours.eig_run(w, k, "smallest", 0, rtol=1e-3)
+    label = "hessian_tools eigenpairs(k=5, 'smallest', rtol=1e-3), one call (compile included)"
+    rows.append(_ours_row(BIG, label, loose, ref))
+    arp_rows, arp = _arpack_rows(ctx, BIG, k, "smallest", ref, ctx.arpack_bottom_tols)
+    rows += arp_rows
+    out.append(_eig_table("Most negative 5 eigenvalues", rows))
+    cands = [(r, _max_rel(r["values"], ref)) for r in (res_by.get(BIG), loose) if r]
+    cands = [(r, e) for r, e in cands if e <= 1e-3]
+    good = [a for a in arp if a["err"] <= 1e-3]
+    if cands and good:
+        r, e = min(cands, key=lambda c: c[0]["hvps"])
+        a = min(good, key=lambda a: a["hvps"])
         ctx.target(
-            "bottom-5 converged, residuals reported",
-            f"converged={r['converged']}, HVPs={r['hvps']}, max residual "
-            f"{max(r['residuals']):.1e}, rel. error {err:.1e}",
-            r["converged"],
+            "bottom-5 to rel. error 1e-3 in <= 0.5x ARPACK's HVPs",
+            f"{r['hvps']} vs {a['hvps']} HVPs ({r['hvps'] / a['hvps']:.2f}x); error {e:.1e} "
+            f"vs ARPACK {a['err']:.1e} (tol={a['tol']:g}); {r['seconds']:.1f} s vs "
+            f"{a['seconds']:.1f} s",
+            r["hvps"] <= 0.5 * a["hvps"],
+        )
+    elif not good:
+        ctx.target(
+            "bottom-5 to rel. error 1e-3 in <= 0.5x ARPACK's HVPs",
+            "no ARPACK run reached 1e-3: "
+            + ", ".join(f"tol={a['tol']:g}: {a['err']:.1e}" for a in arp),
+            None,
+        )
+    if BIG in res_by:
+        r = res_by[BIG]
+        bound, holds = _certificate(r["values"], r["bounds"], ref)
+        ctx.target(
+            "bottom-5 (defaults) says what it achieved: converged, errors below the bounds",
+            f"converged={r['converged']}, {r['hvps']} HVPs, max bound {bound:.1e} |λ|, "
+            f"rel. error {_max_rel(r['values'], ref):.1e}",
+            r["converged"] and holds,
         )
 
 
@@ -406,11 +561,13 @@ def sec_trace(ctx, out):
     w = wl.get_workload(BIG)
     rows = []
     try:
-        seeds = {m: ctx.seeds for m in ("hutch++", "krylov", "xtrace", "hutchinson")}
+        seeds = {m: ctx.trace_other_seeds for m in ("hutch++", "krylov", "xtrace", "hutchinson")}
         res = ours.trace_runs(w, seeds | {"krylov": ctx.trace_seeds})
+        calib = ours.trace_runs(wl.get_workload("small"), {"krylov": ctx.calib_seeds})
+        calib_row(ctx, calib["krylov"], ctx.ref("small")["trace"], "small")
     except ours.NotAvailable as exc:
         res = {"hessian_tools trace": {"error": str(exc)}}
-    p = ctx.peer("trace", BIG)
+    p = ctx.peer("trace", BIG, "--seeds", str(ctx.trace_other_seeds))
     peers = {
         "PyHessian trace() (defaults)": p.get("pyhessian", p),
         "hessian-eigenthings trace(hutch++, 100)": p.get("eigenthings_hutchpp", p),
@@ -418,11 +575,15 @@ def sec_trace(ctx, out):
     entries = {f"hessian_tools trace({m!r}, 100)": q for m, q in res.items()} | peers
     for label, q in entries.items():
         if "error" in q:
-            rows.append([label, None, None, None, None, None, None, q["error"]])
+            rows.append([label, None, None, None, None, None, None, None, q["error"]])
             continue
         errs = [_rel(v, ref) for v in q["values"]]
         med, med_ci = float(np.median(errs)), _median_ci(errs)
         se = float(np.median(q["stderrs"])) / abs(ref) if "stderrs" in q else None
+        calib = None
+        if "stderrs" in q:
+            zs = (np.asarray(q["values"]) - ref) / np.asarray(q["stderrs"])
+            calib = f"{np.mean(np.abs(zs) > 2):.0%} / {np.std(zs):.2f}"
         rows.append(
             [
                 label,
@@ -432,10 +593,12 @@ def sec_trace(ctx, out):
                 med_ci,
                 max(errs),
                 se,
+                calib,
                 q.get("compile_seconds"),
             ]
         )
         if "hessian_tools" in label and "'krylov'" in label:  # the default method
+            calib_row(ctx, q, ref, BIG)
             ctx.target(
                 f"trace, 100 HVPs: median rel. error <= 2e-3 (default, {len(errs)} seeds)",
                 f"{med_ci} (95% interval of the median)",
@@ -452,12 +615,31 @@ def sec_trace(ctx, out):
                 "median rel. error (95% interval)",
                 "max rel. error",
                 "median stderr / trace",
+                "beyond 2σ / std of z",
                 "compile (s) / note",
             ],
             rows,
             "Reference: exact float64 trace from per-layer pre-activation Hessians "
-            "(references.py)." + trace_floor_note(ctx),
+            "(references.py). Calibration: z = (estimate - trace) / stderr over the seeds; "
+            "a calibrated stderr puts ~5% of seeds beyond 2σ and gives std(z) ~ 1."
+            + trace_floor_note(ctx),
         )
+    )
+
+
+def calib_row(ctx, q, ref, name) -> None:
+    """The stderr calibration target of one set of seeds of trace('krylov')."""
+    if "error" in q:
+        return
+    z = (np.asarray(q["values"]) - ref) / np.asarray(q["stderrs"])
+    beyond = float(np.mean(np.abs(z) > 2))
+    med = float(np.median(np.abs(np.asarray(q["values"]) - ref))) / abs(ref)
+    ctx.target(
+        f"trace('krylov', 100) stderr calibrated on {name}: fraction beyond 2σ within "
+        f"5% ± 3% ({len(z)} seeds; judged at >= 100)",
+        f"{beyond:.1%} beyond 2σ; std of z = (estimate - trace) / stderr {np.std(z):.2f}; "
+        f"mean z {np.mean(z):+.2f}; median rel. error {med:.1e}",
+        0.02 <= beyond <= 0.08 if len(z) >= 100 else None,
     )
 
 
@@ -572,6 +754,253 @@ def sec_density(ctx, out):
     )
 
 
+def sec_inloop(ctx, out):
+    """Issue 9: an HVP inside the solvers costs what a standalone one does."""
+    rows = []
+    for name in (BIG, "CNN", "eqx-MLP"):
+        w = wl.get_workload(name)
+        reps = 1
+        # the CNN's HVP costs ~5x W-mid's on CPU: smaller budgets keep the run short
+        trace_m, density_m = (40, 48) if name == "CNN" else (100, 120)
+        r = ours.inloop_runs(w, reps, k=5, trace_matvecs=trace_m, density_matvecs=density_m)
+        t1 = r["standalone"]["seconds"]
+        ctx.hvp_seconds.setdefault(name, t1)
+        ctx.block_seconds[name] = r["rows"][-1]["per_hvp"]
+        ctx.density_seconds[name] = r["rows"][2]["per_hvp"]
+        rows.append([name, r["n"], r["schedule"], "standalone op @ v (jitted)", 1, t1 * 1e3, 1.0])
+        worst = []
+        for q in r["rows"]:
+            rows.append([name, None, None, q["label"], q["hvps"], q["per_hvp"] * 1e3, q["ratio"]])
+            if not q["label"].startswith("op @ V"):
+                worst.append((q["ratio"], q["label"].split("(")[0]))
+        ratio, what = max(worst)
+        ctx.target(
+            f"HVP inside eigenpairs, trace and density <= 1.3x a standalone HVP ({name})",
+            f"worst {ratio:.2f}x ({what}); schedule {r['schedule']}; standalone {t1 * 1e3:.1f} ms",
+            ratio <= 1.3,
+        )
+    out.append(
+        report.table(
+            "HVP cost inside the solvers (issue 9)",
+            [
+                "workload",
+                "n",
+                "schedule (block, loop)",
+                "call",
+                "HVPs",
+                "ms per HVP",
+                "÷ standalone HVP",
+            ],
+            rows,
+            "Per-HVP cost = the call's warm time / its num_matvecs (orthogonalisation and "
+            "eigh of T included), against one standalone jitted HVP (`op @ v`, jvp-of-grad) "
+            "timed in the same run. The schedule is the library's rule "
+            "(`hessian_tools._operator.schedule`): on CPU, products without a convolution "
+            "use `lax.map` over blocks and compiled loops ('map, device'); products with one "
+            "use `vmap` and loops driven from Python, one compiled step each ('vmap, host'). "
+            "The solver calls reuse one operator; top-5 eigenpairs' error bounds and the "
+            "estimates are in the sections below.",
+        )
+    )
+
+
+def sec_defaults(ctx, out):
+    """Issue 9: the default method never pays the dense price by surprise (CNN)."""
+    name = "CNN"
+    w = wl.get_workload(name)
+    ref = ctx.ref(name)["top"][:1]
+    if name not in ctx.block_seconds:
+        r = ours.inloop_runs(w, 1, k=1, trace_matvecs=8, density_matvecs=24)
+        ctx.hvp_seconds.setdefault(name, r["standalone"]["seconds"])
+        ctx.block_seconds[name] = r["rows"][-1]["per_hvp"]
+        ctx.density_seconds[name] = r["rows"][2]["per_hvp"]
+    per_col, t_hvp = ctx.block_seconds[name], ctx.hvp_seconds[name]
+    # classify spends ~1,700 HVPs on the CNN: run it where that takes minutes, not
+    # tens of minutes (an idle machine: ~70 ms an HVP)
+    run_classify = not ctx.quick and t_hvp <= 0.15
+    r = ours.defaults_runs(
+        w, run_classify=run_classify, density_seconds_per_hvp=ctx.density_seconds[name]
+    )
+    n = w.n
+    dense_t = n * per_col
+    e, c = r["eig"], r["classify"]
+    rel_bound, holds = _certificate(e["values"], e["bounds"], ref)
+    if c["ran"]:
+        c_note = (
+            f"{c['kind']}, index {c['index']} ± {c['index_stderr']:.0f}; one call, "
+            "compilation included"
+        )
+    else:
+        c_note = (
+            f"NOT RUN: a standalone HVP took {t_hvp * 1e3:.0f} ms on this loaded machine "
+            f"(run where <= 150 ms); HVPs from its cost rule, time estimated at "
+            f"{ctx.density_seconds[name] * 1e3:.0f} ms an HVP (the density's, measured)"
+        )
+    rows = [
+        [
+            "eigenpairs(op, 1) (default method)",
+            "dense" if e["exact"] else "lanczos",
+            e["hvps"],
+            e["seconds"],
+            f"rel. error {_max_rel(e['values'], ref):.1e}, bound {rel_bound:.1e} |λ|, "
+            f"error <= bound: {'yes' if holds else 'no'}",
+        ],
+        [
+            "classify(loss, params, *args) (default method)",
+            "dense" if c["exact"] else "lanczos",
+            c["hvps"],
+            c["seconds"],
+            (
+                f"{c['eig_hvps']} HVPs for 12 eigenpairs (both ends) + {c['density_hvps']} "
+                f"for the density (the cost rule planned {c['planned_hvps']}); "
+                if "eig_hvps" in c
+                else ""
+            )
+            + c_note,
+        ],
+        [
+            "dense path (either call)",
+            "dense",
+            n,
+            dense_t,
+            f"estimated: n x {per_col * 1e3:.0f} ms, the per-column cost of a block product",
+        ],
+    ]
+    ctx.target(
+        "eigenpairs(op, 1) on the CNN does not go dense (<= 40 HVPs)",
+        f"{e['hvps']} HVPs, {e['seconds']:.2f} s ({'dense' if e['exact'] else 'lanczos'}) vs "
+        f"dense {n} HVPs, ~{dense_t:.0f} s",
+        (not e["exact"]) and e["hvps"] <= 40,
+    )
+    ctx.target(
+        "classify on the CNN: no dense path unless cheaper",
+        f"{c['hvps']} HVPs, {c['seconds']:.0f} s{'' if c['ran'] else ' (estimated)'} vs "
+        f"dense {n} HVPs, ~{dense_t:.0f} s",
+        c["hvps"] <= n,
+    )
+    out.append(
+        report.table(
+            f"Default method on the CNN (n = {n:,}): dense only when cheaper (issue 9)",
+            ["call", "path taken", "HVPs", "time (s)", "note"],
+            rows,
+            "eigenpairs: one warm call after a compiling one. classify does not report its "
+            "HVPs: they are counted from the same eigenpairs call it makes plus the default "
+            "spectral density when the point is a saddle (its index is estimated).",
+        )
+    )
+
+
+def sec_slice2d(ctx, out):
+    """Issue 9: a 21x21 slice of W-mid against a plain torch loop (Li et al.'s tool)."""
+    w = wl.get_workload(BIG)
+    xs = ys = np.linspace(-1.0, 1.0, 21)
+    dirs, named = ours.random_directions(w)
+    path = os.path.join(wl.cache_dir(), "slice2d_directions.npz")
+    np.savez(
+        path,
+        xs=xs,
+        ys=ys,
+        **{f"d{i + 1}_{k}": a for i, d in enumerate(named) for k, a in d.items()},
+    )
+    r = ours.slice2d_run(w, dirs, xs, ys, reps=ctx.reps)
+    p = ctx.peer("slice2d", BIG, "--directions", path)
+    rows = [["hessian_tools landscape.slice_2d", xs.size * ys.size, r["seconds"], None, None]]
+    if "error" in p:
+        rows.append(["plain torch loop (loss-landscape style)", None, None, None, p["error"]])
+    else:
+        tv = np.asarray(p["values"])
+        diff = float(np.max(np.abs(tv - r["values"])))
+        rows.append(["plain torch loop (loss-landscape style)", tv.size, p["seconds"], diff, None])
+        ratio = r["seconds"] / p["seconds"]
+        rows[0][3] = diff
+        rows[0][4] = f"{ratio:.2f}x the torch loop's time"
+        ctx.target(
+            "21x21 2-D slice (W-mid) <= 1.0x a plain torch loop",
+            f"{ratio:.2f}x ({r['seconds']:.2f} s vs {p['seconds']:.2f} s); max |difference| "
+            f"of the loss grids {diff:.1e} (loss ~{float(np.median(tv)):.3g})",
+            ratio <= 1.0,
+        )
+    out.append(
+        report.table(
+            "2-D loss slice, 21 x 21 grid on [-1, 1]^2 (W-mid)",
+            ["implementation", "points", "time (s)", "max abs. difference of the grids", "note"],
+            rows,
+            "Two filter-normalised random directions (`ht.landscape.random_direction`, "
+            "biases zeroed), the same for both. Ours: warm call (after a compiling one); "
+            "torch: Li et al.'s loop (set the weights, forward pass, loss, per grid point "
+            "under `torch.no_grad()`), after a warm-up pass.",
+        )
+    )
+
+
+def sec_warm(ctx, out):
+    """Issue 10: warm starts along a training run cost <= 0.5x cold ones."""
+    lr, steps, every = 0.5, ctx.warm_steps, ctx.warm_every
+    res = ours.warm_runs(wl.get_workload(BIG), lr=lr, steps=steps, every=every)
+    rows = []
+    for k, o in res.items():
+        cold, warm = o["cold"][1:], o["warm"][1:]  # checkpoint 0: both start cold
+        hc, hw = sum(q["hvps"] for q in cold), sum(q["hvps"] for q in warm)
+        tc = float(np.median([q["seconds"] for q in cold]))
+        tw = float(np.median([q["seconds"] for q in warm]))
+        rows.append(
+            [
+                f"top-{k}, cold: eigenpairs(op, {k}), new random start",
+                len(cold),
+                f"{np.median([q['hvps'] for q in cold]):.0f} "
+                f"({min(q['hvps'] for q in cold)}-{max(q['hvps'] for q in cold)})",
+                tc,
+                max(q["bound"] for q in cold),
+                all(q["converged"] for q in cold),
+                None,
+            ]
+        )
+        rows.append(
+            [
+                f"top-{k}, warm: track_spectrum(previous=record)",
+                len(warm),
+                f"{np.median([q['hvps'] for q in warm]):.0f} "
+                f"({min(q['hvps'] for q in warm)}-{max(q['hvps'] for q in warm)})",
+                tw,
+                max(q["bound"] for q in warm),
+                all(q["converged"] for q in warm),
+                f"max |warm - cold| {max(q['diff'] for q in warm):.1e} λ_max (sum of both "
+                f"bounds {max(q['abs_bounds'] for q in warm):.1e} λ_max)",
+            ]
+        )
+        ctx.target(
+            f"warm-started top-{k} along training: <= 0.5x the cold HVPs",
+            f"{hw} vs {hc} HVPs ({hw / hc:.2f}x) over {len(cold)} checkpoints; median "
+            f"{tw:.2f} s vs {tc:.2f} s; max bound {max(q['bound'] for q in warm):.1e} vs "
+            f"{max(q['bound'] for q in cold):.1e} |λ|",
+            hw <= 0.5 * hc,
+        )
+    lam = res[1]["lambda"]
+    out.append(
+        report.table(
+            f"Warm starts along a training run (W-mid, full-batch GD, lr {lr:g}, "
+            f"{steps} steps, measured every {every})",
+            [
+                "measurement",
+                "checkpoints",
+                "HVPs: median (range)",
+                "median time (s)",
+                "max bound / |λ|",
+                "converged",
+                "note",
+            ],
+            rows,
+            "At each checkpoint after the first, a cold call (key = checkpoint) and a warm "
+            "one (v0 = the previous checkpoint's eigenvectors), both at the default rtol "
+            "1e-4; the warm record of checkpoint 0 started cold and is not counted. No "
+            "float64 reference exists at these checkpoints: the warm and cold values agree "
+            "to within the sum of their bounds (note). λ_max along the run: "
+            + ", ".join(f"{v:.3f}" for v in lam)
+            + f" (2/lr = {2 / lr:g}).",
+        )
+    )
+
+
 def sec_memory(ctx, out):
     rows = []
     ours_runs = {}
@@ -610,11 +1039,15 @@ def sec_memory(ctx, out):
 
 FUNCS = {
     "hvp": sec_hvp,
+    "inloop": sec_inloop,
     "top1": sec_top1,
     "top10": sec_top10,
     "bottom5": sec_bottom5,
     "trace": sec_trace,
     "density": sec_density,
+    "defaults": sec_defaults,
+    "slice2d": sec_slice2d,
+    "warm": sec_warm,
     "memory": sec_memory,
 }
 

@@ -1,47 +1,107 @@
-"""Benchmark workloads: digits data, tanh MLPs, mean cross-entropy, float32.
+"""Benchmark workloads: digits data, three model families, mean cross-entropy, float32.
 
 Shared by the benchmark driver (``run.py``), the float64 reference process
 (``references.py``) and the fresh-process memory runs (``child.py``). The peer
 process (``peers.py``, torch) reads the same data and parameters from the
 ``.npz`` files written here, so every implementation sees identical weights.
+This module imports only numpy and JAX at the top (the peer venv has no Flax
+or Equinox); the model libraries are imported where a workload needs them.
 
 Data: scikit-learn's bundled digits (1,797 8x8 images), pixels divided by 16
 so that inputs lie in [0, 1], labels one-hot over 10 classes; full batch.
+
+Models (``Spec.kind``):
+
+* ``"mlp"``: tanh MLP as a list of ``{"w": (in, out), "b": (out,)}`` dicts.
+* ``"eqx-mlp"``: the same function as an ``equinox.nn.MLP``, passed to
+  hessian_tools whole (its activation functions are non-array leaves).
+* ``"nnx-cnn"``: a Flax NNX CNN, conv(3x3)-BatchNorm-relu twice, a 2x2 average
+  pool, then dense; BatchNorm in eval mode. ``nnx.split(model, nnx.Param,
+  nnx.BatchStat)``: the Params are the variables, the running statistics go
+  to the loss as an argument (data, held fixed).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import tempfile
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    kind: str  # "mlp", "eqx-mlp", "nnx-cnn"
+    sizes: tuple[int, ...]  # MLP layer sizes; for the CNN (conv channels..., classes)
+    adam_steps: int  # full-batch Adam steps before the benchmark
+    seed: int  # init seed
+    lr: float = 1e-3
+
+
 WORKLOADS = {
-    # name: (layer sizes, Adam steps before the benchmark, init seed)
-    "small": ((64, 32, 10), 0, 0),
-    "W-mid": ((64, 256, 256, 10), 200, 0),
+    "W-mid": Spec("mlp", (64, 256, 256, 10), 200, 0),
+    "small": Spec("mlp", (64, 32, 10), 0, 0),
+    "CNN": Spec("nnx-cnn", (8, 8, 10), 200, 0),
+    "eqx-MLP": Spec("eqx-mlp", (64, 64, 10), 200, 0),
 }
-ADAM_LR = 1e-3
+#: workloads whose float64 reference is the dense Hessian (n HVPs) + eigh
+DENSE_REFERENCE = ("small", "CNN", "eqx-MLP")
+BN_EPS = 1e-5  # NNX's and torch's BatchNorm default epsilon
+BN_MOMENTUM = 0.9  # running statistics settle within the 200 training steps
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """A model, its data and its parameters (float32, numpy)."""
+    """A model, its data and its parameters (float32 numpy arrays, by npz name)."""
 
     name: str
-    sizes: tuple[int, ...]
-    params: list  # [{"w": (in, out), "b": (out,)}, ...] as numpy float32
+    spec: Spec
+    arrays: dict  # weights by npz name (see save_npz), float32
     x: np.ndarray  # (N, 64) float32 in [0, 1]
     y: np.ndarray  # (N, 10) float32 one-hot
-    adam_steps: int
 
     @property
     def n(self) -> int:
-        return sum(i * o + o for i, o in itertools.pairwise(self.sizes))
+        return int(sum(a.size for k, a in self.arrays.items() if not _is_statistic(k)))
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def adam_steps(self) -> int:
+        return self.spec.adam_steps
+
+    def describe(self) -> str:
+        s = self.spec
+        if s.adam_steps:
+            trained = f"after {s.adam_steps} full-batch Adam steps (lr {s.lr:g})"
+        else:
+            trained = "at init"
+        if s.kind == "nnx-cnn":
+            c1, c2, out = s.sizes
+            model = (
+                f"Flax NNX CNN conv3x3(1->{c1})-BN-relu, conv3x3({c1}->{c2})-BN-relu, "
+                f"avg-pool 2x2, dense({16 * c2}->{out}); BN in eval mode, its statistics "
+                "passed to the loss as an argument"
+            )
+        elif s.kind == "eqx-mlp":
+            model = (
+                f"equinox.nn.MLP {'-'.join(map(str, s.sizes))} tanh, the eqx.Module whole as params"
+            )
+        else:
+            model = f"MLP {'-'.join(map(str, s.sizes))} tanh (list of dicts)"
+        return f"{model}, n = {self.n:,}, {trained}, init seed {s.seed}"
+
+
+def _is_statistic(key: str) -> bool:
+    return key.endswith("_mean") or key.endswith("_var")
 
 
 def load_digits_data() -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +129,10 @@ def init_params(sizes: tuple[int, ...], seed: int) -> list:
     return params
 
 
+# ---------------------------------------------------------------------------
+# MLP (list of dicts)
+
+
 def mlp(params, x):
     """tanh MLP; the last layer is linear (logits)."""
     h = x
@@ -79,30 +143,215 @@ def mlp(params, x):
     return h
 
 
+def cross_entropy(logits, y):
+    """Mean cross-entropy over the batch (y one-hot)."""
+    return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits), axis=-1))
+
+
 def loss(params, x, y):
-    """Mean cross-entropy over the batch."""
-    return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(mlp(params, x)), axis=-1))
+    """Mean cross-entropy of the MLP over the batch."""
+    return cross_entropy(mlp(params, x), y)
 
 
-def adam(params, x, y, steps: int, lr: float = ADAM_LR):
-    """``steps`` full-batch Adam steps (beta1=0.9, beta2=0.999, eps=1e-8)."""
+def mlp_layers(arrays: dict) -> list:
+    depth = sum(1 for k in arrays if k.startswith("w"))
+    return [{"w": arrays[f"w{i}"], "b": arrays[f"b{i}"]} for i in range(depth)]
+
+
+# ---------------------------------------------------------------------------
+# Equinox MLP (the module whole as params)
+
+
+def eqx_loss(model, x, y):
+    """Mean cross-entropy of an ``equinox.nn.MLP`` (applied per sample)."""
+    return cross_entropy(jax.vmap(model)(x), y)
+
+
+def eqx_model(spec: Spec, arrays: dict | None = None, dtype=jnp.float32):
+    """The ``equinox.nn.MLP`` of ``spec`` (Equinox's own init), with ``arrays``'
+    weights when given (npz layout: ``w`` is (in, out), Equinox's is (out, in))."""
+    import equinox as eqx
+
+    sizes = spec.sizes
+    if len(set(sizes[1:-1])) > 1:
+        raise ValueError("equinox.nn.MLP has one hidden width")
+    model = eqx.nn.MLP(
+        sizes[0],
+        sizes[-1],
+        sizes[1],
+        len(sizes) - 2,
+        activation=jnp.tanh,
+        key=jax.random.PRNGKey(spec.seed),
+    )
+    if arrays is not None:
+        layers = mlp_layers(arrays)
+        weights = [jnp.asarray(p["w"].T, dtype) for p in layers]
+        biases = [jnp.asarray(p["b"], dtype) for p in layers]
+        model = eqx.tree_at(
+            lambda m: [lin.weight for lin in m.layers] + [lin.bias for lin in m.layers],
+            model,
+            weights + biases,
+        )
+    return model
+
+
+def eqx_arrays(model) -> dict:
+    out = {}
+    for i, layer in enumerate(model.layers):
+        out[f"w{i}"] = np.asarray(layer.weight, np.float32).T.copy()
+        out[f"b{i}"] = np.asarray(layer.bias, np.float32)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Flax NNX CNN (BatchNorm statistics as an argument)
+
+
+@functools.cache
+def cnn_class():
+    """The NNX module class (defined once, so graph definitions compare equal)."""
+    from flax import nnx
+
+    class CNN(nnx.Module):
+        def __init__(self, c1: int, c2: int, classes: int, rngs: nnx.Rngs):
+            self.conv0 = nnx.Conv(1, c1, (3, 3), rngs=rngs)
+            self.bn0 = nnx.BatchNorm(c1, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
+            self.conv1 = nnx.Conv(c1, c2, (3, 3), rngs=rngs)
+            self.bn1 = nnx.BatchNorm(c2, momentum=BN_MOMENTUM, epsilon=BN_EPS, rngs=rngs)
+            self.dense = nnx.Linear(16 * c2, classes, rngs=rngs)
+
+        def __call__(self, x):  # x: (N, 8, 8, 1), NHWC
+            h = nnx.relu(self.bn0(self.conv0(x)))
+            h = nnx.relu(self.bn1(self.conv1(h)))
+            h = nnx.avg_pool(h, (2, 2), strides=(2, 2))
+            return self.dense(h.reshape(h.shape[0], -1))  # flattened in (h, w, c) order
+
+    return CNN
+
+
+def images(x):
+    """(N, 64) digits as (N, 8, 8, 1) NHWC images."""
+    return x.reshape(x.shape[0], 8, 8, 1)
+
+
+@functools.cache
+def _cnn_graphdefs(spec: Spec):
+    """(module, train graphdef, eval graphdef) of the spec's CNN at init."""
+    from flax import nnx
+
+    c1, c2, classes = spec.sizes
+    model = cnn_class()(c1, c2, classes, nnx.Rngs(spec.seed))
+    model.train()
+    train_def = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
+    model.eval()
+    eval_def = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
+    return model, train_def, eval_def
+
+
+@functools.cache
+def cnn_loss(spec: Spec) -> Callable:
+    """``loss(params, stats, x, y)`` in eval mode: one function object per spec,
+    so every operator for this model reuses the compiled solvers."""
+    from flax import nnx
+
+    eval_def = _cnn_graphdefs(spec)[2]
+
+    def loss_fn(params, stats, x, y):
+        return cross_entropy(nnx.merge(eval_def, params, stats)(images(x)), y)
+
+    return loss_fn
+
+
+_CNN_LAYERS = ("conv0", "bn0", "conv1", "bn1", "dense")
+_CNN_LEAVES = {"conv": ("kernel", "bias"), "bn": ("scale", "bias", "mean", "var")}
+
+
+def _cnn_leaves(layer: str) -> tuple[str, ...]:
+    return _CNN_LEAVES["bn"] if layer.startswith("bn") else _CNN_LEAVES["conv"]
+
+
+def cnn_state(spec: Spec, arrays: dict | None = None, dtype=jnp.float32):
+    """(params, stats): NNX States of the CNN's Params and BatchStats, set
+    from ``arrays`` (npz names ``conv0_kernel``, ``bn0_mean``, ...) if given."""
+    from flax import nnx
+
+    model = _cnn_graphdefs(spec)[0]
+    _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    if arrays is not None:
+        for layer in _CNN_LAYERS:
+            for leaf in _cnn_leaves(layer):
+                state = stats if leaf in ("mean", "var") else params
+                state[layer][leaf].set_value(jnp.asarray(arrays[f"{layer}_{leaf}"], dtype))
+    cast = lambda a: jnp.asarray(a, dtype)
+    return jax.tree.map(cast, params), jax.tree.map(cast, stats)
+
+
+def cnn_arrays(params, stats) -> dict:
+    out = {}
+    for layer in _CNN_LAYERS:
+        for leaf in _cnn_leaves(layer):
+            state = stats if leaf in ("mean", "var") else params
+            out[f"{layer}_{leaf}"] = np.asarray(state[layer][leaf].get_value(), np.float32)
+    return out
+
+
+def _train_cnn(spec: Spec, x, y):
+    """Full-batch Adam in train mode (batch statistics; the running ones follow)."""
+    from flax import nnx
+
+    _, train_def, _ = _cnn_graphdefs(spec)
+    params, stats = cnn_state(spec)
+
+    def train_loss(p, s):
+        model = nnx.merge(train_def, p, s, copy=True)
+        value = cross_entropy(model(images(x)), y)
+        return value, nnx.state(model, nnx.BatchStat)
+
+    params, stats = adam(train_loss, params, stats, spec.adam_steps, spec.lr, python_loop=True)
+    return cnn_arrays(params, stats)
+
+
+# ---------------------------------------------------------------------------
+# Training, the cache, and the JAX view of a workload
+
+
+def adam(loss_and_aux, params, aux, steps: int, lr: float, *, python_loop: bool = False):
+    """``steps`` full-batch Adam steps (beta1=0.9, beta2=0.999, eps=1e-8) on
+    ``loss_and_aux(params, aux) -> (loss, new aux)``, in one ``lax.scan``, or
+    one jitted step at a time with ``python_loop`` (for convolutions: XLA's
+    CPU backend runs their backward pass slowly inside a loop body, see
+    ``hessian_tools._operator.schedule``; 28 s instead of 283 s here)."""
     b1, b2, eps = 0.9, 0.999, 1e-8
+    grad = jax.grad(loss_and_aux, has_aux=True)
 
     @jax.jit
     def step(carry, t):
-        p, m, v = carry
-        g = jax.grad(loss)(p, x, y)
+        p, a, m, v = carry
+        g, a = grad(p, a)
         m = jax.tree.map(lambda m_, g_: b1 * m_ + (1 - b1) * g_, m, g)
         v = jax.tree.map(lambda v_, g_: b2 * v_ + (1 - b2) * g_ * g_, v, g)
         mh = jax.tree.map(lambda m_: m_ / (1 - b1**t), m)
         vh = jax.tree.map(lambda v_: v_ / (1 - b2**t), v)
-        p = jax.tree.map(lambda p_, a, b: p_ - lr * a / (jnp.sqrt(b) + eps), p, mh, vh)
-        return (p, m, v), None
+        p = jax.tree.map(lambda p_, a_, b_: p_ - lr * a_ / (jnp.sqrt(b_) + eps), p, mh, vh)
+        return (p, a, m, v), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    ts = jnp.arange(1, steps + 1, dtype=jnp.float32)
-    (params, _, _), _ = jax.lax.scan(step, (params, zeros, zeros), ts)
-    return params
+    carry = (params, aux, zeros, zeros)
+    if python_loop:
+        for t in range(1, steps + 1):
+            carry, _ = step(carry, jnp.float32(t))
+    else:
+        carry, _ = jax.lax.scan(step, carry, jnp.arange(1, steps + 1, dtype=jnp.float32))
+    return carry[0], carry[1]
+
+
+def _train_mlp(layers: list, x, y, spec: Spec) -> list:
+    if not spec.adam_steps:
+        return layers
+    p = jax.tree.map(jnp.asarray, layers)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    p, _ = adam(lambda q, a: (loss(q, xj, yj), a), p, (), spec.adam_steps, spec.lr)
+    return jax.tree.map(lambda a: np.asarray(a, np.float32), p)
 
 
 def cache_dir() -> str:
@@ -115,43 +364,74 @@ def cache_dir() -> str:
 
 
 def params_path(name: str) -> str:
-    sizes, steps, seed = WORKLOADS[name]
-    tag = "-".join(map(str, sizes))
-    return os.path.join(cache_dir(), f"params_{tag}_adam{steps}_seed{seed}.npz")
+    spec = WORKLOADS[name]
+    tag = "-".join(map(str, spec.sizes))
+    kind = "" if spec.kind == "mlp" else f"{spec.kind}_"
+    lr = "" if spec.lr == 1e-3 else f"_lr{spec.lr:g}"
+    return os.path.join(
+        cache_dir(), f"params_{kind}{tag}_adam{spec.adam_steps}{lr}_seed{spec.seed}.npz"
+    )
 
 
-def save_npz(path: str, params: list, x: np.ndarray, y: np.ndarray) -> None:
-    arrays = {"x": x, "y": y}
-    for i, layer in enumerate(params):
-        arrays[f"w{i}"] = np.asarray(layer["w"], np.float32)
-        arrays[f"b{i}"] = np.asarray(layer["b"], np.float32)
-    np.savez(path, **arrays)
+def save_npz(path: str, arrays: dict, x: np.ndarray, y: np.ndarray) -> None:
+    np.savez(path, x=x, y=y, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
 
-def load_npz(path: str) -> tuple[list, np.ndarray, np.ndarray]:
+def load_npz(path: str) -> tuple[dict, np.ndarray, np.ndarray]:
     with np.load(path) as z:
-        depth = sum(1 for k in z.files if k.startswith("w"))
-        params = [{"w": z[f"w{i}"], "b": z[f"b{i}"]} for i in range(depth)]
-        return params, z["x"], z["y"]
+        arrays = {k: z[k] for k in z.files if k not in ("x", "y")}
+        return arrays, z["x"], z["y"]
+
+
+def _train(spec: Spec, x, y) -> dict:
+    if spec.kind == "nnx-cnn":
+        return _train_cnn(spec, jnp.asarray(x), jnp.asarray(y))
+    if spec.kind == "eqx-mlp":
+        start = mlp_layers(eqx_arrays(eqx_model(spec)))  # Equinox's own init
+    else:
+        start = init_params(spec.sizes, spec.seed)
+    layers = _train_mlp(start, x, y, spec)
+    return {f"{k}{i}": p[k] for i, p in enumerate(layers) for k in ("w", "b")}
 
 
 def get_workload(name: str) -> Workload:
     """The workload's data and parameters, trained (float32) and cached on first use."""
-    sizes, steps, seed = WORKLOADS[name]
+    spec = WORKLOADS[name]
     path = params_path(name)
     if not os.path.exists(path):
         x, y = load_digits_data()
-        params = init_params(sizes, seed)
-        if steps:
-            p = jax.tree.map(jnp.asarray, params)
-            p = adam(p, jnp.asarray(x), jnp.asarray(y), steps)
-            params = jax.tree.map(lambda a: np.asarray(a, np.float32), p)
-        save_npz(path, params, x, y)
-    params, x, y = load_npz(path)
-    return Workload(name, sizes, params, x, y, steps)
+        tmp = path + ".tmp.npz"
+        save_npz(tmp, _train(spec, x, y), x, y)
+        os.replace(tmp, path)
+    arrays, x, y = load_npz(path)
+    return Workload(name, spec, arrays, x, y)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What hessian_tools is handed: ``HessianOperator(loss, params, *args)``."""
+
+    loss: Callable
+    params: object
+    args: tuple
+
+
+def problem(w: Workload, dtype=jnp.float32) -> Problem:
+    """The workload as JAX objects of ``dtype``: loss, params (the pytree the
+    user passes) and the loss's other arguments."""
+    cast = lambda a: jnp.asarray(a, dtype)
+    x, y = cast(w.x), cast(w.y)
+    if w.kind == "nnx-cnn":
+        params, stats = cnn_state(w.spec, w.arrays, dtype)
+        return Problem(cnn_loss(w.spec), params, (stats, x, y))
+    if w.kind == "eqx-mlp":
+        return Problem(eqx_loss, eqx_model(w.spec, w.arrays, dtype), (x, y))
+    return Problem(loss, jax.tree.map(cast, mlp_layers(w.arrays)), (x, y))
 
 
 def as_jax(w: Workload, dtype=jnp.float32):
-    """(params, x, y) as JAX arrays of ``dtype``."""
-    cast = lambda a: jnp.asarray(a, dtype)
-    return jax.tree.map(cast, w.params), cast(w.x), cast(w.y)
+    """(params, x, y) of an MLP workload as JAX arrays of ``dtype``."""
+    p = problem(w, dtype)
+    if w.kind != "mlp":
+        raise ValueError(f"as_jax is for the list-of-dicts MLPs; use problem() for {w.name}")
+    return (p.params, *p.args)
