@@ -7,10 +7,12 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -154,15 +156,31 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(toy_report, tmp_pa
         [sys.executable, "-m", "hessian_tools", *args],
         cwd=REPO,
         env=ENV,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    for line in proc.stderr:  # the first part's status line, then Ctrl-C
-        if "done in" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    lines, first_part_done = [], threading.Event()
+
+    def read_stderr():
+        for line in proc.stderr:
+            lines.append(line)
+            if "done in" in line:  # the first part's status line
+                first_part_done.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:  # start-up (imports, the first compile) bounded: never a hung test
+        assert first_part_done.wait(timeout=240), "no part finished:\n" + "".join(lines)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    proc.stderr.close()
+    err = "".join(lines)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err
     assert "Traceback" not in err
@@ -171,10 +189,11 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(toy_report, tmp_pa
     assert json.loads((out / "summary.json").read_text())["parts"] == [
         p for p in ht.analysis.PARTS if p in done
     ]  # the report of the finished parts was written too
-    resume_cmd = err.strip().splitlines()[-1].split()
+    resume_cmd = shlex.split(err.strip().splitlines()[-1])  # the command it printed
+    assert resume_cmd[:3] == [sys.executable, "-m", "hessian_tools"]
     assert resume_cmd[-1] == "--resume" and resume_cmd[resume_cmd.index("--out") + 1] == str(out)
 
-    run = _cli(*args, "--resume")
+    run = subprocess.run(resume_cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "reused the saved result" in run.stderr
     resumed = json.loads((out / "summary.json").read_text())
