@@ -71,8 +71,38 @@ def test_deflated_methods_beat_hutchinson_with_outliers():
     assert med["xtrace"] < med["hutchinson"] / 3, med
 
 
+def _beyond_two_sigma(fn, method, exact, seeds=120):
+    """The fraction of |estimate - exact| > 2 stderr over seeds (and over
+    coordinates for the diagonal)."""
+    a = outlier_matrix(400, seed=1)
+    z = [
+        (np.asarray(e.value) - exact) / np.asarray(e.stderr)
+        for e in (
+            fn(a, key=jax.random.PRNGKey(1000 + s), num_matvecs=60, method=method)
+            for s in range(seeds)
+        )
+    ]
+    return float(np.mean(np.abs(np.concatenate([np.ravel(x) for x in z])) > 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fn", "method"),
+    [(trace, m) for m in ("krylov", "hutch++", "hutchinson")]
+    + [(diagonal, m) for m in DIAG_METHODS],
+)
+def test_stderr_is_calibrated_over_120_seeds(fn, method):
+    # a calibrated stderr leaves 5% of the estimates beyond 2 sigma; the
+    # target is 5% +- 3% (measured: trace 3-6%, diagonal 5-7%)
+    a = outlier_matrix(400, seed=1)
+    exact = np.trace(np.asarray(a)) if fn is trace else np.diag(np.asarray(a))
+    assert 0.02 <= _beyond_two_sigma(fn, method, exact) <= 0.08
+
+
 @pytest.mark.parametrize("method", TRACE_METHODS)
 def test_trace_stderr_is_calibrated(method):
+    # XTrace's stderr (the spread of its exchangeable estimates, as its paper
+    # defines it) runs a little narrow: 6-10% beyond 2 sigma over 300 seeds
     a = outlier_matrix(400, seed=1)
     exact = float(jnp.trace(a))
     z = []
