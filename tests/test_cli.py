@@ -66,6 +66,7 @@ def toy_report(tmp_path_factory):
     return status, out, printed
 
 
+@pytest.mark.slow  # ~10 s: the toy analysis with every part (shared)
 def test_analyze_writes_the_report(toy_report):
     status, out, printed = toy_report
     assert status == 0
@@ -84,6 +85,7 @@ def test_analyze_writes_the_report(toy_report):
     assert spent["total"] == sum(v for k, v in spent.items() if k != "total") > 0
 
 
+@pytest.mark.slow
 def test_analyze_summary_equals_the_library_called_directly(toy_report):
     _, out, _ = toy_report
     s = json.loads((out / "summary.json").read_text())
@@ -201,6 +203,7 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(toy_report, tmp_pa
     assert _without_timings(resumed) == _without_timings(reference)
 
 
+@pytest.mark.slow
 def test_resume_refuses_parts_of_other_settings_or_another_problem(toy_report, tmp_path):
     _, full, _ = toy_report
     out = tmp_path / "copy"
