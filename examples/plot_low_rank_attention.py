@@ -224,6 +224,7 @@ ht.plotting.plot_eigenvalues(origin.eigenvalues, ax, style="bar")
 ax.set_title(
     rf"Hessian at $Q = K = 0$: a saddle of index {origin.index}, eigenvalues $\pm\sigma_i(G)$"
 )
+fig.tight_layout()
 
 # %%
 # What this shows, and what it does not
