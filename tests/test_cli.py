@@ -244,6 +244,29 @@ def test_errors_are_one_line_with_their_status(target, status, message, tmp_path
     assert not (tmp_path / "out").exists()  # nothing computed, nothing written
 
 
+def test_a_module_target_and_a_part_subset(tmp_path):
+    # package.module:factory (tests/ is on the path); only the point part, and
+    # the parts a selected part needs come along
+    status, printed, err = _main(
+        [
+            "analyze",
+            "analyze_targets:toy_saddle",
+            "--parts",
+            "point",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert status == 0, err
+    assert err == ""  # --quiet: no bars, no status lines
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["parts"] == ["point"] and s["num_matvecs"]["total"] == 0
+    assert s["problem"] == "toy saddle" and s["num_params"] == 15
+    assert s["loss"] == pytest.approx(0.0, abs=1e-12)  # the saddle is at v = c
+    assert "parameters" in printed and "toy saddle" in printed
+
+
 def test_an_unwritable_output_folder_is_an_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
