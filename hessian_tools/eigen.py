@@ -72,7 +72,14 @@ class Eigenpairs:
         residuals: (k,) residual norms ``||A v - lambda v||``.
         error_bounds: (k,) a bound on each eigenvalue's error,
             ``min(r, r^2 / gap)`` (see ``_thick_restart.error_bounds`` for
-            its assumptions); rounding-level on the dense path.
+            its assumptions); rounding-level on the dense path. A bound
+            certifies that an eigenvalue of the operator lies within it,
+            not that it is the k-th largest: like every Krylov method,
+            Lanczos can miss an eigenvalue whose eigenvector is nearly
+            orthogonal to the start vector, most easily when the top two
+            are close (e.g. 19.94 and 18.31 at the edge of stability, where
+            one start in many stops at 18.31 after 8 HVPs). When the
+            ordering matters, ask for k >= 2 or compare two start keys.
         converged: True when every bound met the requested tolerance.
         num_matvecs: operator products (HVPs) spent.
         norm_estimate: the largest |eigenvalue| seen, an estimate of
