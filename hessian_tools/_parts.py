@@ -19,7 +19,7 @@ from hessian_tools.analysis import PartResult, Problem, ProblemError, Settings, 
 from hessian_tools.blocks import block_spectra
 from hessian_tools.critical import classify, classify_cost
 from hessian_tools.density import spectral_density
-from hessian_tools.eigen import eigenpairs
+from hessian_tools.eigen import eigenpairs, lanczos_cost
 from hessian_tools.estimators import trace
 from hessian_tools.operators import HessianOperator
 
@@ -101,8 +101,16 @@ class Analysis:
         }
         if cp.exact:  # the dense Hessian: n HVPs, and every eigenvalue
             return results, {"eigenvalues": np.asarray(cp.eigenvalues)}, self.n
-        # classify does not report its count; its documented estimate
-        return results, {"eigenvalues": np.asarray(cp.eigenvalues)}, classify_cost(self.n, 6), True
+        # classify does not report its count: its documented estimate, which
+        # includes the spectral density that it runs only for an indefinite
+        # Hessian (the index is then estimated from it)
+        k = max(1, min(6, self.n // 2))  # classify's default k = 6 per end
+        spent = (
+            classify_cost(self.n, k)
+            if cp.definiteness == "indefinite"
+            else lanczos_cost(self.n, 2 * k, "both")
+        )
+        return results, {"eigenvalues": np.asarray(cp.eigenvalues)}, spent, True
 
     def _eigenvalues(self, key, done, progress):
         # One solve for both ends (which="both": one dense Hessian, or one
