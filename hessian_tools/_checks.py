@@ -11,9 +11,10 @@ the fix. They raise ``TypeError`` for a value of the wrong kind and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -143,15 +144,13 @@ def check_same_structure(reference: Any, other: Any, *, name: str = "v") -> None
             )
 
 
-def check_scalar_output(name: str, fn: Callable, *args: Any, fix: str = "") -> jax.ShapeDtypeStruct:
-    """Raise ``ValueError`` unless ``fn(*args)`` is a real floating scalar.
-
-    Uses ``jax.eval_shape``: no FLOPs, and safe under ``jit``/``vmap``. A
-    Flax NNX ``TraceContextError`` (a loss that changes a module captured
-    from outside) is re-raised with the fix.
-    """
+@contextlib.contextmanager
+def explain_nnx_errors(name: str) -> Iterator[None]:
+    """Re-raise a Flax NNX ``TraceContextError`` from inside the loss (a
+    module captured from outside, or merged without ``copy=True``, being
+    changed under a JAX transform) as a ``TypeError`` that gives the fix."""
     try:
-        out = jax.eval_shape(fn, *args)
+        yield
     except Exception as err:
         if type(err).__name__ == "TraceContextError":
             raise TypeError(
@@ -159,10 +158,21 @@ def check_scalar_output(name: str, fn: Callable, *args: Any, fix: str = "") -> j
                 "from inside the loss, e.g. BatchNorm in train mode updating its statistics). "
                 "Pass the module's state as params and rebuild the module inside the loss: "
                 "graphdef, state = nnx.split(model); loss = lambda state, x, y: "
-                "f(nnx.merge(graphdef, state, copy=True), x, y). The user guide's NNX recipe "
-                "shows train and eval mode."
+                "f(nnx.merge(graphdef, state, copy=True), x, y). The NNX recipe in the docs' "
+                "Recipes page (docs/recipes.md) shows train and eval mode."
             ) from err
         raise
+
+
+def check_scalar_output(name: str, fn: Callable, *args: Any, fix: str = "") -> jax.ShapeDtypeStruct:
+    """Raise ``ValueError`` unless ``fn(*args)`` is a real floating scalar.
+
+    Uses ``jax.eval_shape``: no FLOPs, and safe under ``jit``/``vmap``. A
+    Flax NNX ``TraceContextError`` (a loss that changes a module captured
+    from outside) is re-raised with the fix.
+    """
+    with explain_nnx_errors(name):
+        out = jax.eval_shape(fn, *args)
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
         shape = getattr(out, "shape", type(out).__name__)
         raise ValueError(

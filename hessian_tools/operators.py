@@ -25,7 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import check_scalar_output, is_traced, require_finite
+from hessian_tools._checks import (
+    check_scalar_output,
+    explain_nnx_errors,
+    is_traced,
+    require_finite,
+)
 from hessian_tools._data import Data
 from hessian_tools._operator import LinearMap, apply_block, schedule
 from hessian_tools._params import Partition
@@ -427,7 +432,8 @@ class HessianOperator(CurvatureOperator):
         self.data = Data.create(args, batches)
         check_scalar_loss(f, params, self.data.example_args(), self.partition)
         if check_finite and not is_traced(self.variables, self.data):
-            value, grad = self.value_and_grad()
+            with explain_nnx_errors("f"):  # e.g. a merge without copy=True
+                value, grad = self.value_and_grad()
             require_finite("loss", value)
             require_finite("gradient", grad)
 
