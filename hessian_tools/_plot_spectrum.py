@@ -138,7 +138,8 @@ def plot_block_spectra(
         ax: Axes to draw on; None makes a new figure.
         quantity: "top" (the largest eigenvalue of each block) or "trace".
         log: logarithmic y axis (the values must then be positive).
-        **kwargs: passed to ``ax.bar``.
+        **kwargs: passed to ``ax.bar``; they override the defaults
+            (``color``: negative values red, positive blue; ``capsize=3``).
 
     Returns:
         The Axes.
@@ -157,8 +158,8 @@ def plot_block_spectra(
         label = "trace of the block"
     if log and np.any(values <= 0):
         raise ValueError(f"log scale needs positive values; the smallest is {values.min():.3g}.")
-    colors = np.where(values < 0, NEGATIVE_COLOR, _POSITIVE_COLOR)
-    ax.bar(np.arange(len(names)), values, yerr=errors, color=list(colors), capsize=3, **kwargs)
+    style = {"color": list(np.where(values < 0, NEGATIVE_COLOR, _POSITIVE_COLOR)), "capsize": 3}
+    ax.bar(np.arange(len(names)), values, yerr=errors, **(style | kwargs))
     ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
     if log:
         ax.set_yscale("log")

@@ -51,6 +51,9 @@ def test_per_layer_traces_sum_to_the_full_trace(mlp):
     assert all(b.num_matvecs >= b.n for b in blocks)  # small blocks: exact paths
     ax = ht.plotting.plot_block_spectra(blocks, quantity="trace")
     assert len(ax.patches) == 2
+    # keyword arguments pass through to ax.bar and override its defaults
+    ax = ht.plotting.plot_block_spectra(blocks, quantity="trace", color="k", capsize=0)
+    assert all(p.get_facecolor() == (0.0, 0.0, 0.0, 1.0) for p in ax.patches)
     # named blocks, and the default grouping of a flat dict: one block per leaf
     flat = {"w": params[0][0], "v": params[1][0]}
     f = lambda p, x, y: mlp_loss([(p["w"], params[0][1]), (p["v"], params[1][1])], x, y)
