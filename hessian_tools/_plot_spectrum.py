@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 from hessian_tools._plot_common import NEGATIVE_COLOR
 from hessian_tools._plot_common import POSITIVE_COLOR as _POSITIVE_COLOR
@@ -104,7 +105,7 @@ def plot_eigenvalues(
     neg = eigs < 0
     if style == "bar":
         colors = np.where(neg, NEGATIVE_COLOR, _POSITIVE_COLOR)
-        ax.bar(idx, eigs, color=list(colors), **kwargs)
+        ax.bar(idx, eigs, **({"color": list(colors)} | kwargs))
     else:
         for mask, color, label in (
             (~neg, _POSITIVE_COLOR, "positive"),
@@ -115,6 +116,7 @@ def plot_eigenvalues(
                 stem.markerline.set_color(color)
                 stem.stemlines.set_color(color)
     ax.axhline(0, color="black", linewidth=0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # an index has no halves
     ax.set_xlabel("index")
     ax.set_ylabel("eigenvalue")
     return ax

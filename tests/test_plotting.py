@@ -200,6 +200,9 @@ def test_plot_spectral_density_log_rug_and_negative_shading():
 def test_plot_eigenvalues_highlights_negative(style):
     eigs = jnp.array([5.0, 2.0, 0.5, -0.3, -4.0])
     ax = P.plot_eigenvalues(eigs, style=style)
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks  # no index 0.5
     neg = matplotlib.colors.to_rgba(P.NEGATIVE_COLOR)
     if style == "bar":
         bars = ax.patches
