@@ -388,7 +388,9 @@ def run_analysis(
                 result = _compute(analysis, store, part, done, resume, progress)
                 store.save(result, part_settings(part, settings))
             done[part] = result
-            draw_figure(result, folder, force=fresh)
+            # drawn again from the saved arrays even when reused: a figure on
+            # disk may be an older run's (an interrupt during savefig)
+            draw_figure(result, folder, force=True)
             write_report(folder, summary(problem, analysis.n, settings, done))
             reported = len(done)
             if fresh:
@@ -398,7 +400,8 @@ def run_analysis(
                 log(f"{step}: reused the saved result")
     except BaseException:
         # Ctrl-C (or an error) between saving a part and rewriting the report:
-        # the report still shows every saved part (its figure comes on --resume)
+        # the report still shows every saved part (its figure is redrawn on
+        # --resume)
         if len(done) > reported:
             with contextlib.suppress(Exception):
                 write_report(folder, summary(problem, analysis.n, settings, done))

@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -92,14 +93,39 @@ def _hash_tree(h: Any, tree: Any) -> None:
             h.update(f"|{type(leaf).__module__}.{type(leaf).__qualname__}|".encode())
 
 
+def _program(problem: Problem) -> tuple[str, list]:
+    """The loss's traced program and its constants: what a closure captures
+    (its data, its activation, its body) shows up here and not in its name.
+    One trace, no FLOPs."""
+    from hessian_tools._params import Partition
+
+    args = tuple(problem.args)
+    if problem.batches:
+        args = (*args, *problem.batches[0])
+    partition = Partition.of(problem.params)  # non-array leaves held static
+    variables, fixed = partition.split(problem.params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        closed = jax.make_jaxpr(partition.wrap(problem.loss))(variables, fixed, *args)
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", str(closed.jaxpr))
+    return text, list(closed.consts)
+
+
 def problem_fingerprint(problem: Problem) -> str:
-    """A hash of the problem: the loss's qualified name and the bytes, dtypes
-    and shapes of params, args and batches (copied to the host)."""
+    """A hash of the problem: the loss's qualified name, its traced program
+    and captured constants, and the bytes, dtypes and shapes of params, args
+    and batches (copied to the host)."""
     h = hashlib.sha256(_name(problem.loss).encode())
     if isinstance(problem.loss, functools.partial):
         _hash_tree(h, (problem.loss.args, problem.loss.keywords))
     for part in (problem.params, problem.args, problem.batches):
         _hash_tree(h, part)
+    try:
+        text, consts = _program(problem)
+    except Exception:  # not traceable as given: the checks before this say why
+        text, consts = "untraceable", []
+    h.update(text.encode())
+    _hash_tree(h, consts)
     fa = problem.filter_axis
     h.update(f"|filter_axis={_name(fa) if callable(fa) else fa!r}".encode())
     return h.hexdigest()
@@ -122,9 +148,22 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float as None: strict JSON (``NaN`` and
+    ``Infinity`` are not JSON, and ``JSON.parse`` or ``jq`` reject them)."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as indented JSON, written atomically (NaN written as NaN)."""
-    text = json.dumps(obj, indent=1, allow_nan=True)
+    """``obj`` as indented strict JSON, written atomically (a non-finite
+    number is written as null)."""
+    text = json.dumps(_finite_or_null(_jsonable(obj)), indent=1, allow_nan=False)
     with _open(path, "w") as fh:
         fh.write(text + "\n")
 
@@ -209,18 +248,28 @@ class PartStore:
         if not (self.resume and path.exists()):
             return None
         advice = "drop --resume to start afresh, or pass another --out"
+        import hessian_tools
+
         try:
             record = json.loads(path.read_text())
-            assert record["format"] == PART_FORMAT
+            fingerprint, name = record["problem"]["fingerprint"], record["problem"]["name"]
+            saved, version = record["settings"], record["version"]
+            if record["format"] != PART_FORMAT:
+                raise ValueError(f"format {record['format']!r}, not {PART_FORMAT!r}")
         except Exception as err:
             raise StaleResultError(f"{path} is not a saved part ({err!r}); {advice}.") from err
-        if record["problem"]["fingerprint"] != self.fingerprint:
+        if version != hessian_tools.__version__:
+            raise StaleResultError(
+                f"cannot resume: part {part} in {self.folder} was made by hessian_tools "
+                f"{version}, this is {hessian_tools.__version__}; {advice}."
+            )
+        if fingerprint != self.fingerprint:
             raise StaleResultError(
                 f"cannot resume: part {part} in {self.folder} was made for another problem "
-                f"({record['problem']['name']!r}: its loss, params, data or dtype differ); "
+                f"({name!r}: its loss, params, data or dtype differ); "
                 f"{advice}."
             )
-        saved, now = record["settings"], _jsonable(settings)
+        now = _jsonable(settings)
         if saved != now:
             diff = ", ".join(
                 f"{k} {saved.get(k)!r} -> {now.get(k)!r}"
@@ -251,6 +300,9 @@ class PartStore:
         """Write the part: arrays first, then the record that marks it done."""
         import hessian_tools
 
+        # an older record must not pair with the new arrays if we stop
+        # between the two writes
+        (self.parts / f"{result.part}.json").unlink(missing_ok=True)
         if result.arrays:
             with _open(self.parts / f"{result.part}.npz") as fh:
                 np.savez(fh, **result.arrays)

@@ -35,6 +35,43 @@ def test_fingerprint_is_stable_and_sees_params_data_and_loss():
     assert fp(_problem()) != fp(ht.Problem(_loss, {"kernel": as32, "step": 3}, _problem().args))
 
 
+def _closure_problem(scale, act):
+    x = jnp.arange(3.0) * scale  # captured, not passed: invisible to the arguments
+
+    def loss(p):
+        return jnp.sum(act(p["kernel"] @ x) ** 2)
+
+    return ht.Problem(loss, {"kernel": jnp.ones((2, 3))})
+
+
+def test_fingerprint_sees_what_a_closure_captures():
+    fp = _report.problem_fingerprint
+    # same qualified name ("_closure_problem.<locals>.loss"), params and args
+    assert fp(_closure_problem(1.0, jnp.tanh)) == fp(_closure_problem(1.0, jnp.tanh))
+    assert fp(_closure_problem(1.0, jnp.tanh)) != fp(_closure_problem(5.0, jnp.tanh))
+    assert fp(_closure_problem(1.0, jnp.tanh)) != fp(_closure_problem(1.0, jnp.sin))
+
+
+def test_part_records_are_strict_json_and_pair_with_their_own_arrays(tmp_path, monkeypatch):
+    store = _report.PartStore(tmp_path, _problem(), resume=False)
+    store.save(_result(value=float("nan")), {"seed": 0})
+    record = json.loads((tmp_path / "parts" / "trace.json").read_text(), parse_constant=pytest.fail)
+    assert record["results"]["value"] is None  # NaN is not JSON: written as null
+    # an interrupt between the arrays and the record leaves no old record
+    # next to new arrays: the part is computed again on resume
+    monkeypatch.setattr(_report, "write_json", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        store.save(_result(value=2.0), {"seed": 0})
+    assert _report.PartStore(tmp_path, _problem(), resume=True).load("trace", {"seed": 0}) is None
+
+
+def test_a_part_saved_by_another_version_is_refused(tmp_path, monkeypatch):
+    _report.PartStore(tmp_path, _problem(), resume=False).save(_result(), {"seed": 0})
+    monkeypatch.setattr(ht, "__version__", "0.0.dev-other")
+    with pytest.raises(_report.StaleResultError, match="made by hessian_tools"):
+        _report.PartStore(tmp_path, _problem(), resume=True).load("trace", {"seed": 0})
+
+
 def _result(part="trace", value=1.5):
     return PartResult(part, {"value": value}, {"v": np.arange(3.0)}, 7, 0.25)
 
