@@ -77,8 +77,9 @@ def num_elements(x: PyTree) -> int:
 def accurate_vdot(x: PyTree, y: PyTree, acc: Any) -> jax.Array:
     """``x . y`` accumulated in dtype ``acc``, summed leaf by leaf.
 
-    In the inputs' own dtype the products are summed in blocks of 512 first
-    (two-level summation): a plain float32 reduction over 85k terms costs a
+    In the inputs' own dtype, on one CPU device, the products are summed in
+    blocks of 512 first (two-level summation; elsewhere XLA's reductions are
+    already tree-shaped): a plain float32 reduction over 85k terms costs a
     Lanczos coefficient ~1e-5 relative accuracy, enough to spoil top-10
     eigenvalues at the 1e-5 level. A wider ``acc`` is used directly.
     """
@@ -86,7 +87,8 @@ def accurate_vdot(x: PyTree, y: PyTree, acc: Any) -> jax.Array:
     total = jnp.zeros((), acc)
     for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
         if acc.itemsize > jnp.dtype(a.dtype).itemsize or not flat_stacks() or _explicit(a):
-            # wider accumulation, or a leaf spread over devices: a plain sum
+            # wider accumulation, or not on one CPU device (a leaf spread over
+            # devices, or a GPU, whose reductions are tree-shaped): a plain sum
             total = total + jnp.sum(a.astype(acc) * b.astype(acc))
             continue
         prod = (a * b).astype(acc).ravel()

@@ -72,8 +72,8 @@ def shard_batches(
     size = mesh.shape[axis]
     sharded = NamedSharding(mesh, P(axis))
     if process_local:
-        local = size // jax.process_count()
-        if count % max(local, 1):
+        local = mesh.local_mesh.shape[axis]  # this process's devices along the axis
+        if count % local:
             raise ValueError(
                 f"process_local=True needs a sample count divisible by this process's "
                 f"{local} devices on axis {axis!r}; got {count}. Give every process the "

@@ -238,12 +238,25 @@ class _Evaluator:
 
 @jax.jit
 def _digest(x: jax.Array) -> jax.Array:
-    """Four weighted sums of ``x``, computed where ``x`` lives: a fingerprint
-    of its values that never gathers the array to one host (a data set
-    spread over processes stays where it is); a changed entry changes it."""
-    v = x.astype(jnp.result_type(float))
-    idx = jnp.arange(v.size, dtype=v.dtype).reshape(v.shape)
-    return jnp.stack([jnp.sum(v * jnp.sin(idx * c + 0.5)) for c in (0.1, 1.7, 13.3)] + [jnp.sum(v)])
+    """Four weighted sums of the bits of ``x`` (modulo 2^32), computed where
+    ``x`` lives: a fingerprint of its values that never gathers the array to
+    one host (a data set spread over processes stays where it is). The
+    weights are odd, so a change to any one entry, even of its last bit,
+    always changes every sum."""
+    item = jnp.dtype(x.dtype).itemsize
+    if x.dtype == jnp.bool_:
+        bits = x.astype(jnp.uint32)
+    elif item >= 4:  # 64-bit entries become two 32-bit words
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    else:
+        bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * item}")).astype(jnp.uint32)
+    idx = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape)
+    return jnp.stack(
+        [
+            jnp.sum(bits * ((idx * jnp.uint32(c)) | jnp.uint32(1)))
+            for c in (2, 97, 40503, 2654435761)
+        ]
+    )
 
 
 def _warn_non_finite(values: np.ndarray, what: str) -> None:

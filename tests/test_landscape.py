@@ -220,6 +220,12 @@ def test_checkpoint_from_other_grid_or_problem_is_refused(problem, tmp_path):
     other = jax.tree.map(lambda x: x + 1e-9, params)
     with pytest.raises(ValueError, match="different problem"):
         L.slice_2d(asym_loss, other, (d1, d2), XS, YS, a, checkpoint=path)
+    # one entry one ulp away: the on-device fingerprint hashes bits, not values
+    leaf = jax.tree.leaves(params)[0]
+    nudged = leaf.ravel().at[0].set(jnp.nextafter(leaf.ravel()[0], jnp.inf)).reshape(leaf.shape)
+    other = jax.tree.unflatten(jax.tree.structure(params), [nudged, *jax.tree.leaves(params)[1:]])
+    with pytest.raises(ValueError, match="different problem"):
+        L.slice_2d(asym_loss, other, (d1, d2), XS, YS, a, checkpoint=path)
     with pytest.raises(ValueError, match="different problem"):
         L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a + 1, checkpoint=path)
     with pytest.raises(ValueError, match="different problem"):
