@@ -1070,7 +1070,26 @@ def main(argv=None) -> None:
     for name in wl.WORKLOADS:
         wl.get_workload(name)  # trained here, in float32, before any reference process
     out = []
-    for s in only:
+
+    def write(pending):
+        # after every section, so that an interrupted run keeps what it measured
+        text = report.document(
+            ctx,
+            out,
+            argv if argv is not None else sys.argv[1:],
+            time.time() - start,
+            load0,
+            os.getloadavg(),
+            platform,
+        )
+        if pending:
+            text = f"**Partial run: not yet measured: {', '.join(pending)}.**\n\n" + text
+        tmp = args.output + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, args.output)
+
+    for i, s in enumerate(only):
         print(f"[bench] {s} ...", flush=True)
         t0 = time.perf_counter()
         try:
@@ -1081,17 +1100,7 @@ def main(argv=None) -> None:
             traceback.print_exc()
             out.append(f"## {s}\n\nSection failed: `{type(exc).__name__}: {exc}`\n")
         print(f"[bench] {s} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    text = report.document(
-        ctx,
-        out,
-        argv if argv is not None else sys.argv[1:],
-        time.time() - start,
-        load0,
-        os.getloadavg(),
-        platform,
-    )
-    with open(args.output, "w") as fh:
-        fh.write(text)
+        write(only[i + 1 :])
     print(f"[bench] wrote {args.output}")
 
 
