@@ -175,12 +175,12 @@ flat_last, unravel_last = ravel_pytree(layers[-1])
 
 
 @jax.jit
-def last_layer_hessian(z, mix):
-    return jax.hessian(lambda z: loss([*layers[:-1], unravel_last(z)], mix, inputs, labels))(z)
+def last_layer_hessian(z, layers, mix, x, y):  # data as arguments, not constants
+    return jax.hessian(lambda z: loss([*layers[:-1], unravel_last(z)], mix, x, y))(z)
 
 
 for name, mix in MIX.items():
-    dense = last_layer_hessian(flat_last, mix)
+    dense = last_layer_hessian(flat_last, layers, mix, inputs, labels)
     exact = np.linalg.eigvalsh(np.asarray(dense, np.float64))
     b = blocks[name][-1]
     print(
@@ -240,12 +240,12 @@ for name, bs in blocks.items():
 
 
 @jax.jit
-def train(layers, mix, num_steps=300, lr=0.1):
+def train(layers, mix, x, y, num_steps=300, lr=0.1):
     optimiser = optax.sgd(lr)
 
     def step(carry, _):
         params, state = carry
-        value, grads = jax.value_and_grad(loss)(params, mix, inputs, labels)
+        value, grads = jax.value_and_grad(loss)(params, mix, x, y)
         updates, state = optimiser.update(grads, state, params)
         return (optax.apply_updates(params, updates), state), value
 
@@ -253,7 +253,7 @@ def train(layers, mix, num_steps=300, lr=0.1):
     return history
 
 
-histories = {name: np.asarray(train(layers, mix)) for name, mix in MIX.items()}
+histories = {name: np.asarray(train(layers, mix, inputs, labels)) for name, mix in MIX.items()}
 for name, h in histories.items():
     print(f"{name:>8}: loss {h[0]:.3f} -> {h[-1]:.3f}")
 assert histories["sigmoid"][-1] > 2 * max(histories["ReLU"][-1], histories["GELU"][-1])
