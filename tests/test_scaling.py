@@ -61,6 +61,9 @@ def test_sharded_parameters_keep_their_sharding_in_the_basis(sharded):
         assert info["vector_specs"] == expected[mode]
         assert info["basis_specs"] == expected[mode]
         assert info["basis_local_fraction"] == pytest.approx(0.25)
+        # the solve's loops move no more data between devices than its HVP
+        for op, count in info["loop_moves"].items():
+            assert count <= info["hvp_moves"][op], (op, info)
         # the dense Hessian (n = 192) stays on the mesh, its rows sharded
         assert info["dense_spec"] in ("P('d', None)", "P(('d',), None)", "P('d',)"), info
 
