@@ -21,7 +21,6 @@ ORDER = (
     "plot_edge_of_stability.py",
     "plot_sharpness_generalisation.py",
     "plot_low_rank_attention.py",
-    "plot_linear_autoencoder.py",
 )
 
 
