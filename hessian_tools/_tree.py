@@ -125,7 +125,7 @@ def basis_dot(basis: PyTree, w: PyTree) -> jax.Array:
     the stack to transpose it.
     """
     parts = [
-        q @ x if x.ndim == 1 else _contract(q, x)
+        q @ x if x.ndim == 1 else _contract(q, x, x.ndim)
         for q, x in zip(jax.tree.leaves(basis), jax.tree.leaves(w), strict=True)
     ]
     return sum(parts[1:], parts[0])
@@ -148,10 +148,7 @@ def stack_dot(a: PyTree, b: PyTree) -> jax.Array:
     ``(kb, *shape)``), summed over leaves; a replicated result."""
 
     def one(x, y):
-        axes = (tuple(range(1, x.ndim)), tuple(range(1, y.ndim)))
-        if _explicit(x) or _explicit(y):
-            return jnp.tensordot(x, y, axes=axes, out_sharding=_replicated_like(x))
-        return jnp.tensordot(x, y, axes=axes)
+        return _contract(x, y, (tuple(range(1, x.ndim)), tuple(range(1, y.ndim))))
 
     parts = [one(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
     return sum(parts[1:], parts[0])
@@ -166,12 +163,13 @@ def _replicated(x: jax.Array) -> jax.Array:
     return jax.sharding.reshard(x, _replicated_like(x))
 
 
-def _contract(q: jax.Array, x: jax.Array) -> jax.Array:
-    """``q`` (m, *shape) contracted with ``x`` (*shape) over ``shape``; the
-    (m,) result replicated (one all-reduce of m numbers when sharded)."""
-    if _explicit(x) or _explicit(q):
-        return jnp.tensordot(q, x, axes=x.ndim, out_sharding=_replicated_like(x))
-    return jnp.tensordot(q, x, axes=x.ndim)
+def _contract(a: jax.Array, b: jax.Array, axes: Any) -> jax.Array:
+    """``jnp.tensordot(a, b, axes)`` with its (small) result replicated: one
+    all-reduce when the contracted axes are sharded (in explicit-sharding
+    mode such a contraction must name its output's sharding)."""
+    if _explicit(a) or _explicit(b):
+        return jnp.tensordot(a, b, axes=axes, out_sharding=_replicated_like(b))
+    return jnp.tensordot(a, b, axes=axes)
 
 
 def basis_combine(coeffs: jax.Array, basis: PyTree) -> PyTree:
