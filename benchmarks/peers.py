@@ -231,29 +231,17 @@ def task_top1(name, reps, seeds, **_):
     and one call per start vector (``manual_seed(s)``, s < seeds): its power
     iteration stops after 6 to 19 HVPs depending on the start."""
     import torch
-    from pyhessian import hessian
 
     torch.manual_seed(0)
     out = {"pyhessian": _pyhessian_top(name, 1, reps)}
-    model, crit, xs, ys = _load(name)
-    counter = _Counter()
-    times, hvps, values = [], [], []
-    for s in range(seeds):
-        torch.manual_seed(s)
-        counter.count = 0
-        t0 = time.perf_counter()
-        vals, _ = hessian(model, crit, data=(xs, ys), cuda=False).eigenvalues(top_n=1)
-        times.append(time.perf_counter() - t0)
-        hvps.append(counter.count)
-        values.append(float(vals[0]))
-    out["pyhessian_seeds"] = {"seconds": times, "hvps": hvps, "values": values}
+    runs = _pyhessian_seeds(name, 1, seeds)
+    out["pyhessian_seeds"] = runs | {"values": [v[0] for v in runs["values"]]}
     return out
 
 
-def task_top10(name, reps, seeds, extras, **_):
-    """PyHessian's top-10 once per start vector (``manual_seed(s)``, s < seeds);
-    with ``extras``, hessian-eigenthings' deflated power iteration and Lanczos."""
-    import hessian_eigenthings as he
+def _pyhessian_seeds(name, top_n, seeds):
+    """PyHessian's top-``top_n`` once per start vector (``manual_seed(s)``,
+    s < seeds): seconds, HVPs and the eigenvalues of each call."""
     import torch
     from pyhessian import hessian
 
@@ -264,13 +252,22 @@ def task_top10(name, reps, seeds, extras, **_):
         torch.manual_seed(s)
         counter.count = 0
         t0 = time.perf_counter()
-        vals, _ = hessian(model, crit, data=(xs, ys), cuda=False).eigenvalues(top_n=10)
+        vals, _ = hessian(model, crit, data=(xs, ys), cuda=False).eigenvalues(top_n=top_n)
         times.append(time.perf_counter() - t0)
         hvps.append(counter.count)
         values.append([float(v) for v in vals])
-    out = {"pyhessian_seeds": {"seconds": times, "hvps": hvps, "values": values}}
+    return {"seconds": times, "hvps": hvps, "values": values}
+
+
+def task_top10(name, reps, seeds, extras, **_):
+    """PyHessian's top-10 once per start vector (``manual_seed(s)``, s < seeds);
+    with ``extras``, hessian-eigenthings' deflated power iteration and Lanczos."""
+    import hessian_eigenthings as he
+
+    out = {"pyhessian_seeds": _pyhessian_seeds(name, 10, seeds)}
     if not extras:
         return out
+    model, crit, xs, ys = _load(name)
     for key, fn, r in (
         ("eigenthings_power", lambda op: he.deflated_power_iteration(op, k=10, seed=0), 1),
         ("eigenthings_lanczos", lambda op: he.lanczos(op, k=10, which="LA", seed=0), reps),

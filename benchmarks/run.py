@@ -933,6 +933,21 @@ def sec_slice2d(ctx, out):
     )
 
 
+def _warm_row(label, runs, note=None):
+    """One row of the warm-start table: checkpoints, HVPs median (range),
+    median seconds, largest bound, all converged, note."""
+    hvps = [q["hvps"] for q in runs]
+    return [
+        label,
+        len(runs),
+        f"{np.median(hvps):.0f} ({min(hvps)}-{max(hvps)})",
+        float(np.median([q["seconds"] for q in runs])),
+        max(q["bound"] for q in runs),
+        all(q["converged"] for q in runs),
+        note,
+    ]
+
+
 def sec_warm(ctx, out):
     """Issue 10: warm starts along a training run cost <= 0.5x cold ones."""
     lr, steps, every = 0.5, ctx.warm_steps, ctx.warm_every
@@ -943,31 +958,12 @@ def sec_warm(ctx, out):
         hc, hw = sum(q["hvps"] for q in cold), sum(q["hvps"] for q in warm)
         tc = float(np.median([q["seconds"] for q in cold]))
         tw = float(np.median([q["seconds"] for q in warm]))
-        rows.append(
-            [
-                f"top-{k}, cold: eigenpairs(op, {k}), new random start",
-                len(cold),
-                f"{np.median([q['hvps'] for q in cold]):.0f} "
-                f"({min(q['hvps'] for q in cold)}-{max(q['hvps'] for q in cold)})",
-                tc,
-                max(q["bound"] for q in cold),
-                all(q["converged"] for q in cold),
-                None,
-            ]
+        rows.append(_warm_row(f"top-{k}, cold: eigenpairs(op, {k}), new random start", cold))
+        note = (
+            f"max |warm - cold| {max(q['diff'] for q in warm):.1e} λ_max (sum of both "
+            f"bounds {max(q['abs_bounds'] for q in warm):.1e} λ_max)"
         )
-        rows.append(
-            [
-                f"top-{k}, warm: track_spectrum(previous=record)",
-                len(warm),
-                f"{np.median([q['hvps'] for q in warm]):.0f} "
-                f"({min(q['hvps'] for q in warm)}-{max(q['hvps'] for q in warm)})",
-                tw,
-                max(q["bound"] for q in warm),
-                all(q["converged"] for q in warm),
-                f"max |warm - cold| {max(q['diff'] for q in warm):.1e} λ_max (sum of both "
-                f"bounds {max(q['abs_bounds'] for q in warm):.1e} λ_max)",
-            ]
-        )
+        rows.append(_warm_row(f"top-{k}, warm: track_spectrum(previous=record)", warm, note))
         ctx.target(
             f"warm-started top-{k} along training: <= 0.5x the cold HVPs",
             f"{hw} vs {hc} HVPs ({hw / hc:.2f}x) over {len(cold)} checkpoints; median "
