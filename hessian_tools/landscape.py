@@ -8,9 +8,12 @@
 ``(len(ys), len(xs))``. Coordinate 0 is the given ``params``, which are
 never modified.
 
-Evaluation is vectorised with ``vmap`` over chunks of grid points and
-compiled once per loss, metrics and shapes: params, directions and data are
-arguments of the compiled function, never constants. Long 2-D grids can be
+Evaluation runs a compiled ``lax.map`` over small ``vmap``-ed chunks of
+grid points (a few points at a time keep each point's activations in cache:
+on XLA CPU this is 1.6x faster than one wide ``vmap`` for an MLP on
+digits and as fast for a CNN), compiled once per loss, metrics and shapes:
+params, directions and data are arguments of the compiled function, never
+constants. Long 2-D grids can be
 checkpointed row by row and resumed.
 
 The directions (``random_direction``, ``eigen_directions``, ...) live in
@@ -136,11 +139,16 @@ def _check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable
 # Vectorised evaluation
 
 
+#: points vmapped together by default, and points per compiled call
+_CHUNK, _GROUP = 4, 256
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _eval_points(fns, partition, variables, fixed, directions, coeffs, data: Data):
-    """(m, len(fns)) values of each fn at params + sum_k coeffs[:, k] d_k
+    """(g, c, len(fns)) values of each fn at params + sum_k coeffs[..., k] d_k
     (the directions move the variables; fixed leaves stay), averaged over
-    the batches (a scan over batches, the chunk vmapped)."""
+    the batches: a ``lax.map`` over the g chunks, each chunk of c points
+    vmapped (inside, a scan over batches)."""
 
     def at(c, args):
         def move(x, *ds):
@@ -154,12 +162,16 @@ def _eval_points(fns, partition, variables, fixed, directions, coeffs, data: Dat
         dtype = jnp.result_type(*[o.dtype for o in outs], jnp.float32)
         return jnp.stack([o.astype(dtype) for o in outs])
 
-    return data.mean(lambda *args: jax.vmap(lambda c: at(c, args))(coeffs))
+    def chunk(cs):
+        return data.mean(lambda *args: jax.vmap(lambda c: at(c, args))(cs))
+
+    return jax.lax.map(chunk, coeffs)
 
 
 class _Evaluator:
     """Evaluates loss and metrics at points ``params + coeffs @ directions``,
-    in chunks of ``chunk_size`` points, averaged over batches."""
+    ``chunk_size`` points vmapped at a time, up to ``_GROUP`` points per
+    compiled call, averaged over batches."""
 
     def __init__(self, f, params, directions, args, batches, metrics, chunk_size):
         self.partition = Partition.of(params)
@@ -190,22 +202,30 @@ class _Evaluator:
     def _chunk(self, m: int) -> int:
         if self.chunk_size is not None:
             return min(m, self.chunk_size)
-        # each vmapped point holds a perturbed copy of params (plus the loss's
-        # own intermediates); keep the copies to ~64 MB.
-        return max(1, min(m, 256, (64 << 20) // self.bytes_per_point))
+        # each vmapped point holds a perturbed copy of params plus the loss's
+        # own activations: a few points at a time keep those in cache (on a
+        # 2-core CPU, 441 points of an 85k-parameter MLP on 1,797 digits take
+        # 0.84 s in chunks of 4 and 1.39 s vmapped 197 at a time; a CNN 2.3 s
+        # vs 3.1 s); copies stay under ~64 MB.
+        return max(1, min(m, _CHUNK, (64 << 20) // self.bytes_per_point))
 
     def __call__(self, coeffs: np.ndarray, bar: Any = None) -> np.ndarray:
         """(m, 1 + num_metrics) float64 values at the m points ``coeffs``;
         ``bar`` (a progress bar) is advanced by the points done."""
         m = coeffs.shape[0]
         chunk = self._chunk(m)
+        # up to _GROUP points per compiled call (a lax.map over chunks), the
+        # groups as even as the chunks allow, so padding wastes < 1 chunk each
+        chunks = -(-m // chunk)
+        calls = -(-chunks // max(1, _GROUP // chunk))
+        per_call = -(-chunks // calls)
         out = []
-        for start in range(0, m, chunk):
-            block = coeffs[start : start + chunk]
-            pad = chunk - block.shape[0]
-            if pad:  # one compiled shape: pad the last chunk with the origin
+        for start in range(0, m, per_call * chunk):
+            block = coeffs[start : start + per_call * chunk]
+            pad = per_call * chunk - block.shape[0]
+            if pad:  # one compiled shape: pad the last group with the origin
                 block = np.concatenate([block, np.zeros((pad, block.shape[1]))])
-            block = jnp.asarray(block, self.coeff_dtype)
+            block = jnp.asarray(block.reshape(per_call, chunk, -1), self.coeff_dtype)
             vals = _eval_points(
                 self.fns,
                 self.partition,
@@ -215,9 +235,10 @@ class _Evaluator:
                 block,
                 self.data,
             )
-            out.append(np.asarray(vals, np.float64)[: chunk - pad])
+            vals = np.asarray(vals, np.float64).reshape(per_call * chunk, -1)
+            out.append(vals[: vals.shape[0] - pad])
             if bar is not None:
-                bar.update(chunk - pad)
+                bar.update(vals.shape[0] - pad)
         return np.concatenate(out)
 
     def fingerprint(self, extra: str) -> str:
@@ -298,9 +319,11 @@ def slice_1d(
             the same way.
         metrics: name -> function ``(params, *args) -> scalar`` evaluated at
             the same points (accuracy, a norm, ``extreme_eigenvalue_metric``).
-        chunk_size: points per vectorised call (bounds memory); default:
-            as many as keep the perturbed copies of params near 64 MB, at
-            most 256.
+        chunk_size: points evaluated together by ``vmap`` (bounds memory);
+            chunks run one after another in a compiled ``lax.map``, up to
+            256 points per call. Default: 4 (fewer if the perturbed copies
+            of params would pass 64 MB); larger chunks trade cache locality
+            for parallelism, which can pay on an accelerator.
         progress: show a progress bar (tqdm) over the points.
 
     Returns:
