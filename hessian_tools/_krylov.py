@@ -7,12 +7,15 @@ arrays, so a whole solve runs inside ``jax.jit`` and ``vmap``. Lanczos
 (``spectral_density``), the block-Krylov trace and diagonal estimators and
 the landscape's curvature metric all use it.
 
-The basis is a pytree of stacked leaves, never one flat ``(rows, n)`` array,
-so that every leaf stays a separate array (and, later, keeps its sharding).
-Inside the kernel a leaf is stored as ``(rows, leaf.size)``, a free reshape of
-``(rows, *leaf.shape)``, because XLA's CPU backend contracts 2-D stacks many
-times faster (``_tree.basis_dot``); ``start`` and ``as_vectors`` convert at
-the boundary, and the operator always sees vectors in the params' shapes.
+The basis is a pytree of stacked leaves, so that on several devices every
+leaf stays a separate array ``(rows, *leaf.shape)`` and keeps its sharding.
+On one CPU device it is one ``(rows, n)`` array instead, the leaves raveled
+and joined (``Layout.flatten_leaves``): XLA's CPU backend contracts 2-D
+stacks many times faster (``_tree.basis_dot``), and one contraction per
+Gram-Schmidt pass instead of one per leaf compiles far smaller programs (a
+top-10 solve of a 6-leaf MLP: 2.0 s instead of 8.9 s, and 90 MB less peak
+memory). ``start`` and ``as_vectors`` convert at the boundary, and the
+operator always sees vectors in the params' shapes.
 
 Each step multiplies a block of ``b`` basis vectors (``b = 1`` is plain
 Lanczos; ``b > 1`` block Lanczos) and inserts the results one by one,

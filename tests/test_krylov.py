@@ -2,13 +2,15 @@
 space, its projected matrix is Q^T A Q, blocks and breakdowns, and it runs
 under jax.jit and vmap with a pytree basis."""
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from _util import nested_params, quad_loss, sym_with_spectrum
 
 from hessian_tools import _krylov
-from hessian_tools._tree import Layout
+from hessian_tools._tree import Layout, flat_stacks
 from hessian_tools.operators import HessianOperator
 
 
@@ -97,11 +99,17 @@ def test_under_jit_and_vmap_with_a_nested_pytree_basis():
         return jax.vmap(one)(layout.unravel(starts))
 
     basis, theta = many(lm, starts)
-    # leaves stay separate: (probes, rows, leaf.size) for the (4, 5) matrix and the vector
-    assert basis["layer"]["w"].shape == (3, 9, 20) and basis["b"].shape == (3, 9, n - 20)
+    # on one CPU device the leaves are stored joined, (probes, rows, n);
+    # as vectors they get the params' structure and shapes back
+    assert flat_stacks() and basis.shape == (3, 9, n)
+    vectors = jax.vmap(lambda b: _krylov.as_vectors(b, layout))(basis)
+    assert vectors["layer"]["w"].shape == (3, 9, 4, 5) and vectors["b"].shape == (3, 9, n - 20)
     for i in range(3):
-        rows = np.concatenate([np.asarray(basis["layer"]["w"][i]), np.asarray(basis["b"][i])], 1)
+        rows = np.asarray(basis[i])
         np.testing.assert_allclose(rows @ rows.T, np.eye(9), atol=1e-12)
+        np.testing.assert_array_equal(
+            layout.ravel(jax.tree.map(operator.itemgetter(i), vectors)), rows
+        )
         # the largest Ritz value after 8 steps approaches 5 from below
         assert 4.0 < float(theta[i][7]) <= 5.0 + 1e-12
 

@@ -45,8 +45,17 @@ def test_flatten_leaves_round_trip():
     layout = Layout.of(TREE)
     stack = jax.tree.map(lambda x: jnp.stack([x, -x]), TREE)
     flat = layout.flatten_leaves(stack, lead=1)
-    assert [x.shape for x in jax.tree.leaves(flat)] == [(2, 6), (2, 4), (2, 1)]
-    jax.tree.map(np.testing.assert_array_equal, layout.unflatten_leaves(flat, lead=1), stack)
+    # one CPU device: the leaves joined in one (2, n) array, the ravel order
+    assert [x.shape for x in jax.tree.leaves(flat)] == [(2, 11)]
+    np.testing.assert_array_equal(flat, layout.ravel(stack))
+    back = layout.unflatten_leaves(flat, lead=1)
+    assert jax.tree.structure(back) == jax.tree.structure(stack)
+    jax.tree.map(np.testing.assert_array_equal, back, stack)
+    # mixed dtypes: joined in the common dtype, each leaf's own restored
+    mixed = {"a": jnp.ones((2, 3), jnp.float32), "b": jnp.ones((2,), jnp.float16)}
+    layout = Layout.of(jax.tree.map(lambda x: x[0], mixed))
+    back = layout.unflatten_leaves(layout.flatten_leaves(mixed, lead=1), lead=1)
+    assert back["a"].dtype == jnp.float32 and back["b"].dtype == jnp.float16
 
 
 @given(st.integers(1, 5), st.integers(0, 1000))
