@@ -5,6 +5,19 @@ probes do not depend on how they are chunked), their products in chunks of
 one compiled block product each (counted, refused when not finite), and the
 sequential Hutchinson loop that stops on a relative standard error. The
 reductions ``z . A z`` happen here, outside any compiled loop.
+
+Standard errors: ``Samples`` takes the spread of the per-probe samples
+(ddof=1). ``DeflatedQuad``, the Hutchinson part of the deflated trace
+estimators, estimates the variance of ``p^T A p`` from the images instead:
+for a Rademacher z and symmetric ``B = (I - VV^T) A (I - VV^T)``,
+``Var(z^T B z) = 2 sum_{k != l} B_kl^2 = 2 sum_k Var(z_k (B z)_k)``, and each
+``Var(z_k (B z)_k)`` is estimated, unbiased, by the sample variance of
+``z_k (B z)_k`` over the probes (``B z = (I - VV^T) A p`` is one projection
+of a product already computed). The same unbiasedness as the spread of the
+samples, but over n coordinates instead of one number per probe, so the
+estimate does not rise and fall with the skewed samples of a residual that
+keeps a few dominant eigenvalues (where the spread is too narrow exactly
+when the mean is too low).
 """
 
 from __future__ import annotations
@@ -21,7 +34,16 @@ from hessian_tools._checks import check_int, is_traced
 from hessian_tools._operator import LinearMap, apply_linear_map
 from hessian_tools._tree import Layout, basis_combine, stack_dot
 
-__all__ = ["Products", "exact_diagonal", "mean_stderr", "project_out", "quad", "sequential"]
+__all__ = [
+    "DeflatedQuad",
+    "Products",
+    "Samples",
+    "exact_diagonal",
+    "mean_stderr",
+    "project_out",
+    "quad",
+    "sequential",
+]
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -99,22 +121,90 @@ def mean_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(samples, axis=0), jnp.std(samples, axis=0, ddof=1) / np.sqrt(m)
 
 
+class Samples:
+    """Per-probe samples ``fn(z, A z)`` (rows of a flat array); their mean and
+    its standard error from their spread (``mean_stderr``)."""
+
+    def __init__(self, fn: Callable[[Any, Any], jax.Array]):
+        self.fn, self.rows = fn, []
+
+    def add(self, z: Any, tz: Any, a_tz: Any) -> None:
+        """One chunk: the raw probes z, the probes as applied, their images."""
+        del z
+        self.rows.append(self.fn(tz, a_tz))
+
+    def result(self) -> tuple[jax.Array, jax.Array]:
+        return mean_stderr(jnp.concatenate(self.rows))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _deflated_chunk(basis, z, p, ap, layout):
+    """``p_i . A p_i``, and the mean and centred sum of squares over the chunk
+    of ``d_i = z_i * B z_i`` with ``B z_i = (I - VV^T) A p_i`` (flat (n,))."""
+    d = layout.ravel(z) * layout.ravel(project_out(basis, ap, layout))
+    mean = jnp.mean(d, axis=0)
+    return quad(p, ap), mean, jnp.sum(jnp.square(d - mean[None]), axis=0)
+
+
+@jax.jit
+def _merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
+    # Chan et al.'s pairwise update of (mean, sum of squared deviations)
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    return mean_a + delta * (count_b / count), m2_a + m2_b + delta**2 * (count_a * count_b / count)
+
+
+class DeflatedQuad:
+    """Hutchinson on ``B = (I - VV^T) A (I - VV^T)``: samples ``p_i . A p_i``
+    with ``p_i = (I - VV^T) z_i`` for Rademacher ``z_i``.
+
+    The standard error of their mean is ``sqrt(2 sum_k s_k^2 / g)`` with
+    ``s_k^2`` the sample variance (ddof=1) over the g probes of
+    ``z_ik (B z_i)_k``: ``2 sum_k s_k^2`` is an unbiased estimate of
+    ``Var(z^T B z) = 2 (||B||_F^2 - sum_k B_kk^2)``, the exact variance for
+    Rademacher probes (equivalently ``2 mean_i ||B z_i||^2`` less a
+    U-statistic of ``sum_k B_kk^2``; never negative). Running moments, so
+    the chunks need not be kept.
+    """
+
+    def __init__(self, basis: Any, layout: Layout):
+        self.basis, self.layout = basis, layout
+        self.q, self.count, self.moments = [], 0, None
+
+    def add(self, z: Any, p: Any, ap: Any) -> None:
+        """One chunk: the Rademacher probes z, ``p = (I - VV^T) z``, ``A p``."""
+        q, mean, m2 = _deflated_chunk(self.basis, z, p, ap, self.layout)
+        take = q.shape[0]
+        if self.moments is None:
+            self.moments = (mean, m2)
+        else:
+            self.moments = _merge(self.count, *self.moments, take, mean, m2)
+        self.q.append(q)
+        self.count += take
+
+    def result(self) -> tuple[jax.Array, jax.Array]:
+        q = jnp.concatenate(self.q)
+        g = q.shape[0]
+        variance = 2 * jnp.sum(self.moments[1]) / (g - 1)  # of one sample p^T A p
+        return jnp.mean(q), jnp.sqrt(variance / g)
+
+
 def sequential(
     products: Products,
     key: jax.Array,
     budget: int,
-    sample: Callable[[Any, Any], jax.Array],
+    stats: Samples | DeflatedQuad,
     offset: jax.Array,
     rtol: float | None,
     size: Callable[[jax.Array], jax.Array],
     transform: Callable[[Any], Any] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Monte Carlo part: per-probe ``sample(z, A z)`` (rows of a flat array);
-    chunk by chunk when stopping on ``rtol`` (relative standard error of
-    ``offset + mean``). ``transform`` maps the probes first (a projection)."""
+    """Monte Carlo part: Rademacher probes z, ``stats.add(z, t(z), A t(z))``
+    per chunk (``transform`` t, a projection, or none); chunk by chunk when
+    stopping on ``rtol`` (relative standard error of ``offset + mean``).
+    Returns ``offset + mean`` and the standard error, from ``stats``."""
     keys = jax.random.split(key, budget)
     step = budget if rtol is None else max(2, min(products.chunk, 16))
-    samples = []
     used = 0
     while used < budget:
         take = min(step, budget - used)
@@ -122,17 +212,16 @@ def sequential(
             take += 1
         rows = _rademacher_rows(keys[used : used + take], products.lm.n, products.lm.dtype)
         z = products.layout.unravel(rows)
-        if transform is not None:
-            z = transform(z)
-        samples.append(sample(z, products(z)))
+        tz = z if transform is None else transform(z)
+        stats.add(z, tz, products(tz))
         used += take
-        mean, err = mean_stderr(jnp.concatenate(samples))
+        mean, err = stats.result()
         if is_traced(mean):
             continue  # inside jax.jit: the fixed budget (rtol is refused there)
         products.bar.set_postfix(value=f"{float(jnp.sum(offset + mean)):.4g}")
         if rtol is not None and float(size(err)) <= rtol * float(size(offset + mean)):
             break
-    mean, err = mean_stderr(jnp.concatenate(samples))
+    mean, err = stats.result()
     return offset + mean, err
 
 
