@@ -11,7 +11,7 @@ never modified.
 Evaluation runs a compiled ``lax.map`` over small ``vmap``-ed chunks of
 grid points (a few points at a time keep each point's activations in cache:
 on XLA CPU this is 1.6x faster than one wide ``vmap`` for an MLP on
-digits and as fast for a CNN), compiled once per loss, metrics and shapes:
+digits and 1.3x for a CNN), compiled once per loss, metrics and shapes:
 params, directions and data are arguments of the compiled function, never
 constants. Long 2-D grids can be
 checkpointed row by row and resumed.
