@@ -54,11 +54,10 @@ def krylov_basis(lm, probes, breakdown_tol, token, *, depth: int, acc: Any, diag
     """Orthonormal basis V of span{S, AS, ..., A^(depth-1) S} for the stacked
     probes S (k of them), by block Lanczos with full reorthogonalisation.
 
-    Returns ``(V, products, status, trace_low, diag_low)``: V stacked with
-    the kernel's flat leaves (``(k * depth, leaf.size)``, zero past a
-    breakdown), the products spent, the
-    kernel's status, ``tr(V^T A V)``, and ``diag(V V^T A)`` as a pytree
-    (None unless ``diagonal``).
+    Returns ``(V, products, status, trace_low, diag_low)``: V in the
+    kernel's stored form (``Layout.flatten_leaves``; zero past a
+    breakdown), the products spent, the kernel's status, ``tr(V^T A V)``,
+    and ``diag(V V^T A)`` as a pytree (None unless ``diagonal``).
     """
     k = jax.tree.leaves(probes)[0].shape[0]
     cols = k * depth

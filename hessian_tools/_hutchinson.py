@@ -108,11 +108,11 @@ def quad(z: Any, az: Any) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=2)
 def project_out(basis: Any, z: Any, layout: Layout) -> Any:
     """``z_i - V V^T z_i`` for each vector of the stack z (leaves
-    ``(k, *leaf.shape)``); the basis V is stored with flat leaves
-    ``(d, leaf.size)``, as the Lanczos kernel keeps it."""
-    flat = layout.flatten_leaves(z, lead=1)
+    ``(k, *leaf.shape)``); the basis V is stacked in the
+    form the Lanczos kernel keeps (``Layout.flatten_leaves``)."""
+    flat = layout.flatten_leaves(z)
     projected = jax.tree.map(jnp.subtract, flat, basis_combine(stack_dot(flat, basis), basis))
-    return layout.unflatten_leaves(projected, lead=1)
+    return layout.unflatten_leaves(projected)
 
 
 def mean_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:

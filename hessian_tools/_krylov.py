@@ -94,7 +94,7 @@ class State(NamedTuple):
     Attributes:
         size: basis vectors filled (rows ``0 .. size - 1``); the last ``block``
             of them are multiplied by the next step.
-        basis: stacked pytree, leaves ``(num_columns + block, leaf.size)``;
+        basis: stacked, ``num_columns + block`` rows (``Layout.flatten_leaves``);
             rows at and after ``size`` are zero.
         coeffs: ``(num_columns + block, num_columns)`` in the accumulation
             dtype: column j holds the coefficients of ``A q_j`` on ``q_i``,
@@ -153,7 +153,7 @@ def init(v0: PyTree, num_columns: int, acc: Any) -> State:
     """A state holding the orthonormalised start block.
 
     Args:
-        v0: stacked start vectors, leaves ``(b, leaf.size)``; they are
+        v0: b stacked start vectors in the stored form; they are
             orthonormalised in order (a dependent one becomes zero).
         num_columns: basis vectors to be multiplied in all (the state holds
             ``num_columns + b`` rows).
@@ -293,7 +293,7 @@ def run(
 
 
 def flat_product(lm: LinearMap) -> Callable:
-    """The operator's product on the kernel's flat leaves, bound (and, for a
+    """The operator's product on the kernel's stored form, bound (and, for a
     Hessian, linearised) here: call once inside a compiled function."""
     layout, mv = lm.layout, lm.bind()
     return lambda v: layout.flatten_leaves(mv(layout.unflatten_leaves(v)))
@@ -304,7 +304,7 @@ def start(lm: LinearMap, v0: PyTree, num_columns: int, acc: Any) -> tuple[State,
     ``(b, *leaf.shape)``, in the operator's layout) and ``flat_product``.
     Call inside the compiled function."""
     v0 = lm.conform(v0, lead=1)
-    return init(lm.layout.flatten_leaves(v0, lead=1), num_columns, acc), flat_product(lm)
+    return init(lm.layout.flatten_leaves(v0), num_columns, acc), flat_product(lm)
 
 
 def host_loop(lm: LinearMap, traced: bool = False) -> bool:
@@ -314,9 +314,9 @@ def host_loop(lm: LinearMap, traced: bool = False) -> bool:
 
 
 def as_vectors(stack: PyTree, layout: Layout) -> PyTree:
-    """Rows of the kernel's basis (leaves ``(k, leaf.size)``) as vectors in
+    """Rows of the kernel's basis (the stored form, k rows) as vectors in
     ``layout``'s shapes (leaves ``(k, *leaf.shape)``)."""
-    return layout.unflatten_leaves(stack, lead=1)
+    return layout.unflatten_leaves(stack)
 
 
 def _active(s: State, stop_on_breakdown: bool) -> jax.Array:
@@ -445,7 +445,7 @@ def ritz(state: State) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def ritz_vectors(state: State, u: jax.Array) -> PyTree:
     """Stacked Ritz vectors ``Q u[:, i]`` for the columns of ``u``
-    (``(num_columns_max, k)``), leaves ``(k, leaf.size)`` (``as_vectors``
+    (``(num_columns_max, k)``), k rows in the stored form (``as_vectors``
     gives the params' shapes)."""
     rows = state.coeffs.shape[0]
     coeffs = jnp.zeros((u.shape[1], rows), u.dtype).at[:, : u.shape[0]].set(u.T)

@@ -234,7 +234,7 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
     cols = s.num_columns
     pos = wanted_positions(cols, k, cfg.which)
     values = theta[pos]
-    vectors = _krylov.ritz_vectors(s, u[:, pos])  # flat leaves (k, leaf.size)
+    vectors = _krylov.ritz_vectors(s, u[:, pos])  # stored form (k, n) on one CPU device
     used = loop.used
     if true_residuals:
         products = apply_block(_krylov.flat_product(lm), vectors, lm.block)

@@ -292,7 +292,7 @@ class Layout:
         self.check(v, name=name)
         return self.cast(v)
 
-    def flatten_leaves(self, tree: PyTree, lead: int = 0) -> PyTree:
+    def flatten_leaves(self, tree: PyTree) -> PyTree:
         """The form the Krylov basis is stored in. On a single CPU device,
         one ``(*lead_axes, n)`` array (the leaves raveled and joined, in the
         common dtype; see ``basis_dot``): one contraction per Gram-Schmidt
@@ -300,26 +300,11 @@ class Layout:
         many-leaf model. With several devices the leaves keep their shapes,
         and so their shardings: the basis of a leaf sharded ``P(*spec)`` is
         sharded ``P(None, *spec)``."""
-        if not flat_stacks():
-            return tree
-        leaves = jax.tree.leaves(tree)
-        lead_shape = jnp.shape(leaves[0])[:lead]
-        parts = [jnp.reshape(x, (*lead_shape, -1)).astype(self.dtype) for x in leaves]
-        return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+        return self.ravel(tree) if flat_stacks() else tree
 
-    def unflatten_leaves(self, tree: PyTree, lead: int = 0) -> PyTree:
+    def unflatten_leaves(self, tree: PyTree) -> PyTree:
         """Inverse of ``flatten_leaves``: leaves back to their shapes and dtypes."""
-        if not flat_stacks():
-            return tree
-        (flat,) = jax.tree.leaves(tree)
-        lead_shape = jnp.shape(flat)[:lead]
-        cuts = np.cumsum(self.sizes)[:-1]
-        parts = jnp.split(flat, cuts, axis=-1) if cuts.size else [flat]
-        out = [
-            jnp.reshape(p, (*lead_shape, *s)).astype(d)
-            for p, s, d in zip(parts, self.shapes, self.dtypes, strict=True)
-        ]
-        return jax.tree.unflatten(self.treedef, out)
+        return self.unravel(tree) if flat_stacks() else tree
 
     def ravel(self, tree: PyTree) -> jax.Array:
         """A vector as a flat ``(n,)`` array, or a stack as ``(k, n)``."""

@@ -139,7 +139,7 @@ def _slq_chunk(lm, probes, breakdown_tol, token, *, m, acc):
         return _coefficients(state)
 
     probes = lm.conform(probes, lead=1)  # the parameters' shardings, if any
-    return apply_block(one, lm.layout.flatten_leaves(probes, lead=1), lm.block)
+    return apply_block(one, lm.layout.flatten_leaves(probes), lm.block)
 
 
 def _coefficients(state: _krylov.State):
@@ -151,7 +151,7 @@ def _coefficients(state: _krylov.State):
 
 @functools.partial(jax.jit, static_argnames=("m", "acc"))
 def _host_init(lm, probes, *, m, acc):
-    flat = lm.layout.flatten_leaves(lm.conform(probes, lead=1), lead=1)
+    flat = lm.layout.flatten_leaves(lm.conform(probes, lead=1))
     return jax.vmap(lambda v: _krylov.init(jax.tree.map(lambda x: x[None], v), m, acc))(flat)
 
 

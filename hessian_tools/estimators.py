@@ -143,7 +143,7 @@ def _deflate(products: Products, key: jax.Array, m: int, method: str, target: st
     q = jnp.linalg.qr(sketch.T)[0]  # (n, k)
     basis = layout.unravel(q.T)
     av = layout.ravel(products(basis))
-    v = layout.flatten_leaves(basis, lead=1)  # flat leaves, as the kernel stores bases
+    v = layout.flatten_leaves(basis)  # the form the kernel stores bases in
     low = jnp.sum(q * av.T) if target == "trace" else jnp.sum(q * av.T, axis=1)
     return v, low, m - 2 * k
 

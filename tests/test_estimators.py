@@ -125,7 +125,7 @@ def test_trace_stderr_is_calibrated(method):
 def flat_basis(a, vectors):
     """Orthonormal columns as the stacked basis the deflated estimators keep."""
     layout = as_linear_map(a).layout
-    return layout.flatten_leaves(layout.unravel(jnp.asarray(vectors.T)), lead=1), layout
+    return layout.flatten_leaves(layout.unravel(jnp.asarray(vectors.T))), layout
 
 
 def test_deflated_stderr_is_unbiased_for_the_rademacher_variance():

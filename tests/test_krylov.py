@@ -117,7 +117,7 @@ def test_under_jit_and_vmap_with_a_nested_pytree_basis():
 def test_as_vectors_restores_the_params_shapes():
     params = nested_params(30)
     layout = Layout.of(params)
-    stack = layout.flatten_leaves(jax.tree.map(lambda x: jnp.stack([x, 2 * x]), params), lead=1)
+    stack = layout.flatten_leaves(jax.tree.map(lambda x: jnp.stack([x, 2 * x]), params))
     back = _krylov.as_vectors(stack, layout)
     np.testing.assert_allclose(back["layer"]["w"][1], 2 * params["layer"]["w"])
     assert back["b"].shape == (2, 10)

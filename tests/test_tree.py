@@ -44,17 +44,17 @@ def test_vector_accepts_flat_or_tree_and_names_the_problem():
 def test_flatten_leaves_round_trip():
     layout = Layout.of(TREE)
     stack = jax.tree.map(lambda x: jnp.stack([x, -x]), TREE)
-    flat = layout.flatten_leaves(stack, lead=1)
+    flat = layout.flatten_leaves(stack)
     # one CPU device: the leaves joined in one (2, n) array, the ravel order
     assert [x.shape for x in jax.tree.leaves(flat)] == [(2, 11)]
     np.testing.assert_array_equal(flat, layout.ravel(stack))
-    back = layout.unflatten_leaves(flat, lead=1)
+    back = layout.unflatten_leaves(flat)
     assert jax.tree.structure(back) == jax.tree.structure(stack)
     jax.tree.map(np.testing.assert_array_equal, back, stack)
     # mixed dtypes: joined in the common dtype, each leaf's own restored
     mixed = {"a": jnp.ones((2, 3), jnp.float32), "b": jnp.ones((2,), jnp.float16)}
     layout = Layout.of(jax.tree.map(lambda x: x[0], mixed))
-    back = layout.unflatten_leaves(layout.flatten_leaves(mixed, lead=1), lead=1)
+    back = layout.unflatten_leaves(layout.flatten_leaves(mixed))
     assert back["a"].dtype == jnp.float32 and back["b"].dtype == jnp.float16
 
 
