@@ -219,10 +219,11 @@ class _Evaluator:
         chunks = -(-m // chunk)
         calls = -(-chunks // max(1, _GROUP // chunk))
         per_call = -(-chunks // calls)
+        group = per_call * chunk
         out = []
-        for start in range(0, m, per_call * chunk):
-            block = coeffs[start : start + per_call * chunk]
-            pad = per_call * chunk - block.shape[0]
+        for start in range(0, m, group):
+            block = coeffs[start : start + group]
+            pad = group - block.shape[0]
             if pad:  # one compiled shape: pad the last group with the origin
                 block = np.concatenate([block, np.zeros((pad, block.shape[1]))])
             block = jnp.asarray(block.reshape(per_call, chunk, -1), self.coeff_dtype)
@@ -235,10 +236,10 @@ class _Evaluator:
                 block,
                 self.data,
             )
-            vals = np.asarray(vals, np.float64).reshape(per_call * chunk, -1)
-            out.append(vals[: vals.shape[0] - pad])
+            vals = np.asarray(vals, np.float64).reshape(group, -1)
+            out.append(vals[: group - pad])
             if bar is not None:
-                bar.update(vals.shape[0] - pad)
+                bar.update(group - pad)
         return np.concatenate(out)
 
     def fingerprint(self, extra: str) -> str:
