@@ -9,6 +9,7 @@ import pytest
 from _util import TraceCounter, asym_loss, asym_problem, at
 
 from hessian_tools import landscape as L
+from hessian_tools.landscape import _slices
 from hessian_tools.dense import hessian
 
 
@@ -177,7 +178,7 @@ def test_checkpoint_resume_equals_uninterrupted(problem, tmp_path, monkeypatch):
     full = L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, metrics={"s": lambda p, a: p["b"][0]})
 
     metric = {"s": lambda p, a: p["b"][0]}
-    real = L._eval_points
+    real = _slices._eval_points
     calls = []
 
     def flaky(*args):
@@ -186,16 +187,16 @@ def test_checkpoint_resume_equals_uninterrupted(problem, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(L, "_eval_points", flaky)
+    monkeypatch.setattr(_slices, "_eval_points", flaky)
     with pytest.raises(KeyboardInterrupt):
         L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, metrics=metric, checkpoint=path)
     with np.load(path) as saved:
         assert saved["rows"].shape[0] == 2  # only the row in progress was lost
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
-    monkeypatch.setattr(L, "_eval_points", real)
+    monkeypatch.setattr(_slices, "_eval_points", real)
     counted = []
-    monkeypatch.setattr(L, "_eval_points", lambda *args: counted.append(1) or real(*args))
+    monkeypatch.setattr(_slices, "_eval_points", lambda *args: counted.append(1) or real(*args))
     resumed = L.slice_2d(asym_loss, params, (d1, d2), XS, YS, a, metrics=metric, checkpoint=path)
     assert len(counted) == len(YS) - 2  # rows 0 and 1 were not recomputed
     np.testing.assert_allclose(resumed.values, full.values, rtol=1e-14)

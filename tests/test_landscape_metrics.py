@@ -1,4 +1,4 @@
-"""The curvature metric of landscape slices (hessian_tools.landscape_metrics)."""
+"""The curvature metric of landscape slices (hessian_tools.landscape)."""
 
 import jax
 import jax.numpy as jnp

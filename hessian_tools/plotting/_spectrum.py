@@ -1,6 +1,6 @@
 """Spectrum plots: a spectral density, a list of eigenvalues, per-block bars.
 
-Re-exported by ``hessian_tools.plotting`` (documented there); same
+Public through ``hessian_tools.plotting`` (documented there); same
 conventions: ``ax=None`` draws on a new figure, the Axes is returned.
 """
 
@@ -12,9 +12,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
-from hessian_tools._plot_common import NEGATIVE_COLOR
-from hessian_tools._plot_common import POSITIVE_COLOR as _POSITIVE_COLOR
-from hessian_tools._plot_common import axes as _axes
+from hessian_tools.plotting._common import NEGATIVE_COLOR
+from hessian_tools.plotting._common import POSITIVE_COLOR as _POSITIVE_COLOR
+from hessian_tools.plotting._common import axes as _axes
 
 __all__ = ["plot_block_spectra", "plot_eigenvalues", "plot_spectral_density"]
 

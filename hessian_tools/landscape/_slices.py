@@ -15,9 +15,6 @@ digits and 1.3x for a CNN), compiled once per loss, metrics and shapes:
 params, directions and data are arguments of the compiled function, never
 constants. Long 2-D grids can be
 checkpointed row by row and resumed.
-
-The directions (``random_direction``, ``eigen_directions``, ...) live in
-``hessian_tools.directions`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -40,35 +37,12 @@ from hessian_tools._data import Data
 from hessian_tools._params import Partition
 from hessian_tools._progress import progress_bar
 from hessian_tools._tree import Layout
-from hessian_tools.directions import (
-    Subspace,
-    as_direction,
-    eigen_directions,
-    gradient_direction,
-    interpolation,
-    normalize_direction,
-    pca_directions,
-    random_direction,
-)
-from hessian_tools.landscape_metrics import extreme_eigenvalue_metric
+from hessian_tools.landscape._directions import as_direction
 from hessian_tools.operators import wrapped_loss
 
 PyTree = Any
 
-__all__ = [
-    "Slice1D",
-    "Slice2D",
-    "Subspace",
-    "eigen_directions",
-    "extreme_eigenvalue_metric",
-    "gradient_direction",
-    "interpolation",
-    "normalize_direction",
-    "pca_directions",
-    "random_direction",
-    "slice_1d",
-    "slice_2d",
-]
+__all__ = ["Slice1D", "Slice2D", "slice_1d", "slice_2d"]
 
 
 @jax.tree_util.register_dataclass

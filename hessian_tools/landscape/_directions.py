@@ -1,15 +1,17 @@
 """Directions in parameter space for loss-landscape slices.
 
 Each direction is a pytree with the structure and leaf shapes of ``params``.
-``hessian_tools.landscape`` re-exports everything here, so user code writes
+Public through ``hessian_tools.landscape``: user code writes
 ``ht.landscape.random_direction(...)``.
 
 Random directions follow Li et al. (2018), "Visualizing the Loss Landscape of
 Neural Nets": a Gaussian direction whose filters are rescaled to the norms of
 the corresponding filters of the parameters, so that the slice is comparable
-across networks of different weight scale. The layout convention is Flax's: a
-dense kernel is ``(in, out)`` and a convolution kernel ``(H, W, in, out)``
-(HWIO), so the filter (output unit / output channel) axis is the last one.
+across networks of different weight scale. Each leaf's filter (output unit /
+output channel) axis is read from its key path (``_filters``): the last axis
+of Flax ``kernel`` leaves (``(in, out)``, HWIO), the first of Equinox and
+PyTorch-style ``weight`` leaves (``(out, in)``, OIHW); any other leaf of two
+or more dimensions needs ``filter_axis=``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import numpy as np
 
 from hessian_tools._checks import check_choice, renamed_arguments, require_finite
 from hessian_tools._data import Data
-from hessian_tools._filters import filter_axes, normalize
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout, norm, sub
+from hessian_tools.landscape._filters import filter_axes, normalize
 from hessian_tools.operators import _as_vector, _value_and_grad
 
 PyTree = Any

@@ -4,7 +4,8 @@ every point of a slice.
 A metric is a function ``(params, *args) -> scalar`` that ``slice_1d`` and
 ``slice_2d`` evaluate, vectorised, at every grid point. The one here runs a
 fixed number of steps of the library's Lanczos kernel, so that it compiles to
-one static program and vmaps over grid points. Re-exported by ``hessian_tools.landscape``.
+one static program and vmaps over grid points. Public through
+``hessian_tools.landscape``.
 """
 
 from __future__ import annotations

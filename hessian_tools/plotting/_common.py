@@ -1,4 +1,4 @@
-"""Helpers shared by the plotting modules (``plotting``, ``_plot_spectrum``)."""
+"""Helpers shared by the plotting modules (colours, the ``ax=None`` rule)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from matplotlib.axes import Axes
 
 #: Colour of negative eigenvalues and of the negative side of a spectrum
-#: (re-exported as ``hessian_tools.plotting.NEGATIVE_COLOR``).
+#: (public as ``hessian_tools.plotting.NEGATIVE_COLOR``).
 NEGATIVE_COLOR = "tab:red"
 POSITIVE_COLOR = "tab:blue"
 

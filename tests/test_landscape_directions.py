@@ -1,6 +1,8 @@
-"""Directions in parameter space (hessian_tools.directions): filter
+"""Directions in parameter space (hessian_tools.landscape): filter
 normalisation against the parameters' filter norms, Hessian eigenvectors,
 gradients, interpolation planes and PCA of trajectories."""
+
+import importlib
 
 import jax
 import jax.flatten_util
@@ -9,7 +11,6 @@ import numpy as np
 import pytest
 from _util import asym_loss, asym_problem, at
 
-from hessian_tools import directions as D
 from hessian_tools import landscape as L
 from hessian_tools.dense import hessian
 from hessian_tools.operators import HessianOperator
@@ -37,7 +38,7 @@ def conv_params():
 
 def test_filter_normalisation_matches_param_filter_norms():
     params = conv_params()
-    d = D.random_direction(jax.random.PRNGKey(0), params)  # filter, 1-D zeroed
+    d = L.random_direction(jax.random.PRNGKey(0), params)  # filter, 1-D zeroed
     for layer in ("conv", "dense"):
         np.testing.assert_allclose(
             filter_norms(d[layer]["kernel"]), filter_norms(params[layer]["kernel"]), rtol=1e-12
@@ -45,7 +46,7 @@ def test_filter_normalisation_matches_param_filter_norms():
         assert not np.any(d[layer]["bias"])
     assert not np.any(d["norm"]["scale"])
     # PyTorch layout: filters along axis 0
-    d0 = D.random_direction(jax.random.PRNGKey(1), params, filter_axis=0)
+    d0 = L.random_direction(jax.random.PRNGKey(1), params, filter_axis=0)
     np.testing.assert_allclose(
         filter_norms(d0["conv"]["kernel"], 0), filter_norms(params["conv"]["kernel"], 0)
     )
@@ -65,7 +66,7 @@ def test_filter_axis_read_off_each_library_layout():
     model = eqx.nn.Sequential(
         [eqx.nn.Conv2d(2, 4, 3, key=key), eqx.nn.Lambda(jnp.tanh), eqx.nn.Linear(6, 3, key=key)]
     )
-    d = D.random_direction(jax.random.PRNGKey(1), model)
+    d = L.random_direction(jax.random.PRNGKey(1), model)
     for layer in (0, 2):
         w, dw = model.layers[layer].weight, d.layers[layer].weight
         np.testing.assert_allclose(filter_norms(dw, 0), filter_norms(w, 0), rtol=1e-6)
@@ -75,49 +76,49 @@ def test_filter_axis_read_off_each_library_layout():
     # Flax Linen: kernels (in, out) and HWIO, filters along the last axis
     linen = nn.Sequential([nn.Conv(4, (3, 3)), nn.Dense(3)])
     variables = linen.init(key, jnp.ones((1, 5, 5, 2)))
-    d = D.random_direction(jax.random.PRNGKey(2), variables)
+    d = L.random_direction(jax.random.PRNGKey(2), variables)
     for name in ("layers_0", "layers_1"):
         w, dw = variables["params"][name]["kernel"], d["params"][name]["kernel"]
         np.testing.assert_allclose(filter_norms(dw), filter_norms(w), rtol=1e-6)
     # Flax NNX: the same kernels, under .value
     lin = nnx.Linear(5, 3, rngs=nnx.Rngs(0))
     state = nnx.split(lin)[1]
-    d = D.random_direction(jax.random.PRNGKey(3), state)
+    d = L.random_direction(jax.random.PRNGKey(3), state)
     np.testing.assert_allclose(
         filter_norms(d["kernel"][...]), filter_norms(state["kernel"][...]), rtol=1e-6
     )
     # a weight whose layout cannot be told from its name: an error, not a guess
     with pytest.raises(ValueError, match="filter_axis"):
-        D.random_direction(key, {"w": jnp.ones((3, 2)), "b": jnp.ones(2)})
+        L.random_direction(key, {"w": jnp.ones((3, 2)), "b": jnp.ones(2)})
 
 
 def test_leaves_1d_keep_and_other_normalisations():
     params = conv_params()
     key = jax.random.PRNGKey(2)
-    d = D.random_direction(key, params, leaves_1d="keep")
+    d = L.random_direction(key, params, leaves_1d="keep")
     for path in (("conv", "bias"), ("dense", "bias"), ("norm", "scale")):
         leaf_d, leaf_p = d[path[0]][path[1]], params[path[0]][path[1]]
         assert np.linalg.norm(leaf_d) == pytest.approx(float(np.linalg.norm(leaf_p)))
         assert not np.allclose(leaf_d, leaf_p)  # random, not a copy of params
-    layer = D.random_direction(key, params, "layer")
+    layer = L.random_direction(key, params, "layer")
     for name in ("conv", "dense"):
         assert np.linalg.norm(layer[name]["kernel"]) == pytest.approx(
             float(np.linalg.norm(params[name]["kernel"]))
         )
-    model = D.random_direction(key, params, "model", leaves_1d="keep")
+    model = L.random_direction(key, params, "model", leaves_1d="keep")
     flat_p = jax.flatten_util.ravel_pytree(params)[0]
     flat_d = jax.flatten_util.ravel_pytree(model)[0]
     assert float(jnp.linalg.norm(flat_d)) == pytest.approx(float(jnp.linalg.norm(flat_p)))
-    raw = D.random_direction(key, params, None, leaves_1d="keep")
-    raw_again = D.random_direction(key, params, None, leaves_1d="keep")
+    raw = L.random_direction(key, params, None, leaves_1d="keep")
+    raw_again = L.random_direction(key, params, None, leaves_1d="keep")
     jax.tree.map(np.testing.assert_array_equal, raw, raw_again)  # deterministic in the key
     with pytest.raises(ValueError, match="normalization"):
-        D.random_direction(key, params, "unit")
+        L.random_direction(key, params, "unit")
     with pytest.raises(ValueError, match="leaves_1d"):
-        D.random_direction(key, params, leaves_1d="drop")
+        L.random_direction(key, params, leaves_1d="drop")
     with pytest.raises(ValueError, match="identically zero"):
-        D.random_direction(key, jnp.ones(2))  # a 2-D toy: its only leaf is 1-D
-    assert np.linalg.norm(D.random_direction(key, jnp.ones(2), leaves_1d="keep")) > 0
+        L.random_direction(key, jnp.ones(2))  # a 2-D toy: its only leaf is 1-D
+    assert np.linalg.norm(L.random_direction(key, jnp.ones(2), leaves_1d="keep")) > 0
 
 
 def test_eigen_directions_are_hessian_eigenvectors(problem):
@@ -126,43 +127,43 @@ def test_eigen_directions_are_hessian_eigenvectors(problem):
     dense = np.asarray(hessian(asym_loss, params, a))
     w = np.linalg.eigvalsh(dense)
     for which, expected in (("largest", w[::-1][:2]), ("smallest", w[:2])):
-        dirs = D.eigen_directions(op, 2, which=which)
+        dirs = L.eigen_directions(op, 2, which=which)
         assert len(dirs) == 2
         for d, lam in zip(dirs, expected, strict=True):
             v = np.asarray(jax.flatten_util.ravel_pytree(d)[0])
             np.testing.assert_allclose(dense @ v, lam * v, atol=1e-10)
             assert np.linalg.norm(v) == pytest.approx(1.0)
     with pytest.raises(TypeError, match="unravel"):
-        D.eigen_directions(dense, 1)
+        L.eigen_directions(dense, 1)
 
 
 def test_gradient_direction(problem):
     params, a, _, _ = problem
     g = jax.grad(asym_loss)(params, a)
     gn = float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g))))
-    d = D.gradient_direction(asym_loss, params, a)
+    d = L.gradient_direction(asym_loss, params, a)
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v / gn, rtol=1e-12), d, g)
-    raw = D.gradient_direction(asym_loss, params, a, normalization=None)
+    raw = L.gradient_direction(asym_loss, params, a, normalization=None)
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12), raw, g)
     # batches: the gradient of the size-weighted mean
     data = np.random.default_rng(1).normal(size=(5, 3))
     f = lambda p, x: jnp.mean((x @ p["w"].T) ** 2) + jnp.sum(p["b"] ** 2)
-    db = D.gradient_direction(f, params, batches=[(data[:2],), (data[2:],)], normalization=None)
+    db = L.gradient_direction(f, params, batches=[(data[:2],), (data[2:],)], normalization=None)
     gf = jax.grad(f)(params, data)
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12), db, gf)
     with pytest.raises(ValueError, match="zero"):
-        D.gradient_direction(lambda p: jnp.sum(p**2), jnp.zeros(3))
+        L.gradient_direction(lambda p: jnp.sum(p**2), jnp.zeros(3))
 
 
 def test_interpolation_line_and_plane(problem):
     params, a, d1, d2 = problem
     pb, pc = at(params, (1.0,), (d1,)), at(params, (1.0,), (d2,))
-    line = D.interpolation(params, pb)
+    line = L.interpolation(params, pb)
     s = L.slice_1d(asym_loss, line.origin, line.directions[0], [0.0, 1.0], a)
     np.testing.assert_allclose(s.values, [asym_loss(params, a), asym_loss(pb, a)], rtol=1e-12)
-    plane = D.interpolation(params, pb, pc)
+    plane = L.interpolation(params, pb, pc)
     np.testing.assert_array_equal(plane.coords, [[0, 0], [1, 0], [0, 1]])
-    ortho = D.interpolation(params, pb, pc, orthonormalize=True)
+    ortho = L.interpolation(params, pb, pc, orthonormalize=True)
     u = [np.asarray(jax.flatten_util.ravel_pytree(d)[0]) for d in ortho.directions]
     np.testing.assert_allclose(np.array([[x @ y for y in u] for x in u]), np.eye(2), atol=1e-12)
     # each point is reproduced by its coordinates
@@ -170,9 +171,9 @@ def test_interpolation_line_and_plane(problem):
         rebuilt = at(ortho.origin, c, ortho.directions)
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-12), rebuilt, point)
     with pytest.raises(ValueError, match="collinear"):
-        D.interpolation(params, pb, at(params, (2.0,), (d1,)))
+        L.interpolation(params, pb, at(params, (2.0,), (d1,)))
     with pytest.raises(ValueError, match="identical"):
-        D.interpolation(params, params)
+        L.interpolation(params, params)
 
 
 def test_pca_directions_recover_a_planar_trajectory(problem):
@@ -180,7 +181,7 @@ def test_pca_directions_recover_a_planar_trajectory(problem):
     t = np.linspace(0, 1, 12)
     path_xy = np.stack([3 * t, np.sin(3 * t)], axis=1)  # a curve in span(d1, d2)
     traj = [at(params, xy, (d1, d2)) for xy in path_xy]
-    sub = D.pca_directions(traj)
+    sub = L.pca_directions(traj)
     assert np.sum(sub.explained_variance) == pytest.approx(1.0)
     assert sub.explained_variance[0] >= sub.explained_variance[1]
     assert sub.coords.shape == (12, 2)
@@ -190,20 +191,20 @@ def test_pca_directions_recover_a_planar_trajectory(problem):
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-10), rebuilt, point)
     assert sub.coords[0, 0] < sub.coords[-1, 0]  # runs towards +
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *traj)
-    sub2 = D.pca_directions(stacked)
+    sub2 = L.pca_directions(stacked)
     np.testing.assert_allclose(sub2.coords, sub.coords, atol=1e-10)
     # off-plane noise shows up as unexplained variance
     rng = np.random.default_rng(0)
     noisy = [jax.tree.map(lambda x: x + 0.3 * rng.normal(size=x.shape), p) for p in traj]
-    assert np.sum(D.pca_directions(noisy).explained_variance) < 0.99
+    assert np.sum(L.pca_directions(noisy).explained_variance) < 0.99
     with pytest.raises(ValueError, match="at least 2"):
-        D.pca_directions([params])
+        L.pca_directions([params])
 
 
 def test_random_direction_does_not_mutate_params(problem):
     params = jax.tree.map(lambda x: np.array(x), problem[0])
     before = jax.tree.map(np.copy, params)
-    D.random_direction(jax.random.PRNGKey(0), params, filter_axis=-1)
+    L.random_direction(jax.random.PRNGKey(0), params, filter_axis=-1)
     jax.tree.map(np.testing.assert_array_equal, params, before)
 
 
@@ -222,7 +223,7 @@ def fixed_direction():
 
 def test_normalize_direction_filter_rescales_each_filter_and_keeps_its_direction():
     params, d = conv_params(), fixed_direction()
-    out = D.normalize_direction(d, params)
+    out = L.normalize_direction(d, params)
     for layer in ("conv", "dense"):
         got, raw, p = (np.asarray(t[layer]["kernel"]) for t in (out, d, params))
         target = filter_norms(p)
@@ -234,7 +235,7 @@ def test_normalize_direction_filter_rescales_each_filter_and_keeps_its_direction
         assert not np.any(out[layer]["bias"])
     assert not np.any(out["norm"]["scale"])
     # leaves_1d="keep": a 1-D leaf counts as one filter
-    kept = D.normalize_direction(d, params, leaves_1d="keep")
+    kept = L.normalize_direction(d, params, leaves_1d="keep")
     for path in (("conv", "bias"), ("dense", "bias"), ("norm", "scale")):
         leaf, p = kept[path[0]][path[1]], params[path[0]][path[1]]
         assert np.linalg.norm(leaf) == pytest.approx(float(np.linalg.norm(p)), rel=1e-12)
@@ -242,11 +243,11 @@ def test_normalize_direction_filter_rescales_each_filter_and_keeps_its_direction
 
 def test_normalize_direction_layer_model_and_none():
     params, d = conv_params(), fixed_direction()
-    layer = D.normalize_direction(d, params, "layer", leaves_1d="keep")
+    layer = L.normalize_direction(d, params, "layer", leaves_1d="keep")
     for a, b in zip(jax.tree.leaves(layer), jax.tree.leaves(params), strict=True):
         assert np.linalg.norm(a) == pytest.approx(float(np.linalg.norm(b)), rel=1e-12)
     # "model" with 1-D leaves zeroed: the norm of the kernels of params
-    model = D.normalize_direction(d, params, "model")
+    model = L.normalize_direction(d, params, "model")
     kernels = [params["conv"]["kernel"], params["dense"]["kernel"]]
     target = np.sqrt(sum(float(jnp.sum(k**2)) for k in kernels))
     flat = jax.flatten_util.ravel_pytree(model)[0]
@@ -255,20 +256,29 @@ def test_normalize_direction_layer_model_and_none():
     zeroed = jax.tree.map(lambda x: x if x.ndim > 1 else jnp.zeros_like(x), d)
     raw = jax.flatten_util.ravel_pytree(zeroed)[0]
     np.testing.assert_allclose(flat, raw * target / float(jnp.linalg.norm(raw)), rtol=1e-12)
-    same = D.normalize_direction(d, params, None, leaves_1d="keep")
+    same = L.normalize_direction(d, params, None, leaves_1d="keep")
     jax.tree.map(np.testing.assert_array_equal, same, d)
 
 
 def test_normalize_direction_casts_to_the_params_dtype_and_checks_structure():
     params = jax.tree.map(lambda x: x.astype(jnp.float32), conv_params())
-    out = D.normalize_direction(fixed_direction(), params)
+    out = L.normalize_direction(fixed_direction(), params)
     assert {leaf.dtype for leaf in jax.tree.leaves(out)} == {jnp.dtype(jnp.float32)}
     with pytest.raises(ValueError, match="structure"):
-        D.normalize_direction({"conv": fixed_direction()["conv"]}, params)
+        L.normalize_direction({"conv": fixed_direction()["conv"]}, params)
     with pytest.raises(ValueError, match="normalization"):
-        D.normalize_direction(fixed_direction(), params, "unit")
+        L.normalize_direction(fixed_direction(), params, "unit")
 
 
-def test_landscape_re_exports_the_directions():
-    for name in D.__all__:
-        assert getattr(L, name) is getattr(D, name), name
+def test_one_import_path_per_public_function():
+    import hessian_tools as ht
+
+    for package in (ht.landscape, ht.plotting):
+        for name in package.__all__:
+            obj = getattr(package, name)
+            if callable(obj) and hasattr(obj, "__module__"):
+                # defined in a private module of the package, public only here
+                assert obj.__module__.startswith(package.__name__ + "._"), (name, obj.__module__)
+    for gone in ("directions", "landscape_metrics", "_filters", "_plot_spectrum", "_plot_common"):
+        with pytest.raises(ImportError):
+            importlib.import_module(f"hessian_tools.{gone}")
