@@ -1,0 +1,98 @@
+"""The Hessian of a loss in its variables: the pieces every operator shares.
+
+A loss ``f(params, *args)`` is seen as a function of its *variables* (the
+floating array leaves of params, narrowed by ``wrt``: ``_params``), the rest
+of params held fixed (``wrapped_loss``). Its HVP is forward-over-reverse
+(``hvp_tree``: ``jvp`` of ``grad``, Pearlmutter 1994); ``hessian_products``
+gives the product and its shared-forward-pass variant (``jax.linearize`` of
+the gradient) as cached function objects, so that compiled solvers are
+reused across operators of the same loss. Used by ``operators``, ``ggn``
+and the landscape's directions, slices and curvature metric.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from hessian_tools._checks import check_scalar_output
+from hessian_tools._data import Data
+from hessian_tools._params import Partition
+from hessian_tools._tree import Layout
+
+PyTree = Any
+Loss = Callable[..., jax.Array]
+
+__all__ = [
+    "Loss",
+    "PyTree",
+    "as_vector",
+    "check_scalar_loss",
+    "hessian_products",
+    "hvp_tree",
+    "value_and_grad",
+    "wrapped_loss",
+]
+
+_SCALAR_FIX = "Reduce it (e.g. with jnp.mean) before asking for curvature."
+
+
+def check_scalar_loss(f: Loss, params: PyTree, args: tuple, partition: Partition | None = None):
+    """``ValueError`` unless ``f(params, *args)`` is a real scalar (no FLOPs;
+    non-array leaves of params are held static)."""
+    partition = Partition.of(params) if partition is None else partition
+    variables, fixed = partition.split(params)
+    wrapped = wrapped_loss(f, partition)
+    check_scalar_output(
+        "the loss f(params, *args)", wrapped, variables, fixed, *args, fix=_SCALAR_FIX
+    )
+
+
+@functools.cache
+def wrapped_loss(f: Loss, partition: Partition) -> Callable:
+    """``f`` as a function of ``(variables, fixed, *args)``, one object per
+    loss and partition (so shape checks and compiled code are cached)."""
+    return partition.wrap(f)
+
+
+def hvp_tree(f: Loss, params: PyTree, v: PyTree, args: tuple) -> PyTree:
+    return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
+
+
+def as_vector(partition: Partition, layout: Layout, v: Any, name: str) -> PyTree:
+    """``v`` as a vector of the variables: flat, a variables pytree, or a
+    pytree shaped like the whole of params."""
+    if not layout.is_flat(v) and jax.tree.structure(v) != layout.treedef:
+        picked = partition.select(v)
+        if picked is not None:
+            v = picked
+    return layout.vector(v, name=name)
+
+
+@functools.cache
+def hessian_products(f: Loss, partition: Partition) -> tuple[Callable, Callable]:
+    """``(matvec, prepare)`` of the Hessian of ``f`` in the variables of
+    ``partition``; cached per loss and partition, so the same function
+    objects (static parts of a ``LinearMap``) come back and compiled solvers
+    are reused across operators."""
+    fv = wrapped_loss(f, partition)
+
+    def matvec(v, variables, fixed, data):
+        return data.mean(lambda *args: hvp_tree(fv, variables, v, (fixed, *args)))
+
+    def prepare(variables, fixed, data):
+        # one forward pass (jax.linearize of the gradient), then the linear
+        # map per product: faster per HVP, but holds the activations
+        args = data.groups[0]
+        return jax.linearize(lambda p: jax.grad(fv)(p, fixed, *args), variables)[1]
+
+    return matvec, prepare
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def value_and_grad(f: Loss, partition: Partition, variables: PyTree, fixed: tuple, data: Data):
+    fv = wrapped_loss(f, partition)
+    return data.mean(lambda *args: jax.value_and_grad(fv)(variables, fixed, *args))
