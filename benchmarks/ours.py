@@ -296,7 +296,7 @@ def schedule_of(op) -> str:
     """How the library applies blocks of products and where its solvers loop
     (``hessian_tools._operator.schedule``), e.g. ``"map, device"``."""
     lm = op.linear_map()
-    return f"{lm.block}, {lm.loop}"
+    return f"{lm.batching}, {lm.loop}"
 
 
 def inloop_runs(w: wl.Workload, reps: int, *, k: int, trace_matvecs: int, density_matvecs: int):

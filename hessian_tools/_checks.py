@@ -12,8 +12,6 @@ the fix. They raise ``TypeError`` for a value of the wrong kind and
 from __future__ import annotations
 
 import contextlib
-import functools
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -23,15 +21,14 @@ import numpy as np
 
 __all__ = [
     "as_key",
+    "check_accumulate_dtype",
     "check_choice",
-    "check_choice_renamed",
     "check_int",
     "check_params",
     "check_positive",
     "check_same_structure",
     "check_scalar_output",
     "is_traced",
-    "renamed_arguments",
     "require_finite",
 ]
 
@@ -61,21 +58,6 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}; got {value}.")
     return value
-
-
-def check_choice_renamed(
-    name: str, value: Any, choices: Sequence[Any], renamed: dict, where: str
-) -> Any:
-    """``check_choice``, where the values in ``renamed`` (old -> new) still
-    work for one release with a ``DeprecationWarning``."""
-    if value in renamed:
-        warnings.warn(
-            f'{where}({name}="{value}") is deprecated; use {name}="{renamed[value]}".',
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        value = renamed[value]
-    return check_choice(name, value, choices)
 
 
 def check_positive(name: str, value: Any, *, allow_none: bool = True) -> float | None:
@@ -183,38 +165,6 @@ def check_scalar_output(name: str, fn: Callable, *args: Any, fix: str = "") -> j
     return out
 
 
-def renamed_arguments(**renames: str) -> Callable:
-    """Decorator: keyword arguments under an old name keep working for one
-    release, with a ``DeprecationWarning`` naming the new one.
-
-    ``@renamed_arguments(tol="rtol")`` turns ``f(tol=x)`` into ``f(rtol=x)``.
-    A call that passes both spellings raises ``TypeError``.
-    """
-
-    def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            for old, new in renames.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(
-                            f"{fn.__name__}() got both {old}= and its new name {new}=; "
-                            f"pass {new}= only."
-                        )
-                    warnings.warn(
-                        f"{fn.__name__}({old}=...) is deprecated; use {new}= instead "
-                        "(the old name goes in the next release).",
-                        DeprecationWarning,
-                        stacklevel=2,
-                    )
-                    kwargs[new] = kwargs.pop(old)
-            return fn(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
 def check_params(params: Any) -> None:
     """Raise unless ``params`` has array leaves, all of floating dtype.
 
@@ -233,3 +183,18 @@ def check_params(params: Any) -> None:
                 f"params leaf {jax.tree_util.keystr(path) or '<root>'} must have a floating "
                 f"dtype (curvature needs floating-point parameters); got {dtype}."
             )
+
+
+def check_accumulate_dtype(accumulate_dtype: Any, dtype: Any) -> Any:
+    """The dtype in which T's entries are accumulated (default: the operator's)."""
+    if accumulate_dtype is None:
+        return jnp.dtype(dtype)
+    acc = jnp.dtype(accumulate_dtype)
+    if not jnp.issubdtype(acc, jnp.floating):
+        raise ValueError(f"accumulate_dtype must be a floating dtype; got {acc}.")
+    if acc.itemsize > jnp.zeros((), acc).dtype.itemsize:
+        raise ValueError(
+            f"accumulate_dtype={acc} needs 64-bit JAX: call "
+            'jax.config.update("jax_enable_x64", True) in your program first.'
+        )
+    return acc

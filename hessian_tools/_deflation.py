@@ -1,11 +1,11 @@
 """The low-rank parts of the deflated trace and diagonal estimators.
 
 * The block-Krylov basis (``krylov_basis``): block Lanczos on the library's
-  one kernel (``_krylov``), all ``k * depth`` products in one compiled loop
-  sharing one linearisation; ``tr(V^T A V)`` is the trace of the kernel's
-  projected matrix, and ``diag(V V^T A)`` follows from it without storing
-  the images (``A V = Q C`` with C the projected matrix and its coupling to
-  the next block).
+  one kernel (``_krylov``), all ``k * depth`` products on the loop driver
+  (one compiled loop sharing one linearisation, or compiled steps);
+  ``tr(V^T A V)`` is the trace of the kernel's projected matrix, and
+  ``diag(V V^T A)`` follows from it without storing the images (``A V = Q C``,
+  C the projected matrix with its coupling to the next block).
 * The Hutch++ / Diag++ sketch (``sketch_basis``): ``V = orth(A S)``.
 * XTrace (``xtrace``): Epperly, Tropp & Webber 2024.
 
@@ -15,13 +15,13 @@ the QR-based methods work on their flat ``(k, n)`` view.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from hessian_tools import _krylov
+from hessian_tools._driver import drive
 from hessian_tools._tree import basis_combine, get_rows
 
 __all__ = ["KRYLOV_SPLIT", "krylov_basis", "krylov_shape", "xtrace_estimates"]
@@ -49,51 +49,27 @@ def krylov_shape(m: int, target: str = "trace") -> tuple[int, int]:
     return k, depth
 
 
-@functools.partial(jax.jit, static_argnames=("depth", "acc", "diagonal"))
-def krylov_basis(lm, probes, breakdown_tol, token, *, depth: int, acc: Any, diagonal: bool):
+def krylov_basis(lm, probes, breakdown_tol, bar, *, depth: int, acc: Any, diagonal: bool):
     """Orthonormal basis V of span{S, AS, ..., A^(depth-1) S} for the stacked
-    probes S (k of them), by block Lanczos with full reorthogonalisation.
+    probes S (k of them), by block Lanczos with full reorthogonalisation, on
+    the loop driver (``_driver``; ``bar`` counts the products).
 
     Returns ``(V, products, status, trace_low, diag_low)``: V in the
     kernel's stored form (``Layout.flatten_leaves``; zero past a
     breakdown), the products spent, the kernel's status, ``tr(V^T A V)``,
     and ``diag(V V^T A)`` as a pytree (None unless ``diagonal``).
     """
-    k = jax.tree.leaves(probes)[0].shape[0]
-    cols = k * depth
-    state, mv = _krylov.start(lm, probes, cols, acc)
-    state = _krylov.run(
-        state,
-        mv,
-        cols,
-        block_apply=lm.block,
-        acc=acc,
-        breakdown_tol=breakdown_tol,
-        progress=token,
-        stop_on_breakdown=False,  # k * depth products, whatever the data
+    return drive(
+        _krylov_basis, lm, probes, breakdown_tol, bar=bar, depth=depth, acc=acc, diagonal=diagonal
     )
-    return _basis_parts(lm, state, diagonal)
 
 
-def krylov_basis_host(lm, probes, breakdown_tol, bar, *, depth: int, acc: Any, diagonal: bool):
-    """``krylov_basis`` with its steps driven from Python, one compiled block
-    step each (for operators slow in compiled loops)."""
+def _krylov_basis(drv, probes, breakdown_tol, *, depth, acc, diagonal):
     cols = jax.tree.leaves(probes)[0].shape[0] * depth
-    state = _krylov.run_host(
-        lm,
-        _start(lm, probes, cols=cols, acc=acc),
-        cols,
-        acc=acc,
-        breakdown_tol=breakdown_tol,
-        bar=bar,
-        stop_on_breakdown=False,
-    )
-    return _basis_parts_jit(lm, state, diagonal)
-
-
-@functools.partial(jax.jit, static_argnames=("cols", "acc"))
-def _start(lm, probes, *, cols, acc):
-    return _krylov.start(lm, probes, cols, acc)[0]
+    state = drv.call(_krylov.start, drv.lm, probes, num_columns=cols, acc=acc)
+    # k * depth products, whatever the data: the count stays static
+    state = drv.run(state, cols, acc=acc, breakdown_tol=breakdown_tol, stop_on_breakdown=False)
+    return drv.call(_basis_parts, drv.lm, state, diagonal=diagonal)
 
 
 def _basis_parts(lm, state: _krylov.State, diagonal: bool):
@@ -109,9 +85,6 @@ def _basis_parts(lm, state: _krylov.State, diagonal: bool):
         diag = jax.tree.map(lambda v, av: jnp.sum(v * av, axis=0), basis, images)
         diag = lm.layout.unflatten_leaves(diag)
     return basis, state.num_columns, state.status, jnp.trace(t), diag
-
-
-_basis_parts_jit = jax.jit(_basis_parts, static_argnames=("diagonal",))
 
 
 @jax.jit

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._checks import check_int, is_traced
+from hessian_tools._chunks import chunks, fit
 from hessian_tools._operator import LinearMap, apply_linear_map
 from hessian_tools._tree import Layout, basis_combine, stack_dot
 
@@ -58,10 +59,8 @@ class Products:
 
     def __init__(self, lm: LinearMap, chunk_size: int | None, bar: Any):
         self.lm, self.layout, self.bar, self.count = lm, lm.layout, bar, 0
-        if chunk_size is None:
-            # about 64 MB of probe vectors per chunk (vmap holds the HVP's
-            # intermediates per probe too), at most 256
-            chunk_size = max(1, min(256, (64 << 20) // max(1, lm.n * lm.dtype.itemsize)))
+        if chunk_size is None:  # vmap holds the HVP's intermediates per probe too
+            chunk_size = fit(lm.n * lm.dtype.itemsize)
         self.chunk = check_int("chunk_size", chunk_size, low=1)
 
     def probes(self, key: jax.Array, k: int) -> Any:
@@ -70,19 +69,11 @@ class Products:
         return self.layout.unravel(rows)
 
     def __call__(self, z: Any) -> Any:
-        """``A z_i`` for a stack of vectors, chunk by chunk (the last chunk
-        padded to keep one compiled shape)."""
-        total = jax.tree.leaves(z)[0].shape[0]
+        """``A z_i`` for a stack of vectors, chunk by chunk (``_chunks``)."""
         out = []
-        for start in range(0, total, self.chunk):
-            take = min(self.chunk, total - start)
-            block = jax.tree.map(lambda x, s=start, t=take: x[s : s + t], z)
-            pad = self.chunk - take if total > self.chunk else 0
-            if pad:
-                block = jax.tree.map(lambda x, p=pad: jnp.concatenate([x, x[:p] * 0]), block)
-            res = apply_linear_map(self.lm, block)
-            if pad:
-                res = jax.tree.map(lambda x, t=take: x[:t], res)
+        for _, take, chunk in chunks(z, self.chunk):
+            res = apply_linear_map(self.lm, chunk)
+            res = jax.tree.map(lambda x, t=take: x[:t], res)
             if not is_traced(res) and not all(
                 bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(res)
             ):

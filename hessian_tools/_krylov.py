@@ -42,7 +42,6 @@ stops it with ``status == NONFINITE``; callers raise.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -51,7 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hessian_tools._operator import LinearMap, apply_block
+from hessian_tools._checks import is_traced
+from hessian_tools._operator import LinearMap, apply_batched
 from hessian_tools._progress import advance
 from hessian_tools._tree import (
     Layout,
@@ -74,14 +74,16 @@ __all__ = [
     "default_breakdown_tol",
     "flat_product",
     "gram_schmidt",
-    "host_loop",
     "init",
+    "mark_converged",
     "padded_projection",
+    "raise_if_nonfinite",
     "ritz",
     "run",
-    "run_host",
     "start",
+    "start_vector",
     "step",
+    "unit",
 ]
 
 # loop status codes
@@ -143,7 +145,7 @@ def gram_schmidt(basis: PyTree, w: PyTree) -> tuple[PyTree, jax.Array]:
     return w, h + h2
 
 
-def _unit(w: PyTree, acc: Any) -> tuple[PyTree, jax.Array]:
+def unit(w: PyTree, acc: Any) -> tuple[PyTree, jax.Array]:
     nrm = jnp.sqrt(accurate_vdot(w, w, acc))
     safe = jnp.where(nrm > 0, nrm, 1)
     return jax.tree.map(lambda x: (x / safe.astype(x.dtype)).astype(x.dtype), w), nrm
@@ -171,7 +173,7 @@ def init(v0: PyTree, num_columns: int, acc: Any) -> State:
         w = get_rows(v0, i)
         ref = jnp.sqrt(accurate_vdot(w, w, acc))
         w, _ = gram_schmidt(basis, w)
-        q, nrm = _unit(w, acc)
+        q, nrm = unit(w, acc)
         keep = nrm > 100 * eps * ref
         return set_row(basis, i, jax.tree.map(lambda x: jnp.where(keep, x, 0), q))
 
@@ -193,7 +195,7 @@ def _insert(carry, w, column, slot, acc, breakdown_tol, reorthogonalize):
     else:
         h = jnp.where((rows >= column - 1) & (rows <= column), basis_dot(basis, w), 0)
         w = jax.tree.map(jnp.subtract, w, basis_combine(h, basis))
-    q, beta = _unit(w, acc)
+    q, beta = unit(w, acc)
     col = jnp.where((rows > column) & (rows < slot), h.astype(acc), 0)
     scale = jnp.maximum(scale, jnp.maximum(jnp.max(jnp.abs(col)), jnp.abs(alpha)))
     scale = jnp.maximum(scale, beta)
@@ -210,7 +212,7 @@ def step(
     state: State,
     mv: Callable,
     *,
-    block_apply: str,
+    batching: str,
     acc: Any,
     breakdown_tol: Any,
     reorthogonalize: bool = True,
@@ -219,7 +221,7 @@ def step(
     then insert the ``b`` results."""
     b = state.block
     first = state.size - b
-    products = apply_block(mv, get_rows(state.basis, first, b), block_apply)
+    products = apply_batched(mv, get_rows(state.basis, first, b), batching)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(products)]))
     products = jax.tree.map(lambda x: jnp.where(finite, x, 0), products)
     carry = (state.basis, state.coeffs, state.scale)
@@ -246,12 +248,23 @@ def step(
     return State(state.size + b, basis, coeffs, scale, status.astype(state.status.dtype))
 
 
+def mark_converged(state: State, monitor: Callable[[State], jax.Array] | None) -> State:
+    """``state`` with status CONVERGED where it is running and
+    ``monitor(state)`` accepts it."""
+    if monitor is None:
+        return state
+    done = monitor(state)
+    return state._replace(
+        status=jnp.where((state.status == RUNNING) & done, CONVERGED, state.status)
+    )
+
+
 def run(
     state: State,
     mv: Callable,
     num_columns: Any,
     *,
-    block_apply: str,
+    batching: str,
     acc: Any,
     breakdown_tol: Any,
     reorthogonalize: bool = True,
@@ -277,14 +290,12 @@ def run(
         s = step(
             s,
             mv,
-            block_apply=block_apply,
+            batching=batching,
             acc=acc,
             breakdown_tol=breakdown_tol,
             reorthogonalize=reorthogonalize,
         )
-        if monitor is not None:
-            done = monitor(s)
-            s = s._replace(status=jnp.where((s.status == RUNNING) & done, CONVERGED, s.status))
+        s = mark_converged(s, monitor)
         if progress is not None:
             advance(progress, s.block)
         return s
@@ -299,18 +310,10 @@ def flat_product(lm: LinearMap) -> Callable:
     return lambda v: layout.flatten_leaves(mv(layout.unflatten_leaves(v)))
 
 
-def start(lm: LinearMap, v0: PyTree, num_columns: int, acc: Any) -> tuple[State, Callable]:
+def start(lm: LinearMap, v0: PyTree, num_columns: int, acc: Any) -> State:
     """The initial state for the stacked start vectors ``v0`` (leaves
-    ``(b, *leaf.shape)``, in the operator's layout) and ``flat_product``.
-    Call inside the compiled function."""
-    v0 = lm.conform(v0, lead=1)
-    return init(lm.layout.flatten_leaves(v0), num_columns, acc), flat_product(lm)
-
-
-def host_loop(lm: LinearMap, traced: bool = False) -> bool:
-    """Whether to iterate from Python (``lm.loop == "host"``; never inside
-    ``jax.jit``, where the values are not concrete)."""
-    return lm.loop == "host" and not traced
+    ``(b, *leaf.shape)``, in the operator's layout)."""
+    return init(lm.layout.flatten_leaves(lm.conform(v0, lead=1)), num_columns, acc)
 
 
 def as_vectors(stack: PyTree, layout: Layout) -> PyTree:
@@ -319,95 +322,71 @@ def as_vectors(stack: PyTree, layout: Layout) -> PyTree:
     return layout.unflatten_leaves(stack)
 
 
-def _active(s: State, stop_on_breakdown: bool) -> jax.Array:
-    return (s.status == RUNNING) | ((s.status == BREAKDOWN) & (not stop_on_breakdown))
+# --------------------------------------------------------------------------
+# Start vectors and checks
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("acc", "reorthogonalize", "monitor", "batched", "stop_on_breakdown"),
-    donate_argnums=(1,),
-)
-def _host_step(
-    lm,
-    state,
-    breakdown_tol,
-    monitor_args,
-    *,
-    acc,
-    reorthogonalize,
-    monitor,
-    batched,
-    stop_on_breakdown,
-):
-    mv = flat_product(lm)
+def start_vector(lm: LinearMap, key: Any, v0: Any, *, name: str = "v0") -> Any:
+    """A start vector in the operator's layout: ``v0`` (a pytree like params
+    or a flat (n,) array) or a Gaussian one drawn from ``key``.
 
-    def one(s):
-        new = step(
-            s,
-            mv,
-            block_apply=lm.block,
-            acc=acc,
-            breakdown_tol=breakdown_tol,
-            reorthogonalize=reorthogonalize,
+    ``v0`` may also be a block of vectors: an (n, k) flat array, or a stacked
+    pytree whose leaves carry a leading axis k (an ``Eigenpairs``'
+    ``tree_vectors``). Their sum starts the Krylov space, which then holds
+    each of them after k steps: started from k exact eigenvectors, Lanczos
+    finds them in k products.
+
+    Raises:
+        ValueError: ``v0`` of the wrong size or structure, zero or not finite.
+    """
+    layout = lm.layout
+    if v0 is None:
+        key = jax.random.PRNGKey(0) if key is None else key
+        return layout.unravel(jax.random.normal(key, (layout.n,), layout.dtype))
+    stack = _as_stack(layout, v0)
+    if stack is not None:
+        v0 = jax.tree.map(lambda x: jnp.sum(x, axis=0), stack)
+    v0 = layout.vector(v0, name=name)
+    _check_start(v0, name)
+    return v0
+
+
+def _as_stack(layout: Layout, v: Any) -> Any:
+    """``v`` as a stack of vectors (leaves ``(k, *shape)``), or None when it
+    is a single vector."""
+    leaves = jax.tree.leaves(v)
+    if jax.tree.structure(v) == layout.treedef and len(leaves) == len(layout.shapes):
+        lead = {jnp.shape(x)[:1] for x in leaves}
+        stacked = all(
+            jnp.ndim(x) == len(s) + 1 and jnp.shape(x)[1:] == s
+            for x, s in zip(leaves, layout.shapes, strict=True)
         )
-        if monitor is not None:
-            done = monitor(new, *monitor_args)
-            new = new._replace(
-                status=jnp.where((new.status == RUNNING) & done, CONVERGED, new.status)
-            )
-        return new
-
-    if not batched:
-        return one(state)
-
-    def masked(s):  # a finished run of the batch stays as it is
-        keep = _active(s, stop_on_breakdown)
-        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), one(s), s)
-
-    return jax.vmap(masked)(state)
+        if stacked and len(lead) == 1:  # a stack, like tree_vectors
+            return layout.cast(v)
+    if layout.is_flat(v):
+        arr = jnp.asarray(v)
+        if arr.ndim == 2 and arr.shape[0] == layout.n:  # (n, k) columns, like .vectors
+            return layout.unravel(arr.T.astype(layout.dtype))
+    return None
 
 
-def run_host(
-    lm: LinearMap,
-    state: State,
-    num_columns: int,
-    *,
-    acc: Any,
-    breakdown_tol: Any,
-    reorthogonalize: bool = True,
-    monitor: Callable | None = None,
-    monitor_args: tuple = (),
-    bar: Any = None,
-    stop_on_breakdown: bool = True,
-    batched: bool = False,
-) -> State:
-    """``run``, iterated from Python: one compiled step (product, insertion,
-    ``monitor(state, *monitor_args)``) per call, the state donated so that
-    the basis is updated in place. For products that are slow inside
-    compiled loops (``_operator.schedule``). ``batched``: the state has a
-    leading axis (one Lanczos run per start vector, stepped together, the
-    products vectorised); it runs until every one is done."""
-    block = state.block
-    while True:
-        cols = np.atleast_1d(np.asarray(state.num_columns))
-        status = np.atleast_1d(np.asarray(state.status))
-        go = (status == RUNNING) | ((status == BREAKDOWN) & (not stop_on_breakdown))
-        if not np.any(go & (cols < num_columns)):
-            return state
-        state = _host_step(
-            lm,
-            state,
-            breakdown_tol,
-            monitor_args,
-            acc=acc,
-            reorthogonalize=reorthogonalize,
-            monitor=monitor,
-            batched=batched,
-            stop_on_breakdown=stop_on_breakdown,
+def _check_start(v0: Any, name: str) -> None:
+    if is_traced(v0):
+        return
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(v0)]
+    if not all(np.all(np.isfinite(x)) for x in leaves):
+        raise ValueError(f"{name} must be finite; it holds NaN or inf.")
+    if not any(np.any(x != 0) for x in leaves):
+        raise ValueError(f"{name} must be a nonzero vector; got all zeros.")
+
+
+def raise_if_nonfinite(status: Any, step: Any, what: str = "Lanczos") -> None:
+    """``FloatingPointError`` if a product came back NaN or inf (eager only)."""
+    if not is_traced(status) and int(status) == NONFINITE:
+        raise FloatingPointError(
+            f"the operator product (HVP) at {what} step {int(step)} returned NaN or inf; "
+            "check the loss and the data at these params."
         )
-        if bar is not None:
-            bar.update(block * int(np.sum(go & (cols < num_columns))))
 
 
 # --------------------------------------------------------------------------

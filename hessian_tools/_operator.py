@@ -3,7 +3,7 @@
 A ``LinearMap`` is a pure product ``matvec(v, *operands)`` plus its
 ``operands`` (params, data, a matrix: the arrays, which are traced
 arguments of compiled code, never constants), the ``Layout`` of a vector,
-and how to apply it to a block of vectors (``"map"``: one after another with
+and how to apply it to a stack of vectors, its *batching* (``"map"``: one after another with
 ``lax.map``; ``"vmap"``: batched). An optional ``prepare(*operands)`` returns
 a product that shares work between many products at one point (for the
 Hessian, one ``jax.linearize`` of the gradient: the forward pass once).
@@ -37,11 +37,11 @@ PyTree = Any
 
 __all__ = [
     "LinearMap",
-    "apply_block",
+    "apply_batched",
     "apply_linear_map",
     "as_linear_map",
     "as_square_matrix",
-    "default_block",
+    "default_batching",
     "dense_is_cheaper",
     "schedule",
 ]
@@ -50,7 +50,7 @@ __all__ = [
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["operands", "template"],
-    meta_fields=["matvec", "layout", "block", "prepare", "loop"],
+    meta_fields=["matvec", "layout", "batching", "prepare", "loop"],
 )
 @dataclasses.dataclass(frozen=True)
 class LinearMap:
@@ -61,7 +61,7 @@ class LinearMap:
             the result are vectors of ``layout``.
         operands: the arrays the product depends on (a pytree).
         layout: tree structure, leaf shapes and dtypes of a vector.
-        block: ``"map"`` or ``"vmap"``: how a block of vectors is applied.
+        batching: ``"map"`` or ``"vmap"``: how a stack of vectors is applied.
         prepare: optional ``prepare(*operands) -> (v -> A v)``, called once
             per compiled solve, sharing work between its products.
         loop: ``"device"``: solvers iterate inside one compiled loop;
@@ -74,7 +74,7 @@ class LinearMap:
     matvec: Callable
     operands: tuple
     layout: Layout
-    block: str = "map"
+    batching: str = "map"
     prepare: Callable | None = None
     loop: str = "device"
     template: Any = None
@@ -111,13 +111,13 @@ class LinearMap:
         )
 
 
-def apply_block(mv: Callable, vectors: PyTree, block: str) -> PyTree:
+def apply_batched(mv: Callable, vectors: PyTree, batching: str) -> PyTree:
     """``mv`` applied to each vector of a stack (leaves ``(b, *shape)``). A
     stack of one is applied directly: a loop around it would cost a
-    convolution's fast path on CPU (``default_block``)."""
+    convolution's fast path on CPU (``default_batching``)."""
     if jax.tree.leaves(vectors)[0].shape[0] == 1:
         return jax.tree.map(lambda x: x[None], mv(jax.tree.map(lambda x: x[0], vectors)))
-    if block == "vmap":
+    if batching == "vmap":
         return jax.vmap(mv)(vectors)
     return jax.lax.map(mv, vectors)
 
@@ -125,11 +125,11 @@ def apply_block(mv: Callable, vectors: PyTree, block: str) -> PyTree:
 @jax.jit
 def apply_linear_map(lm: LinearMap, vectors: PyTree) -> PyTree:
     """``A v`` for each vector of a stack, compiled once per operator type and
-    shapes (one ``prepare`` shared by the block)."""
-    return apply_block(lm.bind(), vectors, lm.block)
+    shapes (one ``prepare`` shared by the stack)."""
+    return apply_batched(lm.bind(), vectors, lm.batching)
 
 
-def default_block() -> str:
+def default_batching() -> str:
     """How blocks of products are applied when nothing else is known:
     ``lax.map`` on CPU, where a sequential map of a linearised MLP HVP was
     25-50% faster per product than ``vmap`` and holds the activations once,
@@ -171,7 +171,7 @@ def _schedule(matvec: Callable, layout: Layout, operand_structs: tuple, backend:
 
 
 def schedule(matvec: Callable, operands: tuple, layout: Layout) -> tuple[str, str]:
-    """``(block, loop)`` for a product: how solvers apply a block of vectors
+    """``(batching, loop)`` for a product: how solvers apply a stack of vectors
     and where they iterate. The rule, the same for every model:
 
     * On accelerators: ``vmap`` and compiled loops.

@@ -6,9 +6,10 @@ HVP at a time with the Lanczos kernel (``_krylov``), checking after every
 product whether the wanted Ritz pairs are accepted; a restart keeps the
 wanted Ritz vectors and some spare ones and continues from the Lanczos
 residual, their couplings written into the kernel's projected matrix (the
-arrowhead). Cycles, restarts and the acceptance test all run in one
-``lax.while_loop``, so the whole solve compiles once and works inside
-``jax.jit``.
+arrowhead). The algorithm is written once on the loop driver
+(``_driver``): cycles, restarts and the acceptance test compile into one
+program (which also works inside ``jax.jit``), or run from Python one
+compiled step at a time for products that are slow in compiled loops.
 
 Acceptance (``Criterion``): every wanted pair's a-posteriori error bound
 (``error_bounds``) at most ``max(rtol |theta|, atol)``; or, for the
@@ -27,11 +28,11 @@ import numpy as np
 from jax import lax
 
 from hessian_tools import _krylov
-from hessian_tools._checks import check_int, is_traced
-from hessian_tools._operator import apply_block
+from hessian_tools._checks import check_accumulate_dtype, check_int, is_traced
+from hessian_tools._driver import drive
+from hessian_tools._operator import apply_batched
 from hessian_tools._progress import progress_bar
 from hessian_tools._tree import basis_combine, set_row
-from hessian_tools.lanczos import check_accumulate_dtype, raise_if_nonfinite, start_vector
 
 __all__ = [
     "Criterion",
@@ -41,7 +42,6 @@ __all__ = [
     "lanczos_cost",
     "lanczos_eigenpairs",
     "noise_floor",
-    "solve",
     "wanted_positions",
 ]
 
@@ -157,7 +157,7 @@ def _restart(s: _krylov.State, theta, u, key, *, keep: int, which: str, acc: Any
         [jax.random.normal(kk, x.shape[1:], x.dtype) for kk, x in zip(keys, leaves, strict=True)],
     )
     fresh, _ = _krylov.gram_schmidt(basis, fresh)
-    fresh, _ = _krylov._unit(fresh, acc)
+    fresh, _ = _krylov.unit(fresh, acc)
     basis = lax.cond(broken, lambda b: set_row(b, kept, fresh), lambda b: b, basis)
     beta = s.coeffs[s.size - 1, cols - 1]
     arrow = jnp.where(broken, 0, beta * u[cols - 1, pos])
@@ -204,7 +204,7 @@ def _monitor(cfg: Config) -> Callable:
 
 
 def _begin(lm, v0, key, cfg: Config) -> _Loop:
-    state, _ = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), cfg.m, cfg.acc)
+    state = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), cfg.m, cfg.acc)
     zero = jnp.zeros((), jnp.int32)
     return _Loop(state, zero, zero, jnp.zeros((), cfg.acc), key, jnp.asarray(False))
 
@@ -237,7 +237,7 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
     vectors = _krylov.ritz_vectors(s, u[:, pos])  # stored form (k, n) on one CPU device
     used = loop.used
     if true_residuals:
-        products = apply_block(_krylov.flat_product(lm), vectors, lm.block)
+        products = apply_batched(_krylov.flat_product(lm), vectors, lm.batching)
         diff = jax.tree.map(
             lambda av, v: av - values.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - 1)) * v,
             products,
@@ -267,61 +267,28 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
     }
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "true_residuals", "progress"))
-def solve(lm, v0, key, crit, breakdown_tol, token, *, cfg: Config, true_residuals, progress):
-    """Thick-restart Lanczos from ``v0``, cycles and steps in compiled loops
-    (``lm.loop == "device"``, and always inside ``jax.jit``). ``crit`` holds
-    the criterion's arrays ``(rtol, atol, floor, tol)``. Returns the dict of
-    ``_finish``."""
-    mv = _krylov.flat_product(lm)
-    token = token if progress else None
+def _solve(drv, v0, key, crit, breakdown_tol, *, cfg: Config, true_residuals: bool) -> dict:
+    """Thick-restart Lanczos from ``v0`` on the driver ``drv`` (``_driver``):
+    cycles of kernel steps, each ended by ``_end_cycle`` (accept or
+    restart). ``crit`` holds the criterion's arrays ``(rtol, atol, floor,
+    tol)``. Returns the dict of ``_finish``."""
 
     def cycle(loop: _Loop) -> _Loop:
         start = loop.krylov.num_columns
-        monitor = functools.partial(
-            _monitor(cfg), norm0=loop.norm, rtol=crit[0], atol=crit[1], floor=crit[2], tol=crit[3]
-        )
-        s = _krylov.run(
+        s = drv.run(
             loop.krylov,
-            mv,
             jnp.minimum(cfg.m, start + cfg.budget - loop.used),
-            block_apply=lm.block,
-            acc=cfg.acc,
-            breakdown_tol=breakdown_tol,
-            monitor=monitor,
-            progress=token,
-        )
-        return _end_cycle(s, loop, start, crit, cfg)
-
-    loop = lax.while_loop(lambda c: ~c.done, cycle, _begin(lm, v0, key, cfg))
-    return _finish(lm, loop, crit, cfg, true_residuals)
-
-
-_begin_jit = jax.jit(_begin, static_argnames=("cfg",))
-_end_cycle_jit = jax.jit(_end_cycle, static_argnames=("cfg",))
-_finish_jit = jax.jit(_finish, static_argnames=("cfg", "true_residuals"))
-
-
-def solve_host(lm, v0, key, crit, breakdown_tol, bar, *, cfg: Config, true_residuals) -> dict:
-    """``solve`` with cycles and steps driven from Python, one compiled step
-    per product (``lm.loop == "host"``: products that are slow inside
-    compiled loops, see ``_operator.schedule``)."""
-    loop = _begin_jit(lm, v0, key, cfg=cfg)
-    while not bool(loop.done):
-        start = int(loop.krylov.num_columns)
-        stop = min(cfg.m, start + cfg.budget - int(loop.used))
-        state = _krylov.run_host(
-            lm,
-            loop.krylov,
-            stop,
             acc=cfg.acc,
             breakdown_tol=breakdown_tol,
             monitor=_monitor(cfg),
             monitor_args=(loop.norm, *crit),
-            bar=bar,
         )
-        loop = _end_cycle_jit(state, loop._replace(krylov=None), start, crit, cfg=cfg)
-    return _finish_jit(lm, loop, crit, cfg=cfg, true_residuals=true_residuals)
+        # the loop's old basis was consumed by the steps (donated on the host)
+        return drv.call(_end_cycle, s, loop._replace(krylov=None), start, crit, cfg=cfg)
+
+    loop = drv.call(_begin, drv.lm, v0, key, cfg=cfg)
+    loop = drv.while_loop(lambda c: ~c.done, cycle, loop)
+    return drv.call(_finish, drv.lm, loop, crit, cfg=cfg, true_residuals=true_residuals)
 
 
 # --------------------------------------------------------------------------
@@ -397,7 +364,7 @@ def lanczos_eigenpairs(
         raise ValueError(f"max_matvecs must be >= k = {k} (one product per pair); got {budget}.")
     key = jax.random.PRNGKey(0) if key is None else key
     key, sub = jax.random.split(key)
-    start = start_vector(lm, sub if v0 is None else None, v0)
+    start = _krylov.start_vector(lm, sub if v0 is None else None, v0)
     if tol is not None:
         kind, tol = "residual", float(tol)
     else:
@@ -407,23 +374,18 @@ def lanczos_eigenpairs(
     crit = tuple(jnp.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype), tol))
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
     with progress_bar(budget, "eigenpairs", progress) as bar:
-        if _krylov.host_loop(lm, is_traced(start, lm.operands)):
-            out = solve_host(
-                lm, start, key, crit, bd_tol, bar, cfg=cfg, true_residuals=bool(true_residuals)
-            )
-        else:
-            out = solve(
-                lm,
-                start,
-                key,
-                crit,
-                bd_tol,
-                jnp.asarray(bar.token, jnp.int32),
-                cfg=cfg,
-                true_residuals=bool(true_residuals),
-                progress=bool(progress),
-            )
-    raise_if_nonfinite(out["status"], out["num_matvecs"], "HVP (eigenpairs)")
+        out = drive(
+            _solve,
+            lm,
+            start,
+            key,
+            crit,
+            bd_tol,
+            bar=bar,
+            cfg=cfg,
+            true_residuals=bool(true_residuals),
+        )
+    _krylov.raise_if_nonfinite(out["status"], out["num_matvecs"], "HVP (eigenpairs)")
     counts = {f: out[f] for f in ("converged", "num_matvecs", "num_restarts", "norm")}
     if not is_traced(out["values"]):
         if int(out["num_ritz"]) < k:

@@ -2,10 +2,11 @@
 
 Vectors are pytrees shaped like the parameters (a plain array is a pytree of
 one leaf). A *stacked* pytree holds several vectors: every leaf carries a
-leading axis, ``(m, *leaf.shape)``. The Krylov basis is such a stack, so each
-leaf keeps its own shape (and, later, its sharding) instead of being
-concatenated into one flat ``(m, n)`` array. Contractions are per leaf and
-summed over leaves. Nothing here changes a global JAX flag.
+leading axis, ``(m, *leaf.shape)``. The Krylov basis is stored in one of two
+forms (``Layout.flatten_leaves``): on one CPU device one ``(m, n)`` array,
+the leaves raveled and joined, so that Gram-Schmidt is one contraction; on
+several devices a stack per leaf, each keeping the parameters' sharding,
+contracted per leaf and summed. Nothing here changes a global JAX flag.
 
 ``Layout`` is the static description of a vector: tree structure, leaf
 shapes and dtypes. It converts to and from the flat ``(n,)`` view, whose
@@ -29,12 +30,10 @@ PyTree = Any
 __all__ = [
     "Layout",
     "accurate_vdot",
-    "axpy",
     "basis_combine",
     "basis_dot",
     "get_rows",
     "norm",
-    "num_elements",
     "scale",
     "set_row",
     "sub",
@@ -55,11 +54,6 @@ def norm(x: PyTree) -> jax.Array:
     return jnp.sqrt(vdot(x, x))
 
 
-def axpy(a: jax.Array | float, x: PyTree, y: PyTree) -> PyTree:
-    """``a * x + y`` leaf by leaf, in the leaves' dtypes."""
-    return jax.tree.map(lambda xi, yi: (a * xi + yi).astype(yi.dtype), x, y)
-
-
 def sub(x: PyTree, y: PyTree) -> PyTree:
     return jax.tree.map(jnp.subtract, x, y)
 
@@ -67,11 +61,6 @@ def sub(x: PyTree, y: PyTree) -> PyTree:
 def scale(a: jax.Array | float, x: PyTree) -> PyTree:
     """``a * x`` leaf by leaf, in the leaves' dtypes."""
     return jax.tree.map(lambda xi: (a * xi).astype(xi.dtype), x)
-
-
-def num_elements(x: PyTree) -> int:
-    """Total number of scalars in the pytree."""
-    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(x)))
 
 
 def accurate_vdot(x: PyTree, y: PyTree, acc: Any) -> jax.Array:

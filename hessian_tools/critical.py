@@ -24,17 +24,16 @@ import numpy as np
 
 from hessian_tools._checks import (
     check_choice,
-    check_choice_renamed,
     check_int,
-    renamed_arguments,
 )
+from hessian_tools._hessian import Loss, PyTree, check_scalar_loss
 from hessian_tools._newton import as_batch, dedup, flat_loss, newton_mr
 from hessian_tools._operator import dense_is_cheaper
 from hessian_tools._params import is_variable
 from hessian_tools._tree import norm
 from hessian_tools.density import spectral_density
 from hessian_tools.eigen import eigenpairs, lanczos_cost
-from hessian_tools.operators import HessianOperator, Loss, PyTree, check_scalar_loss
+from hessian_tools.operators import HessianOperator
 
 __all__ = ["CriticalPoint", "classify", "find_critical_points"]
 
@@ -208,8 +207,7 @@ def classify(
             from the spectral density, ``index_stderr`` gives its standard
             error, ``num_zero`` is a lower bound and ``exact`` is False) or
             "auto" (dense only where it costs no more HVPs than the Lanczos
-            path, ``classify_cost``: n up to about 1,800). The old name
-            "iterative" still works for one release.
+            path, ``classify_cost``: n up to about 1,800).
         k: eigenpairs per end for the Lanczos path.
         key: PRNG key for the Lanczos path.
         progress: show progress bars (the dense Hessian, or the Lanczos and
@@ -227,9 +225,7 @@ def classify(
         ValueError: non-scalar loss or bad method.
         FloatingPointError: loss or gradient NaN/inf at x.
     """
-    method = check_choice_renamed(
-        "method", method, ("auto", "dense", "lanczos"), {"iterative": "lanczos"}, "classify"
-    )
+    method = check_choice("method", method, ("auto", "dense", "lanczos"))
     op = HessianOperator(f, x, *args, batches=batches, wrt=wrt)
     value, grad = op.value_and_grad()
     grad_norm = norm(grad)
@@ -279,7 +275,6 @@ def classify(
 # Finding critical points
 
 
-@renamed_arguments(minres_maxiter="minres_max_matvecs")
 def find_critical_points(
     f: Loss,
     starts: PyTree,
@@ -327,8 +322,7 @@ def find_critical_points(
         include_not_critical: keep points classified "not_critical".
         grad_tol, rtol, atol: passed to ``classify``.
         minres_max_matvecs: MINRES products per Newton step (default 100; at
-            most n). The old name ``minres_maxiter`` still works for one
-            release.
+            most n).
 
     Returns:
         Deduplicated ``CriticalPoint`` s, sorted by loss value.

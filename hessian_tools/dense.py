@@ -7,7 +7,8 @@ from typing import Any
 
 import jax
 
-from hessian_tools.operators import HessianOperator, Loss, PyTree
+from hessian_tools._hessian import Loss, PyTree
+from hessian_tools.operators import HessianOperator
 
 __all__ = ["hessian"]
 

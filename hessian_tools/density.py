@@ -22,10 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import _krylov
-from hessian_tools._checks import check_int, check_positive, is_traced, renamed_arguments
-from hessian_tools._operator import apply_block, as_linear_map
+from hessian_tools._checks import (
+    check_accumulate_dtype,
+    check_int,
+    check_positive,
+    is_traced,
+)
+from hessian_tools._chunks import CHUNK_BYTES, chunks, fit
+from hessian_tools._driver import drive
+from hessian_tools._operator import as_linear_map
 from hessian_tools._progress import progress_bar
-from hessian_tools.lanczos import check_accumulate_dtype, raise_if_nonfinite
 
 __all__ = ["SpectralDensity", "spectral_density"]
 
@@ -125,21 +131,17 @@ def rademacher_probes(key: jax.Array, num: int, n: int, dtype: Any) -> jax.Array
     return jax.random.rademacher(key, (num, n), dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("m", "acc"))
-def _slq_chunk(lm, probes, breakdown_tol, token, *, m, acc):
-    """Lanczos from each probe of the stack (``lm.block``: one after another
-    or vmapped), all sharing one ``prepare``; the coefficients of T."""
-    mv = _krylov.flat_product(lm)
+def _stored(lm, probes):
+    """Probes in the kernel's stored form, with the parameters' shardings."""
+    return lm.layout.flatten_leaves(lm.conform(probes, lead=1))
 
-    def one(v):
-        state = _krylov.init(jax.tree.map(lambda x: x[None], v), m, acc)
-        state = _krylov.run(
-            state, mv, m, block_apply=lm.block, acc=acc, breakdown_tol=breakdown_tol, progress=token
-        )
-        return _coefficients(state)
 
-    probes = lm.conform(probes, lead=1)  # the parameters' shardings, if any
-    return apply_block(one, lm.layout.flatten_leaves(probes), lm.block)
+def _slq(drv, probes, breakdown_tol, *, m, acc):
+    """Lanczos from each probe of the stack, all sharing one ``prepare``
+    (compiled: one after another or vmapped, by ``lm.batching``; on the
+    host: all at once); the coefficients of each T."""
+    starts = drv.call(_stored, drv.lm, probes)
+    return drv.map_runs(_coefficients, starts, m, acc=acc, breakdown_tol=breakdown_tol)
 
 
 def _coefficients(state: _krylov.State):
@@ -147,27 +149,6 @@ def _coefficients(state: _krylov.State):
     m = state.coeffs.shape[1]
     idx, c = jnp.arange(m), state.coeffs
     return state.num_columns, c[idx, idx], c[idx + 1, idx], state.status
-
-
-@functools.partial(jax.jit, static_argnames=("m", "acc"))
-def _host_init(lm, probes, *, m, acc):
-    flat = lm.layout.flatten_leaves(lm.conform(probes, lead=1))
-    return jax.vmap(lambda v: _krylov.init(jax.tree.map(lambda x: x[None], v), m, acc))(flat)
-
-
-def _slq_chunk_host(lm, probes, breakdown_tol, bar, *, m, acc):
-    """``_slq_chunk`` stepped from Python, every probe of the chunk at once
-    (their products vectorised): for operators slow in compiled loops."""
-    states = _krylov.run_host(
-        lm,
-        _host_init(lm, probes, m=m, acc=acc),
-        m,
-        acc=acc,
-        breakdown_tol=breakdown_tol,
-        bar=bar,
-        batched=True,
-    )
-    return jax.vmap(_coefficients)(states)
 
 
 def _quadrature(alphas: jax.Array, betas: jax.Array, steps: jax.Array):
@@ -222,7 +203,6 @@ def _density(alphas, betas, steps, sigma, grid, *, grid_size):
     return nodes, weights, sigma, grid, _smooth(nodes, weights, grid, sigma)
 
 
-@renamed_arguments(num_steps="steps_per_probe")
 def spectral_density(
     op: Any,
     *,
@@ -236,7 +216,7 @@ def spectral_density(
     accumulate_dtype: Any = None,
     chunk_size: int | None = None,
     progress: bool = False,
-    steps_per_probe: int | None = None,
+    num_steps: int | None = None,
 ) -> SpectralDensity:
     """Eigenvalue density by stochastic Lanczos quadrature (SLQ).
 
@@ -245,7 +225,7 @@ def spectral_density(
     Rademacher probes and averages the Gauss quadrature rules (Ubaru, Chen &
     Saad 2017; Ghorbani, Krishnan & Xiao 2019). Weights are the squared first
     components of T's eigenvectors. Probes run one after another on CPU and
-    vectorised on accelerators (the operator's ``block`` rule), in chunks.
+    vectorised on accelerators (the operator's ``batching``), in chunks.
 
     Args:
         op: a ``HessianOperator`` (any ``CurvatureOperator``) or a dense
@@ -268,8 +248,8 @@ def spectral_density(
             Lanczos bases when vectorised, ``chunk * (steps + 1) * n``
             numbers).
         progress: show a progress bar of HVPs.
-        steps_per_probe: Lanczos steps per probe instead of
-            ``num_matvecs // num_probes`` (the old ``num_steps=`` maps here).
+        num_steps: Lanczos steps per probe (nodes per probe), instead of
+            ``num_matvecs // num_probes``.
 
     Returns:
         A ``SpectralDensity`` with ``.grid``, ``.density``, ``.nodes``,
@@ -287,10 +267,10 @@ def spectral_density(
     lm = as_linear_map(op, linearize=linearize)
     n, dtype = lm.n, lm.dtype
     num_probes = check_int("num_probes", num_probes, low=1)
-    if steps_per_probe is None:
+    if num_steps is None:
         total = check_int("num_matvecs", num_matvecs, low=num_probes)
-        steps_per_probe = total // num_probes
-    m = check_int("steps per probe", steps_per_probe, low=1)
+        num_steps = total // num_probes
+    m = check_int("num_steps (steps per probe)", num_steps, low=1)
     if m > n:
         raise ValueError(
             f"steps per probe must be <= n = {n} (a Krylov basis has at most n vectors); got "
@@ -300,27 +280,19 @@ def spectral_density(
     acc = check_accumulate_dtype(accumulate_dtype, dtype)
     bd_tol = _krylov.default_breakdown_tol(n, dtype)
     probes = lm.layout.unravel(rademacher_probes(key, num_probes, n, dtype))
-    if chunk_size is None:
-        fit = max(1, (256 << 20) // ((m + 1) * n * jnp.dtype(dtype).itemsize))
-        chunk_size = num_probes if lm.block == "map" else fit
-    chunk = min(check_int("chunk_size", chunk_size, low=1), num_probes)
+    if chunk_size is None:  # vectorised: the Lanczos bases of a chunk in about 256 MB
+        bases = fit((m + 1) * n * jnp.dtype(dtype).itemsize, cap=num_probes, budget=4 * CHUNK_BYTES)
+        chunk_size = num_probes if lm.batching == "map" else bases
+    chunk = check_int("chunk_size", chunk_size, low=1)
     results = []
     with progress_bar(num_probes * m, "spectral density", progress) as bar:
-        token = jnp.asarray(bar.token, jnp.int32) if progress else None
-        for start in range(0, num_probes, chunk):
-            take = min(chunk, num_probes - start)
-            block = jax.tree.map(lambda x, s=start, t=take: x[s : s + t], probes)
-            pad = chunk - take  # one compiled shape for every chunk
-            if pad:
-                block = jax.tree.map(lambda x, p=pad: jnp.concatenate([x, x[:p]]), block)
-            if _krylov.host_loop(lm, is_traced(block, lm.operands)):
-                part = _slq_chunk_host(lm, block, bd_tol, bar, m=m, acc=acc)
-            else:
-                part = _slq_chunk(lm, block, bd_tol, token, m=m, acc=acc)
+        # padded with repeated probes: a zero start vector has no Krylov space
+        for start, take, block in chunks(probes, chunk, pad="repeat"):
+            part = drive(_slq, lm, block, bd_tol, bar=bar, m=m, acc=acc)
             part = [x[:take] for x in part]
             if not is_traced(part[0]):
                 for i, s in enumerate(np.asarray(part[0])):
-                    raise_if_nonfinite(part[3][i], int(s) - 1, f"SLQ (probe {start + i})")
+                    _krylov.raise_if_nonfinite(part[3][i], int(s) - 1, f"SLQ (probe {start + i})")
             results.append(part)
     steps, alphas, betas = (jnp.concatenate([r[i] for r in results]) for i in range(3))
     if grid is not None and not is_traced(grid):

@@ -27,7 +27,6 @@ from hessian_tools._checks import (
     check_int,
     check_positive,
     is_traced,
-    renamed_arguments,
 )
 from hessian_tools._operator import (
     LinearMap,
@@ -109,11 +108,6 @@ class Eigenpairs:
         return self.layout.ravel(self.tree_vectors).T
 
 
-def default_lanczos_tol(dtype: Any) -> float:
-    """The residual tolerance of the deprecated ``tol=``: sqrt(eps) / 4."""
-    return float(np.sqrt(np.finfo(np.dtype(dtype)).eps)) / 4
-
-
 def select(w: Any, k: int, which: str) -> np.ndarray:
     """Indices into ascending eigenvalues ``w`` for the requested end(s).
 
@@ -180,7 +174,6 @@ def check_symmetric(op: Any, *, key: jax.Array | None = None, rtol: float | None
 # Thick-restart Lanczos (the algorithm lives in hessian_tools._thick_restart)
 
 
-@renamed_arguments(a="op")
 def eigenpairs(
     op: Any,
     k: int,

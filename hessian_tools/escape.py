@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import check_choice_renamed, check_int, renamed_arguments
+from hessian_tools._checks import check_choice, check_int
+from hessian_tools._hessian import Loss, PyTree
 from hessian_tools._operator import dense_is_cheaper
 from hessian_tools._tree import basis_combine
 from hessian_tools.eigen import eigenpairs
 from hessian_tools.lanczos import lanczos
-from hessian_tools.operators import HessianOperator, Loss, PyTree
+from hessian_tools.operators import HessianOperator
 
 __all__ = ["EscapeDirection", "escape_direction", "saddle_free_newton_step"]
 
@@ -58,7 +59,6 @@ class EscapeDirection:
         return step * self.slope + 0.5 * step**2 * self.curvature
 
 
-@renamed_arguments(tol="rtol")
 def escape_direction(
     f: Loss,
     x: PyTree,
@@ -80,8 +80,7 @@ def escape_direction(
         *args: data for ``f``.
         batches: as in ``HessianOperator``.
         key: PRNG key for the Lanczos start vector.
-        rtol: relative accuracy of the curvature (as in ``eigenpairs``; the
-            old name ``tol`` still works for one release).
+        rtol: relative accuracy of the curvature (as in ``eigenpairs``).
         max_matvecs: HVP budget of the eigensolver.
 
     Returns:
@@ -100,7 +99,6 @@ def escape_direction(
     return EscapeDirection(op.unravel(d), ep.values[0], slope, ep.residuals[0], ep.num_matvecs)
 
 
-@renamed_arguments(num_steps="num_matvecs")
 def saddle_free_newton_step(
     f: Loss,
     x: PyTree,
@@ -130,23 +128,15 @@ def saddle_free_newton_step(
         *args: data for ``f``.
         damping: floor on ``|lambda|``.
         batches: as in ``HessianOperator``.
-        method: "dense", "lanczos" or "auto" (the old name "krylov" still
-            works for one release).
-        num_matvecs: Krylov dimension (HVPs) for ``method="lanczos"``; the
-            old name ``num_steps`` still works for one release.
+        method: "dense", "lanczos" or "auto".
+        num_matvecs: Krylov dimension (HVPs) for ``method="lanczos"``.
 
     Returns:
         The step, a pytree like ``x`` (add it to x to take it).
 
     Cost: one gradient plus n HVPs (dense) or ``num_matvecs`` HVPs (lanczos).
     """
-    method = check_choice_renamed(
-        "method",
-        method,
-        ("auto", "dense", "lanczos"),
-        {"krylov": "lanczos"},
-        "saddle_free_newton_step",
-    )
+    method = check_choice("method", method, ("auto", "dense", "lanczos"))
     num_matvecs = check_int("num_matvecs", num_matvecs, low=1)
     op = HessianOperator(f, x, *args, batches=batches)
     _, grad = op.value_and_grad()

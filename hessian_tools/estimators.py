@@ -123,11 +123,7 @@ def _deflate(products: Products, key: jax.Array, m: int, method: str, target: st
         probes = products.probes(key, k)
         bd_tol = _krylov.default_breakdown_tol(lm.n, lm.dtype)
         options = dict(depth=depth, acc=lm.dtype, diagonal=target == "diagonal")
-        if _krylov.host_loop(lm, is_traced(probes, lm.operands)):
-            parts = _deflation.krylov_basis_host(lm, probes, bd_tol, products.bar, **options)
-        else:
-            parts = _deflation.krylov_basis(lm, probes, bd_tol, None, **options)
-            products.bar.update(k * depth)
+        parts = _deflation.krylov_basis(lm, probes, bd_tol, products.bar, **options)
         v, _, status, low_trace, low_diag = parts
         spent = k * depth  # static: the loop goes on through a breakdown
         if not is_traced(status) and int(status) == _krylov.NONFINITE:

@@ -29,9 +29,10 @@ import jax
 
 from hessian_tools._checks import check_scalar_output, is_traced, require_finite
 from hessian_tools._data import Data
+from hessian_tools._hessian import PyTree, wrapped_loss
 from hessian_tools._operator import LinearMap
 from hessian_tools._params import Partition
-from hessian_tools.operators import CurvatureOperator, PyTree, wrapped_loss
+from hessian_tools.operators import CurvatureOperator
 
 __all__ = ["EmpiricalFisherOperator", "GGNOperator"]
 

@@ -8,12 +8,14 @@ default (two classical Gram-Schmidt passes against the whole stored basis,
 so float32 runs do not produce "ghost" copies of converged eigenvalues),
 breakdown detected relative to the size of T with the remaining steps
 masked, and T accumulated in float64 by argument. The iteration runs in one
-jitted ``lax.while_loop`` whose operands (params, data) are traced
-arguments, so a new operator for the same loss and shapes reuses the
-compiled code, and ``lanczos`` itself works inside ``jax.jit``.
+compiled loop (or one compiled step at a time, for products that are slow
+inside compiled loops: ``hessian_tools._driver``) whose operands (params,
+data) are traced arguments, so a new operator for the same loss and shapes
+reuses the compiled code, and ``lanczos`` itself works inside ``jax.jit``.
 
 Memory: the basis holds ``(num_matvecs + 1) * n`` numbers of the
-operator's dtype, stored leaf by leaf like the parameters.
+operator's dtype: one array on one device, one per leaf (keeping the
+parameters' sharding) on several.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import _krylov
-from hessian_tools._checks import check_int, is_traced, renamed_arguments
-from hessian_tools._operator import LinearMap, as_linear_map
+from hessian_tools._checks import check_accumulate_dtype, check_int, is_traced
+from hessian_tools._driver import drive
+from hessian_tools._operator import as_linear_map
 from hessian_tools._tree import Layout
 
 __all__ = ["LanczosResult", "lanczos"]
@@ -101,109 +104,14 @@ class LanczosResult:
         return theta, vectors, residuals
 
 
-def check_accumulate_dtype(accumulate_dtype: Any, dtype: Any) -> Any:
-    """The dtype in which T's entries are accumulated (default: the operator's)."""
-    if accumulate_dtype is None:
-        return jnp.dtype(dtype)
-    acc = jnp.dtype(accumulate_dtype)
-    if not jnp.issubdtype(acc, jnp.floating):
-        raise ValueError(f"accumulate_dtype must be a floating dtype; got {acc}.")
-    if acc.itemsize > jnp.zeros((), acc).dtype.itemsize:
-        raise ValueError(
-            f"accumulate_dtype={acc} needs 64-bit JAX: call "
-            'jax.config.update("jax_enable_x64", True) in your program first.'
-        )
-    return acc
-
-
-def start_vector(lm: LinearMap, key: Any, v0: Any, *, name: str = "v0") -> Any:
-    """A start vector in the operator's layout: ``v0`` (a pytree like params
-    or a flat (n,) array) or a Gaussian one drawn from ``key``.
-
-    ``v0`` may also be a block of vectors: an (n, k) flat array, or a stacked
-    pytree whose leaves carry a leading axis k (an ``Eigenpairs``'
-    ``tree_vectors``). Their sum starts the Krylov space, which then holds
-    each of them after k steps: started from k exact eigenvectors, Lanczos
-    finds them in k products.
-
-    Raises:
-        ValueError: ``v0`` of the wrong size or structure, zero or not finite.
-    """
-    layout = lm.layout
-    if v0 is None:
-        key = jax.random.PRNGKey(0) if key is None else key
-        return layout.unravel(jax.random.normal(key, (layout.n,), layout.dtype))
-    block = _as_block(layout, v0)
-    if block is not None:
-        v0 = jax.tree.map(lambda x: jnp.sum(x, axis=0), block)
-    v0 = layout.vector(v0, name=name)
-    _check_start(v0, name)
-    return v0
-
-
-def _as_block(layout: Layout, v: Any) -> Any:
-    """``v`` as a stack of vectors (leaves ``(k, *shape)``), or None when it
-    is a single vector."""
-    leaves = jax.tree.leaves(v)
-    if jax.tree.structure(v) == layout.treedef and len(leaves) == len(layout.shapes):
-        lead = {jnp.shape(x)[:1] for x in leaves}
-        stacked = all(
-            jnp.ndim(x) == len(s) + 1 and jnp.shape(x)[1:] == s
-            for x, s in zip(leaves, layout.shapes, strict=True)
-        )
-        if stacked and len(lead) == 1:  # a stack, like tree_vectors
-            return layout.cast(v)
-    if layout.is_flat(v):
-        arr = jnp.asarray(v)
-        if arr.ndim == 2 and arr.shape[0] == layout.n:  # (n, k) columns, like .vectors
-            return layout.unravel(arr.T.astype(layout.dtype))
-    return None
-
-
-def _check_start(v0: Any, name: str) -> None:
-    if is_traced(v0):
-        return
-    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(v0)]
-    if not all(np.all(np.isfinite(x)) for x in leaves):
-        raise ValueError(f"{name} must be finite; it holds NaN or inf.")
-    if not any(np.any(x != 0) for x in leaves):
-        raise ValueError(f"{name} must be a nonzero vector; got all zeros.")
-
-
-def raise_if_nonfinite(status: Any, step: Any, what: str = "Lanczos") -> None:
-    """``FloatingPointError`` if a product came back NaN or inf (eager only)."""
-    if not is_traced(status) and int(status) == _krylov.NONFINITE:
-        raise FloatingPointError(
-            f"the operator product (HVP) at {what} step {int(step)} returned NaN or inf; "
-            "check the loss and the data at these params."
-        )
-
-
-@functools.partial(jax.jit, static_argnames=("num_steps", "acc"))
-def _init(lm, v0, *, num_steps, acc):
-    return _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), num_steps, acc)[0]
-
-
-@functools.partial(jax.jit, static_argnames=("num_steps", "acc"))
-def _init(lm, v0, *, num_steps, acc):
-    return _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), num_steps, acc)[0]
-
-
-@functools.partial(jax.jit, static_argnames=("num_steps", "acc", "reorthogonalize"))
-def _lanczos(lm, v0, breakdown_tol, *, num_steps, acc, reorthogonalize):
-    state, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), num_steps, acc)
-    return _krylov.run(
-        state,
-        mv,
-        num_steps,
-        block_apply=lm.block,
-        acc=acc,
-        breakdown_tol=breakdown_tol,
-        reorthogonalize=reorthogonalize,
+def _run(drv, v0, breakdown_tol, *, num_steps, acc, reorthogonalize):
+    stacked = jax.tree.map(lambda x: x[None], v0)
+    state = drv.call(_krylov.start, drv.lm, stacked, num_columns=num_steps, acc=acc)
+    return drv.run(
+        state, num_steps, acc=acc, breakdown_tol=breakdown_tol, reorthogonalize=reorthogonalize
     )
 
 
-@renamed_arguments(num_steps="num_matvecs")
 def lanczos(
     op: Any,
     num_matvecs: int,
@@ -229,8 +137,7 @@ def lanczos(
     Args:
         op: a ``HessianOperator`` (or other ``CurvatureOperator``), or a dense
             symmetric (n, n) array.
-        num_matvecs: number of steps m (one product each), 1 <= m <= n. The
-            old name ``num_steps`` still works for one release.
+        num_matvecs: number of steps m (one product each), 1 <= m <= n.
         key: PRNG key for a Gaussian start vector (default ``PRNGKey(0)``).
         v0: start vector instead of ``key``: flat (n,) or a pytree like params.
         reorthogonalize: full reorthogonalisation (default) or the plain
@@ -264,22 +171,10 @@ def lanczos(
         )
     acc = check_accumulate_dtype(accumulate_dtype, lm.dtype)
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype) if breakdown_tol is None else breakdown_tol
-    v0 = start_vector(lm, key, v0)
-    if _krylov.host_loop(lm, is_traced(v0, lm.operands)):
-        state = _krylov.run_host(
-            lm,
-            _init(lm, v0, num_steps=m, acc=acc),
-            m,
-            acc=acc,
-            breakdown_tol=bd_tol,
-            reorthogonalize=bool(reorthogonalize),
-        )
-    else:
-        state = _lanczos(
-            lm, v0, bd_tol, num_steps=m, acc=acc, reorthogonalize=bool(reorthogonalize)
-        )
+    v0 = _krylov.start_vector(lm, key, v0)
+    state = drive(_run, lm, v0, bd_tol, num_steps=m, acc=acc, reorthogonalize=bool(reorthogonalize))
     steps = state.num_columns
-    raise_if_nonfinite(state.status, steps - 1 if is_traced(steps) else int(steps) - 1)
+    _krylov.raise_if_nonfinite(state.status, steps - 1 if is_traced(steps) else int(steps) - 1)
     idx = np.arange(m)
     alphas = state.coeffs[idx, idx]
     betas = state.coeffs[idx + 1, idx]

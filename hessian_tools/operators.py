@@ -17,7 +17,6 @@ reuses the compiled code.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,48 +25,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._checks import (
-    check_scalar_output,
     explain_nnx_errors,
     is_traced,
     require_finite,
 )
+from hessian_tools._chunks import chunks, fit
 from hessian_tools._data import Data
-from hessian_tools._operator import LinearMap, apply_block, schedule
+from hessian_tools._hessian import (
+    Loss,
+    PyTree,
+    as_vector,
+    check_scalar_loss,
+    hessian_products,
+    hvp_tree,
+    value_and_grad,
+    wrapped_loss,
+)
+from hessian_tools._operator import LinearMap, apply_batched, schedule
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
 
-PyTree = Any
-Loss = Callable[..., jax.Array]
-
 __all__ = ["CurvatureOperator", "HessianOperator", "MatvecOperator", "hvp"]
-
-_SCALAR_FIX = "Reduce it (e.g. with jnp.mean) before asking for curvature."
-
-
-def check_scalar_loss(f: Loss, params: PyTree, args: tuple, partition: Partition | None = None):
-    """``ValueError`` unless ``f(params, *args)`` is a real scalar (no FLOPs;
-    non-array leaves of params are held static)."""
-    partition = Partition.of(params) if partition is None else partition
-    variables, fixed = partition.split(params)
-    wrapped = wrapped_loss(f, partition)
-    check_scalar_output(
-        "the loss f(params, *args)", wrapped, variables, fixed, *args, fix=_SCALAR_FIX
-    )
-
-
-@functools.cache
-def wrapped_loss(f: Loss, partition: Partition) -> Callable:
-    """``f`` as a function of ``(variables, fixed, *args)``, one object per
-    loss and partition (so shape checks and compiled code are cached)."""
-    return partition.wrap(f)
-
 
 # --------------------------------------------------------------------------
 # The HVP itself
-
-
-def _hvp_tree(f: Loss, params: PyTree, v: PyTree, args: tuple) -> PyTree:
-    return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
 
 
 def hvp(f: Loss, params: PyTree, v: PyTree, *args: Any, wrt: Any = None) -> PyTree:
@@ -110,8 +91,8 @@ def hvp(f: Loss, params: PyTree, v: PyTree, *args: Any, wrt: Any = None) -> PyTr
     partition = Partition.of(params, wrt)
     variables, fixed = partition.split(params)
     check_scalar_loss(f, params, args, partition)
-    v = _as_vector(partition, Layout.of(variables), v, "v")
-    return _hvp_tree(wrapped_loss(f, partition), variables, v, (fixed, *args))
+    v = as_vector(partition, Layout.of(variables), v, "v")
+    return hvp_tree(wrapped_loss(f, partition), variables, v, (fixed, *args))
 
 
 def _sharded(tree: PyTree) -> bool:
@@ -138,51 +119,15 @@ def _dense_sharding(tree: PyTree, n: int) -> Any:
     return None
 
 
-def _as_vector(partition: Partition, layout: Layout, v: Any, name: str) -> PyTree:
-    """``v`` as a vector of the variables: flat, a variables pytree, or a
-    pytree shaped like the whole of params."""
-    if not layout.is_flat(v) and jax.tree.structure(v) != layout.treedef:
-        picked = partition.select(v)
-        if picked is not None:
-            v = picked
-    return layout.vector(v, name=name)
-
-
-@functools.cache
-def _hessian_products(f: Loss, partition: Partition) -> tuple[Callable, Callable]:
-    """``(matvec, prepare)`` of the Hessian of ``f`` in the variables of
-    ``partition``; cached per loss and partition, so the same function
-    objects (static parts of a ``LinearMap``) come back and compiled solvers
-    are reused across operators."""
-    fv = wrapped_loss(f, partition)
-
-    def matvec(v, variables, fixed, data):
-        return data.mean(lambda *args: _hvp_tree(fv, variables, v, (fixed, *args)))
-
-    def prepare(variables, fixed, data):
-        # one forward pass (jax.linearize of the gradient), then the linear
-        # map per product: faster per HVP, but holds the activations
-        args = data.groups[0]
-        return jax.linearize(lambda p: jax.grad(fv)(p, fixed, *args), variables)[1]
-
-    return matvec, prepare
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _value_and_grad(f: Loss, partition: Partition, variables: PyTree, fixed: tuple, data: Data):
-    fv = wrapped_loss(f, partition)
-    return data.mean(lambda *args: jax.value_and_grad(fv)(variables, fixed, *args))
-
-
 @jax.jit
 def _apply(lm: LinearMap, v: PyTree) -> PyTree:
     return lm.bind()(v)
 
 
 @jax.jit
-def _apply_block_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
+def _apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
     # vs: (k, n) flat rows
-    out = apply_block(lm.bind(), lm.layout.unravel(vs), lm.block)
+    out = apply_batched(lm.bind(), lm.layout.unravel(vs), lm.batching)
     return lm.layout.ravel(out)
 
 
@@ -201,7 +146,7 @@ class CurvatureOperator:
     Attributes:
         chunk_size: columns per vectorised product in ``matmat`` and
             ``to_dense`` (None: automatic, ~64 MB of vectors per chunk).
-        block: how a block of vectors is applied, ``"map"`` (sequential
+        batching: how a stack of vectors is applied, ``"map"`` (sequential
             ``lax.map``) or ``"vmap"``; None: the library's rule
             (``hessian_tools._operator.schedule``).
         loop: where solvers iterate, ``"device"`` (one compiled loop) or
@@ -211,7 +156,7 @@ class CurvatureOperator:
     """
 
     chunk_size: int | None = None
-    block: str | None = None
+    batching: str | None = None
     loop: str | None = None
 
     def __init__(self, params: PyTree, wrt: Any = None):
@@ -233,18 +178,18 @@ class CurvatureOperator:
         raise NotImplementedError
 
     def _linear_map(self, matvec: Callable, operands: tuple, prepare=None) -> LinearMap:
-        """The ``LinearMap`` of a product, its block and loop by the rule
+        """The ``LinearMap`` of a product, its batching and loop by the rule
         unless set on the operator."""
-        block, loop = schedule(matvec, operands, self.layout)
-        block, loop = self.block or block, self.loop or loop
+        batching, loop = schedule(matvec, operands, self.layout)
+        batching, loop = self.batching or batching, self.loop or loop
         template = self.variables if _sharded(self.variables) else None
-        return LinearMap(matvec, operands, self.layout, block, prepare, loop, template)
+        return LinearMap(matvec, operands, self.layout, batching, prepare, loop, template)
 
     # -- layout --------------------------------------------------------
     def vector(self, v: Any, name: str = "v") -> PyTree:
         """``v`` (flat, a pytree of the variables, or one shaped like params)
         as a pytree of the variables."""
-        return _as_vector(self.partition, self.layout, v, name)
+        return as_vector(self.partition, self.layout, v, name)
 
     def ravel(self, tree: PyTree) -> jax.Array:
         """Flatten a vector into an (n,) array (ravel_pytree order of the
@@ -288,24 +233,14 @@ class CurvatureOperator:
     def _chunk(self, k: int) -> int:
         if self.chunk_size is not None:
             return max(1, min(k, int(self.chunk_size)))
-        # bound each chunk's input and output to ~64 MB each (with vmap the
-        # HVP's intermediates scale with it too: set chunk_size for very
-        # large models)
-        budget = (64 << 20) // max(1, self.n * jnp.dtype(self.dtype).itemsize)
-        return max(1, min(k, 256, budget))
+        # with vmap the HVP's intermediates scale with the chunk too: set
+        # chunk_size for very large models
+        return min(k, fit(self.n * jnp.dtype(self.dtype).itemsize))
 
     def _rows(self, rows: jax.Array) -> jax.Array:
-        """``A r`` for the rows of ``rows`` (k, n), chunk by chunk; the last
-        chunk is padded to keep one compiled shape."""
+        """``A r`` for the rows of ``rows`` (k, n), chunk by chunk (``_chunks``)."""
         lm, k = self.linear_map(), rows.shape[0]
-        chunk = self._chunk(k)
-        out = []
-        for start in range(0, k, chunk):
-            block = rows[start : start + chunk]
-            pad = chunk - block.shape[0]
-            if pad:
-                block = jnp.concatenate([block, jnp.zeros((pad, self.n), block.dtype)])
-            out.append(_apply_block_flat(lm, block)[: chunk - pad])
+        out = [_apply_flat(lm, c)[:take] for _, take, c in chunks(rows, self._chunk(k))]
         return jnp.concatenate(out) if len(out) > 1 else out[0]
 
     def to_dense(self, progress: bool = False) -> jax.Array:
@@ -336,7 +271,7 @@ class CurvatureOperator:
                 idx = start + np.arange(chunk)
                 basis = jnp.asarray(idx[:, None] == np.arange(n)[None, :], dtype=self.dtype)
                 stop = min(start + chunk, n)
-                block = np.asarray(_apply_block_flat(lm, basis)[: stop - start])
+                block = np.asarray(_apply_flat(lm, basis)[: stop - start])
                 if not np.all(np.isfinite(block)):
                     row, col = np.argwhere(~np.isfinite(block))[0]
                     raise FloatingPointError(
@@ -447,14 +382,14 @@ class HessianOperator(CurvatureOperator):
         return self.data.num_batches
 
     def linear_map(self, linearize: bool = True) -> LinearMap:
-        matvec, prepare = _hessian_products(self.f, self.partition)
+        matvec, prepare = hessian_products(self.f, self.partition)
         share = prepare if linearize and not self.data.batched else None
         return self._linear_map(matvec, (self.variables, self.fixed, self.data), share)
 
     def value_and_grad(self) -> tuple[jax.Array, PyTree]:
         """Loss (the batch-weighted mean) and its gradient with respect to
         the variables, at params."""
-        return _value_and_grad(self.f, self.partition, self.variables, self.fixed, self.data)
+        return value_and_grad(self.f, self.partition, self.variables, self.fixed, self.data)
 
 
 class MatvecOperator(CurvatureOperator):
@@ -469,7 +404,7 @@ class MatvecOperator(CurvatureOperator):
         example: a vector of the right layout (a pytree or an array); only
             its structure, shapes and dtypes are used.
         *operands: arrays passed to ``matvec``.
-        block: ``"map"`` or ``"vmap"`` for blocks of products (default: the
+        batching: ``"map"`` or ``"vmap"`` for stacks of products (default: the
             library's rule).
 
     Example:
@@ -477,13 +412,15 @@ class MatvecOperator(CurvatureOperator):
         >>> ht.eigenpairs(op, 1).values
     """
 
-    def __init__(self, matvec: Callable, example: PyTree, *operands: Any, block: str | None = None):
+    def __init__(
+        self, matvec: Callable, example: PyTree, *operands: Any, batching: str | None = None
+    ):
         super().__init__(example)
         if not self.partition.trivial:
             raise TypeError("example must be a pytree of floating-point arrays (a vector).")
         if not callable(matvec):
             raise TypeError(f"matvec must be a function v -> A v; got {type(matvec).__name__}.")
-        self._matvec, self.operands, self.block = matvec, tuple(operands), block
+        self._matvec, self.operands, self.batching = matvec, tuple(operands), batching
 
     def linear_map(self, linearize: bool = True) -> LinearMap:
         del linearize  # nothing to share for a user product

@@ -1,8 +1,6 @@
 """Validators (hessian_tools._checks): one message style, NumPy integers,
 deprecated spellings."""
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,17 +50,3 @@ def test_structure_scalar_and_finite_checks():
         _checks.check_params({"w": jnp.arange(3)})
     with pytest.raises(ValueError, match="at least one array leaf"):
         _checks.check_params({})
-
-
-def test_renamed_arguments_warn_and_refuse_both():
-    @_checks.renamed_arguments(tol="rtol")
-    def f(*, rtol=None):
-        return rtol
-
-    with pytest.warns(DeprecationWarning, match=r"f\(tol=...\) is deprecated; use rtol="):
-        assert f(tol=0.5) == 0.5
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert f(rtol=0.25) == 0.25
-    with pytest.raises(TypeError, match="both tol= and its new name rtol="):
-        f(tol=1.0, rtol=1.0)

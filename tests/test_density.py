@@ -114,9 +114,11 @@ def test_bad_input():
         spectral_density(a, key=key, num_matvecs=72)
     with pytest.raises(ValueError, match="num_probes"):
         spectral_density(a, key=key, num_matvecs=0, num_probes=0)
-    with pytest.warns(DeprecationWarning, match="steps_per_probe"):
-        old = spectral_density(jnp.diag(jnp.arange(1.0, 6.0)), key=key, num_steps=3, num_probes=2)
-    assert old.num_matvecs == 6
+    # num_steps (the API contract's name): Lanczos steps per probe
+    fixed = spectral_density(jnp.diag(jnp.arange(1.0, 6.0)), key=key, num_steps=3, num_probes=2)
+    assert fixed.num_matvecs == 6
+    with pytest.raises(ValueError, match="num_steps"):
+        spectral_density(a, key=key, num_steps=0)
     with pytest.raises(ValueError, match="sigma"):
         spectral_density(a, key=key, num_matvecs=36, sigma=-1.0)
     with pytest.raises(ValueError, match="grid"):

@@ -137,7 +137,7 @@ def test_num_matvecs_is_honest_and_true_residuals_agree():
         jax.debug.callback(counter, v[0])  # runs once per executed product
         return a @ v
 
-    op = ht.MatvecOperator(mv, jnp.zeros(200), a, block="map")
+    op = ht.MatvecOperator(mv, jnp.zeros(200), a, batching="map")
     r = eigenpairs(op, 3, which="both", method="lanczos", max_basis=12, true_residuals=True)
     jax.effects_barrier()
     assert r.num_restarts > 0

@@ -40,9 +40,8 @@ def test_saddle_free_step_krylov_matches_dense_in_full_subspace():
     dense = ht.saddle_free_newton_step(problems.quadratic_form, x, a, method="dense")
     krylov = ht.saddle_free_newton_step(problems.quadratic_form, x, a, method="lanczos")
     np.testing.assert_allclose(krylov, dense, rtol=1e-8, atol=1e-10)
-    with pytest.warns(DeprecationWarning, match="lanczos"):
-        old = ht.saddle_free_newton_step(problems.quadratic_form, x, a, method="krylov")
-    np.testing.assert_allclose(old, krylov, rtol=1e-12)
+    with pytest.raises(ValueError, match="lanczos"):  # the old name is gone
+        ht.saddle_free_newton_step(problems.quadratic_form, x, a, method="krylov")
     with pytest.raises(ValueError, match="method"):
         ht.saddle_free_newton_step(problems.quadratic_form, x, a, method="newton")
 

@@ -19,8 +19,8 @@ def _run(a, v0, cols, acc=jnp.float64, **kw):
 
     @jax.jit
     def go(lm, v0):
-        state, mv = _krylov.start(lm, v0, cols, acc)
-        return _krylov.run(state, mv, cols, block_apply="map", acc=acc, breakdown_tol=1e-12, **kw)
+        state, mv = _krylov.start(lm, v0, cols, acc), _krylov.flat_product(lm)
+        return _krylov.run(state, mv, cols, batching="map", acc=acc, breakdown_tol=1e-12, **kw)
 
     return go(lm, v0)
 
@@ -90,10 +90,11 @@ def test_under_jit_and_vmap_with_a_nested_pytree_basis():
     @jax.jit
     def many(lm, starts):
         def one(v):
-            state, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], v), 8, jnp.float64)
-            state = _krylov.run(
-                state, mv, 8, block_apply="map", acc=jnp.float64, breakdown_tol=1e-12
+            state, mv = (
+                _krylov.start(lm, jax.tree.map(lambda x: x[None], v), 8, jnp.float64),
+                _krylov.flat_product(lm),
             )
+            state = _krylov.run(state, mv, 8, batching="map", acc=jnp.float64, breakdown_tol=1e-12)
             return state.basis, _krylov.ritz(state)[0]
 
         return jax.vmap(one)(layout.unravel(starts))
@@ -129,9 +130,9 @@ def test_nonfinite_product_sets_the_status():
 
     @jax.jit
     def go(lm):
-        state, mv = _krylov.start(lm, jnp.ones((1, 10)), 5, jnp.float64)
+        state, mv = _krylov.start(lm, jnp.ones((1, 10)), 5, jnp.float64), _krylov.flat_product(lm)
         bad = lambda v: jax.tree.map(lambda x: x * jnp.nan, mv(v))
-        return _krylov.run(state, bad, 5, block_apply="map", acc=jnp.float64, breakdown_tol=1e-12)
+        return _krylov.run(state, bad, 5, batching="map", acc=jnp.float64, breakdown_tol=1e-12)
 
     state = go(lm)
     assert int(state.status) == _krylov.NONFINITE and int(state.num_columns) == 1

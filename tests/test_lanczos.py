@@ -185,9 +185,8 @@ def test_bad_input():
         lanczos(a, 2, v0=jnp.zeros(4))
     with pytest.raises(ValueError, match="length n = 4"):
         lanczos(a, 2, v0=jnp.ones(5))
-    with pytest.warns(DeprecationWarning, match="num_matvecs"):
-        old = lanczos(jnp.diag(jnp.arange(1.0, 5.0)), num_steps=2)
-    assert old.num_matvecs == 2
+    with pytest.raises(TypeError, match="num_steps"):  # no deprecation shims before 1.0
+        lanczos(jnp.diag(jnp.arange(1.0, 5.0)), num_steps=2)
     with pytest.raises(FloatingPointError, match="NaN"):
         lanczos(a.at[0, 0].set(jnp.nan), 2)
     with pytest.raises(ValueError, match="floating"):

@@ -9,8 +9,8 @@ import pytest
 from _util import TraceCounter, asym_loss, asym_problem, at
 
 from hessian_tools import landscape as L
-from hessian_tools.landscape import _slices
 from hessian_tools.dense import hessian
+from hessian_tools.landscape import _slices
 
 
 @pytest.fixture

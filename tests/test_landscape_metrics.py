@@ -36,5 +36,5 @@ def test_bad_options():
         L.extreme_eigenvalue_metric(_loss, "top")
     with pytest.raises(ValueError, match="num_matvecs must be >= 1"):
         L.extreme_eigenvalue_metric(_loss, num_matvecs=0)
-    with pytest.warns(DeprecationWarning, match="num_matvecs"):
+    with pytest.raises(TypeError, match="num_steps"):  # no deprecation shims before 1.0
         L.extreme_eigenvalue_metric(_loss, num_steps=3)

@@ -10,7 +10,7 @@ from _util import sym_with_spectrum
 import hessian_tools as ht
 from hessian_tools._operator import (
     LinearMap,
-    apply_block,
+    apply_batched,
     apply_linear_map,
     as_linear_map,
     dense_is_cheaper,
@@ -45,7 +45,7 @@ def test_every_operator_has_one_normal_form_that_agrees_with_its_products():
             np.testing.assert_allclose(lm.layout.ravel(out), vs @ dense, rtol=1e-10, atol=1e-12)
     a = sym_with_spectrum(np.arange(5.0))
     lm = as_linear_map(a)
-    assert lm.block == "vmap" and lm.n == 5
+    assert lm.batching == "vmap" and lm.n == 5
     np.testing.assert_allclose(apply_linear_map(lm, jnp.eye(5)), a, rtol=1e-12)
     assert as_linear_map(lm) is lm
 
@@ -55,11 +55,11 @@ def test_map_and_vmap_give_the_same_block_product():
     op = ht.HessianOperator(_loss, params, x)
     lm = op.linear_map()
     vs = lm.layout.unravel(jax.random.normal(jax.random.PRNGKey(0), (4, op.n)))
-    mapped = apply_block(lm.bind(), vs, "map")
-    vmapped = apply_block(lm.bind(), vs, "vmap")
+    mapped = apply_batched(lm.bind(), vs, "map")
+    vmapped = apply_batched(lm.bind(), vs, "vmap")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), mapped, vmapped)
-    op.block = "vmap"
-    assert op.linear_map().block == "vmap"
+    op.batching = "vmap"
+    assert op.linear_map().batching == "vmap"
 
 
 def test_refuses_what_is_not_an_operator():
@@ -93,11 +93,11 @@ def test_schedule_rule_separates_convolutions_on_cpu():
     images = jnp.asarray(np.random.default_rng(2).normal(size=(4, 5, 5, 1)))
     conv = ht.HessianOperator(_conv_loss, k, images).linear_map()
     assert jax.default_backend() == "cpu"
-    assert (mlp.block, mlp.loop) == ("map", "device")
-    assert (conv.block, conv.loop) == ("vmap", "host")
+    assert (mlp.batching, mlp.loop) == ("map", "device")
+    assert (conv.batching, conv.loop) == ("vmap", "host")
     op = ht.HessianOperator(_conv_loss, k, images)
-    op.loop, op.block = "device", "map"  # the user's setting wins
-    assert (op.linear_map().loop, op.linear_map().block) == ("device", "map")
+    op.loop, op.batching = "device", "map"  # the user's setting wins
+    assert (op.linear_map().loop, op.linear_map().batching) == ("device", "map")
 
 
 def test_host_and_device_loops_agree():

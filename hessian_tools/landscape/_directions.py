@@ -24,12 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import check_choice, renamed_arguments, require_finite
+from hessian_tools._checks import check_choice, require_finite
 from hessian_tools._data import Data
+from hessian_tools._hessian import as_vector, value_and_grad
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout, norm, sub
 from hessian_tools.landscape._filters import filter_axes, normalize
-from hessian_tools.operators import _as_vector, _value_and_grad
 
 PyTree = Any
 Normalization = Literal["filter", "layer", "model"] | None
@@ -103,7 +103,7 @@ def as_direction(params: PyTree, direction: PyTree, name: str = "direction") -> 
     """``direction`` as a vector of params' variables (from a pytree of the
     variables, one shaped like params, or a flat array)."""
     partition, _, layout = _variables(params)
-    return _as_vector(partition, layout, direction, name)
+    return as_vector(partition, layout, direction, name)
 
 
 def normalize_direction(
@@ -192,7 +192,6 @@ def random_direction(
     )
 
 
-@renamed_arguments(tol="rtol")
 def eigen_directions(
     op: Any,
     k: int = 2,
@@ -212,8 +211,7 @@ def eigen_directions(
 
     Cost: that of ``eigenpairs`` (its ``num_matvecs`` HVPs). To keep the
     eigenvalues too, call ``eigenpairs`` yourself and use its
-    ``tree_vectors``. ``rtol`` is passed to ``eigenpairs`` (the old name
-    ``tol`` still works for one release).
+    ``tree_vectors``. ``rtol`` is passed to ``eigenpairs``.
     """
     from hessian_tools.eigen import eigenpairs
 
@@ -257,7 +255,7 @@ def gradient_direction(
     _check_normalization(normalization, ("unit", *_NORMALIZATIONS))
     partition, variables, _ = _variables(params)
     fixed = partition.split(params)[1]
-    grad = _value_and_grad(f, partition, variables, fixed, Data.create(args, batches))[1]
+    grad = value_and_grad(f, partition, variables, fixed, Data.create(args, batches))[1]
     require_finite("gradient", grad)
     grad_norm = norm(grad)
     if not float(grad_norm) > 0:

@@ -17,23 +17,22 @@ from typing import Any, Literal
 import jax
 
 from hessian_tools import _krylov
-from hessian_tools._checks import check_choice, check_int, renamed_arguments
+from hessian_tools._checks import as_key, check_choice, check_int
 from hessian_tools._data import Data
+from hessian_tools._hessian import hessian_products
 from hessian_tools._operator import LinearMap
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
-from hessian_tools.operators import _hessian_products
 
 __all__ = ["extreme_eigenvalue_metric"]
 
 
-@renamed_arguments(num_steps="num_matvecs")
 def extreme_eigenvalue_metric(
     f: Callable[..., jax.Array],
     which: Literal["largest", "smallest"] = "largest",
     *,
     num_matvecs: int = 20,
-    seed: int = 0,
+    key: Any = 0,
 ) -> Callable[..., jax.Array]:
     """A metric ``(params, *args) -> lambda`` giving the largest (algebraic)
     or smallest Hessian eigenvalue of ``f`` at each grid point.
@@ -47,11 +46,11 @@ def extreme_eigenvalue_metric(
         f: the loss ``f(params, *args) -> scalar``.
         which: "largest" or "smallest" (most negative).
         num_matvecs: Lanczos steps (= HVPs) per grid point (capped at n);
-            more steps, more accuracy. The old name ``num_steps`` still works
-            for one release. Extreme Ritz values converge first; with
+            more steps, more accuracy. Extreme Ritz values converge first; with
             batches= the metric is the batch-weighted mean of per-batch
             eigenvalues, not the eigenvalue of the mean Hessian.
-        seed: seed of the fixed starting vector (the same at every point).
+        key: PRNG key (a typed key, a uint32 key or an int) of the fixed
+            starting vector, the same at every point.
 
     Returns:
         A function usable in ``metrics=``. Cost: ``num_matvecs`` HVPs and
@@ -63,23 +62,23 @@ def extreme_eigenvalue_metric(
     """
     check_choice("which", which, ("largest", "smallest"))
     num_matvecs = check_int("num_matvecs", num_matvecs, low=1)
-    return functools.partial(_extreme_eigenvalue, f, which, num_matvecs, seed)
+    return functools.partial(_extreme_eigenvalue, f, which, num_matvecs, as_key(key))
 
 
-def _extreme_eigenvalue(f, which, num_matvecs, seed, params: Any, *args: Any) -> jax.Array:
+def _extreme_eigenvalue(f, which, num_matvecs, key, params: Any, *args: Any) -> jax.Array:
     partition = Partition.of(params)
     variables, fixed = partition.split(params)
-    matvec, _ = _hessian_products(f, partition)
+    matvec, _ = hessian_products(f, partition)
     layout = Layout.of(variables)
     lm = LinearMap(matvec, (variables, fixed, Data.create(tuple(args), None)), layout, "map")
     m = min(num_matvecs, layout.n)
-    v0 = layout.unravel(jax.random.normal(jax.random.PRNGKey(seed), (layout.n,), layout.dtype))
-    state, mv = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), m, layout.dtype)
+    v0 = layout.unravel(jax.random.normal(key, (layout.n,), layout.dtype))
+    state = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), m, layout.dtype)
     state = _krylov.run(
         state,
-        mv,
+        _krylov.flat_product(lm),
         m,
-        block_apply="map",
+        batching="map",
         acc=layout.dtype,
         breakdown_tol=_krylov.default_breakdown_tol(layout.n, layout.dtype),
     )

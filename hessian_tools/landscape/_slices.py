@@ -33,12 +33,13 @@ import numpy as np
 
 from hessian_tools._checkpoint import load_slice_checkpoint, save_slice_checkpoint
 from hessian_tools._checks import check_scalar_output
+from hessian_tools._chunks import chunks, fit
 from hessian_tools._data import Data
+from hessian_tools._hessian import wrapped_loss
 from hessian_tools._params import Partition
 from hessian_tools._progress import progress_bar
 from hessian_tools._tree import Layout
 from hessian_tools.landscape._directions import as_direction
-from hessian_tools.operators import wrapped_loss
 
 PyTree = Any
 
@@ -180,8 +181,8 @@ class _Evaluator:
         # own activations: a few points at a time keep those in cache (on a
         # 2-core CPU, 441 points of an 85k-parameter MLP on 1,797 digits take
         # 0.84 s in chunks of 4 and 1.39 s vmapped 197 at a time; a CNN 2.3 s
-        # vs 3.1 s); copies stay under ~64 MB.
-        return max(1, min(m, _CHUNK, (64 << 20) // self.bytes_per_point))
+        # vs 3.1 s); copies stay under ``_chunks.CHUNK_BYTES``.
+        return min(m, fit(self.bytes_per_point, cap=_CHUNK))
 
     def __call__(self, coeffs: np.ndarray, bar: Any = None) -> np.ndarray:
         """(m, 1 + num_metrics) float64 values at the m points ``coeffs``;
@@ -190,16 +191,14 @@ class _Evaluator:
         chunk = self._chunk(m)
         # up to _GROUP points per compiled call (a lax.map over chunks), the
         # groups as even as the chunks allow, so padding wastes < 1 chunk each
-        chunks = -(-m // chunk)
-        calls = -(-chunks // max(1, _GROUP // chunk))
-        per_call = -(-chunks // calls)
+        num_chunks = -(-m // chunk)
+        calls = -(-num_chunks // max(1, _GROUP // chunk))
+        per_call = -(-num_chunks // calls)
         group = per_call * chunk
         out = []
-        for start in range(0, m, group):
-            block = coeffs[start : start + group]
-            pad = group - block.shape[0]
-            if pad:  # one compiled shape: pad the last group with the origin
-                block = np.concatenate([block, np.zeros((pad, block.shape[1]))])
+        # one compiled shape: the last group is padded with the origin (zeros)
+        for _, take, block in chunks(coeffs, group, shorten=False):
+            pad = group - take
             block = jnp.asarray(block.reshape(per_call, chunk, -1), self.coeff_dtype)
             vals = _eval_points(
                 self.fns,
