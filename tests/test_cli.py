@@ -22,7 +22,8 @@ from analyze_targets import CURVATURES, toy_saddle
 
 import hessian_tools as ht
 from hessian_tools import cli
-from hessian_tools.analysis import part_key
+from hessian_tools.cli._analysis import PARTS
+from hessian_tools.cli._part import part_key
 from hessian_tools.problems import TOY_2D
 
 PROBLEMS = ("himmelblau", "saddle")
@@ -78,7 +79,7 @@ def test_analyze_writes_the_report(toy_report):
     page = (out / "index.html").read_text()
     assert all(f"data-file='{name}'" in page for name in summary["figures"])
     assert "<table class='summary'>" in page and "Versions" in page and "Settings" in page
-    assert summary["parts"] == list(ht.analysis.PARTS)
+    assert summary["parts"] == list(PARTS)
     for part in summary["parts"]:
         assert (out / "parts" / f"{part}.json").exists()
     spent = summary["num_matvecs"]
@@ -130,9 +131,16 @@ def test_analyze_summary_equals_the_library_called_directly(toy_report):
     np.testing.assert_allclose(s["slice_1d"]["random"], line.values, rtol=1e-12)
     assert s["slice_1d"]["direction_norm"] == pytest.approx(float(np.linalg.norm(op.ravel(d))))
     # along the top eigenvector (curvature 12) and over the plane of the top and
-    # bottom (-3) ones, the loss is known: 0.5 a t^2 + 0.1 t^4 per axis, zero at c
-    t = s["slice_1d"]["direction_norm"] * alphas
+    # bottom (-3) ones, the loss is known: 0.5 a t^2 + 0.1 t^4 per axis, zero at c;
+    # the eigenvector's norm makes 6 t^2 reach the random direction's rise
+    norms = s["slice_1d"]["direction_norms"]
+    assert norms["random"] == s["slice_1d"]["direction_norm"]
+    assert norms["top_eigenvector"] == pytest.approx(
+        min(norms["random"], np.sqrt(2 * max(line.values) / 12.0)), rel=1e-12
+    )
+    t = norms["top_eigenvector"] * alphas
     np.testing.assert_allclose(s["slice_1d"]["top_eigenvector"], 6 * t**2 + 0.1 * t**4, atol=1e-12)
+    t = s["slice_1d"]["direction_norm"] * alphas
     with np.load(out / "parts" / "slice_2d.npz") as saved:
         xs, ys, plane = saved["xs"], saved["ys"], saved["values"]
     tx, ty = np.meshgrid(t, t)  # values[i, j] is at (xs[j], ys[i])
@@ -187,9 +195,9 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(toy_report, tmp_pa
     assert "interrupted" in err and "--resume" in err
     assert "Traceback" not in err
     done = sorted(p.stem for p in (out / "parts").glob("*.json"))
-    assert "point" in done and len(done) < len(ht.analysis.PARTS)
+    assert "point" in done and len(done) < len(PARTS)
     assert json.loads((out / "summary.json").read_text())["parts"] == [
-        p for p in ht.analysis.PARTS if p in done
+        p for p in PARTS if p in done
     ]  # the report of the finished parts was written too
     resume_cmd = shlex.split(err.strip().splitlines()[-1])  # the command it printed
     assert resume_cmd[:3] == [sys.executable, "-m", "hessian_tools"]

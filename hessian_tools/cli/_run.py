@@ -5,7 +5,8 @@ share: for each part it reuses the saved result (``--resume``) or computes
 it, saves it at once (``PartStore``), draws its figure, and rewrites
 summary.json and index.html, so an interrupted run leaves a readable
 report of every finished part. ``summary`` is summary.json's content and
-``sections`` the page's, both built from the part results alone.
+``sections`` the page's, both built from the part results alone, each part
+contributing through its ``Part`` record (``_analysis.PARTS``).
 """
 
 from __future__ import annotations
@@ -14,28 +15,25 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-
-from hessian_tools._parts import Analysis
-from hessian_tools._report import (
-    Figure,
+from hessian_tools._problem import Problem
+from hessian_tools.cli._analysis import PARTS, Analysis, part_settings
+from hessian_tools.cli._html import Figure, Section, Table, write_html
+from hessian_tools.cli._part import PartResult, Settings
+from hessian_tools.cli._parts_landscape import random_direction
+from hessian_tools.cli._store import (
     PartStore,
-    Section,
     StaleResultError,
-    Table,
     save_figure,
     versions,
-    write_html,
     write_json,
 )
-from hessian_tools.analysis import PartResult, Problem, Settings, part_settings
 
 __all__ = [
     "SUMMARY_FORMAT",
     "format_summary",
+    "meta_sections",
     "run_analysis",
     "sections",
     "summary",
@@ -44,88 +42,13 @@ __all__ = [
 
 SUMMARY_FORMAT = "hessian_tools.analyze/1"
 
-DESCRIPTIONS = {
-    "point": "loss and gradient",
-    "classification": "kind and index of the point",
-    "eigenvalues": "top-k and bottom-k eigenvalues",
-    "trace": "trace estimate",
-    "density": "spectral density",
-    "slice_1d": "1-D slices (top eigenvector, random direction)",
-    "slice_2d": "2-D slice (top and bottom eigenvectors)",
-    "blocks": "per-layer top eigenvalue and trace",
-}
-FIGURES = {
-    "eigenvalues": "eigenvalues.png",
-    "density": "density.png",
-    "slice_1d": "slice_1d.png",
-    "slice_2d": "slice_2d.png",
-    "blocks": "blocks.png",
-}
-
-
-# --------------------------------------------------------------------------
-# Figures, one per part that has one
-
-
-def _draw(result: PartResult) -> Any:
-    import matplotlib.pyplot as plt
-
-    from hessian_tools import plotting
-
-    r, a = result.results, result.arrays
-    if result.part == "eigenvalues":
-        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6))
-        for ax, which in zip(axes, ("largest", "smallest"), strict=True):
-            values = np.asarray(r[which]["values"])
-            plotting.plot_eigenvalues(values, ax=ax)
-            ax.errorbar(np.arange(values.size), values, r[which]["error_bounds"], fmt="none")
-            ax.set_title(f"{which} {values.size} (bars: certified bounds)", fontsize="medium")
-    elif result.part == "density":
-        fig, ax = plt.subplots(figsize=(6.4, 3.8))
-        plotting.plot_spectral_density(SimpleNamespace(grid=a["grid"], density=a["density"]), ax)
-        ax.set_title(
-            f"negative fraction {r['negative_fraction']:.3g} ± {r['negative_fraction_stderr']:.2g}",
-            fontsize="medium",
-        )
-    elif result.part == "slice_1d":
-        fig, ax = plt.subplots(figsize=(6.4, 3.8))
-        lines = [SimpleNamespace(alphas=a["alphas"], values=a[d]) for d in r["directions"]]
-        labels = ["top eigenvector", f"random ({r['normalization'].split(' ')[0]}-normalised)"]
-        plotting.plot_slice_1d(lines, ax, labels=labels)
-        ax.set_xlabel(f"alpha (direction norm {r['direction_norm']:.3g})")
-    elif result.part == "slice_2d":
-        fig, ax = plt.subplots(figsize=(6.4, 5.0))
-        plotting.plot_slice_2d(SimpleNamespace(xs=a["xs"], ys=a["ys"], values=a["values"]), ax)
-        ax.plot([0], [0], "k+", markersize=12)
-        ax.set_xlabel("top eigenvector")
-        ax.set_ylabel("bottom eigenvector")
-    elif result.part == "blocks":
-        blocks = [
-            SimpleNamespace(
-                name=b["name"],
-                values=[b["top"]],
-                error_bounds=[b["top_error_bound"]],
-                trace=SimpleNamespace(value=b["trace"], stderr=b["trace_stderr"]),
-            )
-            for b in r["blocks"]
-        ]
-        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
-        for ax, quantity in zip(axes, ("top", "trace"), strict=True):
-            key = "top" if quantity == "top" else "trace"
-            positive = all(b[key] > 0 for b in r["blocks"])
-            plotting.plot_block_spectra(blocks, ax, quantity=quantity, log=positive)
-    else:
-        return None
-    fig.tight_layout()
-    return fig
-
 
 def draw_figure(result: PartResult, folder: Path, force: bool) -> None:
     """Write the part's figure (if it has one) unless it exists and not ``force``."""
-    name = FIGURES.get(result.part)
-    if name is None or (not force and (folder / name).exists()):
+    part = PARTS[result.part]
+    if part.figure is None or (not force and (folder / part.figure).exists()):
         return
-    save_figure(_draw(result), folder / name)
+    save_figure(part.draw(result), folder / part.figure)
 
 
 # --------------------------------------------------------------------------
@@ -139,62 +62,21 @@ def summary(
     the settings and the versions."""
     out: dict[str, Any] = {"format": SUMMARY_FORMAT, "problem": problem.title, "num_params": n}
     for part, result in done.items():
-        if part == "point":
-            out.update(result.results)
-        elif part == "blocks":
-            out["blocks"] = result.results["blocks"]
-        elif part == "slice_1d":
-            arrays = {k: [float(v) for v in result.arrays[k]] for k in ("alphas", "random")}
-            arrays["top_eigenvector"] = [float(v) for v in result.arrays["top_eigenvector"]]
-            out[part] = {**result.results, **arrays}
-        elif part == "slice_2d":
-            values = result.arrays["values"]
-            out[part] = {
-                **result.results,
-                "shape": list(values.shape),
-                "min": float(np.nanmin(values)),
-                "max": float(np.nanmax(values)),
-            }
-        else:
-            out[part] = result.results
+        out.update(PARTS[part].summary_entries(result))
     spent = {part: r.num_matvecs for part, r in done.items()}
     out["num_matvecs"] = {**spent, "total": sum(spent.values())}
     out["num_matvecs_estimated"] = [p for p, r in done.items() if r.matvecs_estimated]
     out["seconds"] = {part: r.seconds for part, r in done.items()}
     out["parts"] = list(done)
-    out["figures"] = [FIGURES[p] for p in done if p in FIGURES]
+    out["figures"] = [PARTS[p].figure for p in done if PARTS[p].figure]
     out["settings"] = dataclasses.asdict(settings)
     out["versions"] = versions()
     return out
 
 
-def _pm(value: float, err: float) -> str:
-    return f"{value:.6g} ± {err:.2g}"
-
-
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """(quantity, value) rows of the short summary table."""
-    rows = [
-        ("problem", s["problem"]),
-        ("parameters", f"{s['num_params']:,}"),
-        ("loss", f"{s['loss']:.6g}"),
-        ("gradient norm", f"{s['grad_norm']:.3g}"),
-    ]
-    if "classification" in s:
-        c = s["classification"]
-        index = str(c["index"]) if c["exact"] else f"≈ {c['index']} ± {c['index_stderr']:.2g}"
-        rows += [("kind", c["kind"]), ("index", index)]
-    if "eigenvalues" in s:
-        for which in ("largest", "smallest"):
-            e = s["eigenvalues"][which]
-            rows.append((f"{which} eigenvalue", _pm(e["values"][0], e["error_bounds"][0])))
-    if "trace" in s:
-        rows.append(("trace", _pm(s["trace"]["value"], s["trace"]["stderr"])))
-    if "density" in s:
-        d = s["density"]
-        rows.append(
-            ("negative fraction", _pm(d["negative_fraction"], d["negative_fraction_stderr"]))
-        )
+    rows = [row for part in s["parts"] for row in PARTS[part].rows(s)]
     total = s["num_matvecs"]["total"]
     rows.append(("HVPs", f"{'≈ ' if s['num_matvecs_estimated'] else ''}{total:,}"))
     return rows
@@ -213,15 +95,8 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def sections(s: dict[str, Any], folder: Path, prefix: str = "", level: int = 2) -> list[Section]:
     """The page's sections for one analysis from its summary; figures are
-    read from ``folder`` and named ``prefix + file``."""
-    sub = level + 1
-
-    def figure(part: str, caption: str) -> list:
-        if part not in s["parts"] or not (folder / FIGURES[part]).exists():
-            return []
-        fig = Figure.read(folder, FIGURES[part], caption)
-        return [dataclasses.replace(fig, name=prefix + fig.name)]
-
+    read from ``folder`` and named ``prefix + file``. Consecutive parts with
+    the same heading share a section."""
     out = [
         Section(
             s["problem"],
@@ -229,90 +104,18 @@ def sections(s: dict[str, Any], folder: Path, prefix: str = "", level: int = 2) 
             level,
         )
     ]
-    if "classification" in s:
-        c = s["classification"]
-        how = (
-            "from all n eigenvalues of the dense Hessian"
-            if c["exact"]
-            else f"the kind from the extreme eigenvalues, the index estimated from the spectral "
-            f"density (standard error {c['index_stderr']:.2g})"
-        )
-        out.append(
-            Section(
-                "Classification",
-                [
-                    f"{c['kind']} ({c['definiteness']} Hessian), index {c['index']}, {how}. "
-                    f"An eigenvalue counts as zero within tol = {c['tol']:.3g}; the point is "
-                    f"critical when the gradient norm is at most {c['grad_tol']:.3g}."
-                ],
-                sub,
-            )
-        )
-    if "eigenvalues" in s:
-        rows = []
-        for which in ("largest", "smallest"):
-            e = s["eigenvalues"][which]
-            for i, (v, b) in enumerate(zip(e["values"], e["error_bounds"], strict=True)):
-                rows.append((which, i + 1, v, f"{b:.2e}", "yes" if e["converged"] else "no"))
-        items = [
-            "The algebraically largest and smallest eigenvalues, each with its certified "
-            "error bound (eigenpairs; exact when computed densely).",
-            Table(("end", "#", "eigenvalue", "error bound", "converged"), rows),
-            *figure("eigenvalues", "top-k and bottom-k eigenvalues"),
-        ]
-        out.append(Section("Eigenvalues", items, sub))
-    if "trace" in s or "density" in s:
-        items = []
-        if "trace" in s:
-            t = s["trace"]
-            items.append(
-                f"Trace {_pm(t['value'], t['stderr'])} (standard error; method {t['method']}, "
-                f"{t['num_matvecs']} HVPs)."
-            )
-        if "density" in s:
-            d = s["density"]
-            fraction = _pm(d["negative_fraction"], d["negative_fraction_stderr"])
-            items.append(
-                f"Spectral density by stochastic Lanczos quadrature ({d['num_probes']} probes, "
-                f"{d['num_matvecs']} HVPs): a fraction {fraction} of the eigenvalues lies "
-                f"below -0.001 lambda_max, about {d['index_estimate']:.1f} of "
-                f"{s['num_params']} (the classification's index also counts negative "
-                "eigenvalues closer to zero, down to its tol)."
-            )
-            items += figure("density", "spectral density (log scale)")
-        out.append(Section("Trace and spectral density", items, sub))
-    if "slice_1d" in s or "slice_2d" in s:
-        items = []
-        if "slice_1d" in s:
-            items.append(
-                f"The loss along the top eigenvector and along a random direction "
-                f"({s['slice_1d']['normalization']} normalisation, Li et al. 2018), both of "
-                f"norm {s['slice_1d']['direction_norm']:.3g}; alpha 0 is the point."
-            )
-            items += figure("slice_1d", "1-D slices")
-        if "slice_2d" in s:
-            items.append(
-                "The loss over the plane of the top and bottom eigenvectors (same norm), "
-                "centred on the point (+)."
-            )
-            items += figure("slice_2d", "2-D slice")
-        out.append(Section("Loss landscape", items, sub))
-    if "blocks" in s:
-        rows = [
-            (
-                b["name"],
-                b["n"],
-                _pm(b["top"], b["top_error_bound"]),
-                _pm(b["trace"], b["trace_stderr"]),
-            )
-            for b in s["blocks"]
-        ]
-        items = [
-            "Diagonal blocks of the Hessian, one per layer (the other parameters held fixed).",
-            Table(("block", "parameters", "top eigenvalue", "trace"), rows),
-            *figure("blocks", "per-layer top eigenvalue and trace"),
-        ]
-        out.append(Section("Per-layer spectra", items, sub))
+    for name in s["parts"]:
+        part = PARTS[name]
+        if not part.heading:
+            continue
+        items = list(part.section(s))
+        if part.figure and (folder / part.figure).exists():
+            fig = Figure.read(folder, part.figure, part.description)
+            items.append(dataclasses.replace(fig, name=prefix + fig.name))
+        if out[-1].title == part.heading and len(out) > 1:
+            out[-1] = dataclasses.replace(out[-1], items=[*out[-1].items, *items])
+        else:
+            out.append(Section(part.heading, items, level + 1))
     est = set(s["num_matvecs_estimated"])
     rows = [
         (p, f"{'≈ ' if p in est else ''}{s['num_matvecs'][p]:,}", f"{s['seconds'][p]:.2f}")
@@ -325,7 +128,7 @@ def sections(s: dict[str, Any], folder: Path, prefix: str = "", level: int = 2) 
             "≈: classify does not report its HVP count on the Lanczos path; this is its "
             "documented estimate (classify_cost)."
         )
-    out.append(Section("HVPs spent per part", items, sub))
+    out.append(Section("HVPs spent per part", items, level + 1))
     return out
 
 
@@ -362,6 +165,10 @@ def run_analysis(
     the summary. Each part is saved as soon as it is done, and the report
     rewritten, so an interruption keeps every finished part.
 
+    ``progress`` draws progress bars (on a terminal) and logs a line before
+    each part and one after it; without, ``log`` gets one line per finished
+    part, with its time and HVPs (a log file is not flooded).
+
     Raises:
         ProblemError: the problem cannot be analysed.
         ReportError: the folder cannot be written.
@@ -371,7 +178,7 @@ def run_analysis(
     folder = Path(folder)
     analysis = Analysis(problem, settings)
     if {"slice_1d", "slice_2d"} & set(parts):
-        analysis.random_direction()  # no HVPs: an unknown weight layout fails now, not last
+        random_direction(analysis)  # no HVPs: an unknown weight layout fails now, not last
     store = PartStore(folder, problem, resume)
     # every saved part is checked before anything is computed: a refused
     # resume costs nothing
@@ -384,7 +191,8 @@ def run_analysis(
             result = saved[part]
             fresh = result is None
             if fresh:
-                log(f"{step}: {DESCRIPTIONS[part]} ...")
+                if progress:  # a terminal: the bars run under this line
+                    log(f"{step}: {PARTS[part].description} ...")
                 result = _compute(analysis, store, part, done, resume, progress)
                 store.save(result, part_settings(part, settings))
             done[part] = result
@@ -395,7 +203,9 @@ def run_analysis(
             reported = len(done)
             if fresh:
                 hvps = f"{'≈ ' if result.matvecs_estimated else ''}{result.num_matvecs:,} HVPs"
-                log(f"{' ' * len(step)}  done in {result.seconds:.1f} s, {hvps}")
+                # a log file gets one line per part, a terminal two (around the bars)
+                lead = " " * len(step) + " " if progress else f"{step}: {part}"
+                log(f"{lead} done in {result.seconds:.1f} s, {hvps}")
             else:
                 log(f"{step}: reused the saved result")
     except BaseException:
@@ -410,7 +220,7 @@ def run_analysis(
 
 
 def _compute(analysis, store, part, done, resume, progress) -> PartResult:
-    if part != "slice_2d":
+    if not PARTS[part].checkpointed:
         return analysis.compute(part, done, progress=progress)
     rows = store.checkpoint(part)  # finished rows of an interrupted slice
     if not resume:
