@@ -27,6 +27,7 @@ import numpy as np
 
 from hessian_tools._checks import (
     check_scalar_output,
+    explain_loss_errors,
     explain_nnx_errors,
     is_traced,
     require_finite,
@@ -44,14 +45,24 @@ __all__ = ["CurvatureOperator", "HessianOperator", "MatvecOperator", "hvp"]
 _SCALAR_FIX = "Reduce it (e.g. with jnp.mean) before asking for curvature."
 
 
-def check_scalar_loss(f: Loss, params: PyTree, args: tuple, partition: Partition | None = None):
+def check_scalar_loss(
+    f: Loss, params: PyTree, args: tuple, partition: Partition | None = None, batches: Any = None
+):
     """``ValueError`` unless ``f(params, *args)`` is a real scalar (no FLOPs;
-    non-array leaves of params are held static)."""
+    non-array leaves of params are held static); a loss that does not trace
+    on this data raises naming each argument (``explain_loss_errors``)."""
     partition = Partition.of(params) if partition is None else partition
     variables, fixed = partition.split(params)
     wrapped = wrapped_loss(f, partition)
+    explain = explain_loss_errors(f, args, batches)
     check_scalar_output(
-        "the loss f(params, *args)", wrapped, variables, fixed, *args, fix=_SCALAR_FIX
+        "the loss f(params, *args)",
+        wrapped,
+        variables,
+        fixed,
+        *args,
+        fix=_SCALAR_FIX,
+        explain=explain,
     )
 
 
@@ -430,7 +441,7 @@ class HessianOperator(CurvatureOperator):
         super().__init__(params, wrt)
         self.f = f
         self.data = Data.create(args, batches)
-        check_scalar_loss(f, params, self.data.example_args(), self.partition)
+        check_scalar_loss(f, params, self.data.example_args(), self.partition, batches)
         if check_finite and not is_traced(self.variables, self.data):
             with explain_nnx_errors("f"):  # e.g. a merge without copy=True
                 value, grad = self.value_and_grad()

@@ -312,7 +312,7 @@ def _browser(profile):
     if missing:
         pytest.fail(
             f"the browser test needs Debian's chromium and chromium-driver ({missing} missing): "
-            "apt-get install -y chromium chromium-driver (.ci/run installs them)"
+            "bash .ci/system-packages.sh installs them (make test and .ci/run run it)"
         )
     try:
         from selenium import webdriver
@@ -344,6 +344,27 @@ def _page_problems(driver, path):
     )
 
 
+def _system_packages(tmp_path, **env):
+    """Run .ci/system-packages.sh as a user without root and without sudo."""
+    fake = tmp_path / "bin"
+    fake.mkdir(parents=True)
+    for name, body in (("id", "echo 1000"), ("sudo", "exit 1")):
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", **env}
+    script = REPO / ".ci" / "system-packages.sh"
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+
+
+def test_system_packages_without_root_stop_with_the_command_to_run(tmp_path):
+    run = _system_packages(tmp_path, CHROMIUM=str(tmp_path / "none"))
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.count("\n") == 1  # one line
+    assert "run: sudo apt-get install -y chromium chromium-driver" in run.stderr
+    present = _system_packages(tmp_path / "again", CHROMIUM="/bin/sh", CHROMEDRIVER="/bin/sh")
+    assert (present.returncode, present.stderr) == (0, "")  # installed: nothing to do
+
+
 @pytest.mark.slow  # starts a browser
 def test_the_report_in_a_real_browser(toy_report, tmp_path):
     _, out, _ = toy_report
@@ -354,6 +375,11 @@ def test_the_report_in_a_real_browser(toy_report, tmp_path):
         bad_images, errors, count, table = _page_problems(driver, out / "index.html")
         assert count == 5 and bad_images == [] and table
         assert errors == []
+        # a screenshot of the page, for a person to look at (HT_SCREENSHOT=path keeps it)
+        shot = Path(os.environ.get("HT_SCREENSHOT", tmp_path / "report.png"))
+        driver.set_window_size(1200, 2400)
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         bad_images, errors, _, table = _page_problems(driver, broken)
         assert bad_images == [0] and errors and not table
     finally:
