@@ -162,11 +162,15 @@ def test_every_part_is_one_complete_record():
 
 
 def test_eigenvector_scale_matches_the_random_rise_within_the_reach():
-    # 0.5 * top * t^2 = rise at the end of the slice
-    assert eigenvector_scale(top=200.0, rise=0.25, reach=3.0) == pytest.approx(0.05)
-    assert eigenvector_scale(top=0.01, rise=10.0, reach=3.0) == 3.0  # flat: the reach
-    assert eigenvector_scale(top=-1.0, rise=1.0, reach=3.0) == 3.0  # no positive curvature
-    assert eigenvector_scale(top=5.0, rise=0.0, reach=3.0) == 3.0  # the random line is flat
+    quadratic = lambda t: 0.5 * 200.0 * t**2
+    assert eigenvector_scale(quadratic, 0.25, top=200.0, reach=3.0) == pytest.approx(0.05)
+    # far from the point a cross-entropy grows linearly: the measured rise decides
+    linear = lambda t: 40.0 * t
+    t = eigenvector_scale(linear, 2.0, top=1e-3, reach=3.0)
+    assert 2.0 / 1.25 <= linear(t) <= 2.0 * 1.25
+    flat = lambda t: 1e-3 * t**2
+    assert eigenvector_scale(flat, 10.0, top=2e-3, reach=3.0) == 3.0  # flat: the reach
+    assert eigenvector_scale(quadratic, 0.0, top=200.0, reach=3.0) == 3.0  # a flat random line
 
 
 def _sharp(p, a):

@@ -132,12 +132,11 @@ def test_analyze_summary_equals_the_library_called_directly(toy_report):
     assert s["slice_1d"]["direction_norm"] == pytest.approx(float(np.linalg.norm(op.ravel(d))))
     # along the top eigenvector (curvature 12) and over the plane of the top and
     # bottom (-3) ones, the loss is known: 0.5 a t^2 + 0.1 t^4 per axis, zero at c;
-    # the eigenvector's norm makes 6 t^2 reach the random direction's rise
+    # the eigenvector's norm makes its loss rise as the random direction's does
     norms = s["slice_1d"]["direction_norms"]
     assert norms["random"] == s["slice_1d"]["direction_norm"]
-    assert norms["top_eigenvector"] == pytest.approx(
-        min(norms["random"], np.sqrt(2 * max(line.values) / 12.0)), rel=1e-12
-    )
+    rise = max(s["slice_1d"]["top_eigenvector"]) / max(line.values)
+    assert 1 / 1.25 <= rise <= 1.25
     t = norms["top_eigenvector"] * alphas
     np.testing.assert_allclose(s["slice_1d"]["top_eigenvector"], 6 * t**2 + 0.1 * t**4, atol=1e-12)
     t = s["slice_1d"]["direction_norm"] * alphas

@@ -5,6 +5,7 @@ record. They cost loss evaluations, no HVPs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -61,19 +62,38 @@ def _axis(an: Any) -> np.ndarray:
     return np.linspace(-s.span, s.span, s.grid)
 
 
-def eigenvector_scale(top: float, rise: float, reach: float) -> float:
-    """The norm of the top eigenvector's slice direction: so that its
-    quadratic model ``top * t**2 / 2`` rises by ``rise`` (the random
-    direction's loss change over the slice) at the slice's end, at most
-    ``reach`` (the random direction's norm times the span).
+def eigenvector_scale(
+    rise_at: Callable[[float], float], rise: float, top: float, reach: float, tries: int = 12
+) -> float:
+    """The norm of the top eigenvector's slice direction: where the loss
+    along it rises by about ``rise`` (the random direction's loss change
+    over the slice, within a factor 1.25), at most ``reach`` (the random
+    direction's norm times the span).
 
     Scaled to the random direction's norm instead, the eigenvector's loss
     of a sharp model rises by 1e4-1e5 where the random one rises by 0.1:
-    on a shared axis the random curve is then a flat line.
+    on a shared axis the random curve is then a flat line. The first guess
+    is the quadratic model's, ``top * t**2 / 2 = rise``; then the measured
+    rise (``rise_at(t)``, two loss evaluations) is bracketed and bisected on
+    a log scale, since far from the point a cross-entropy grows linearly,
+    not quadratically.
     """
-    if not (top > 0 and rise > 0 and np.isfinite(top) and np.isfinite(rise)):
+    if not (rise > 0 and np.isfinite(rise)):
         return reach
-    return float(min(reach, np.sqrt(2.0 * rise / top)))
+    t = reach if not (top > 0 and np.isfinite(top)) else min(reach, np.sqrt(2.0 * rise / top))
+    low, high = 0.0, reach
+    for _ in range(tries):
+        got = rise_at(t)
+        if not np.isfinite(got) or got > 1.25 * rise:
+            high = t
+        elif got < rise / 1.25 and t < reach:
+            low = t
+        else:
+            return float(t)
+        # the quadratic model's step, kept inside the bracket
+        step = t * np.sqrt(rise / got) if np.isfinite(got) and got > 0 else 2.0 * t
+        t = step if low < step < high else (np.sqrt(low * high) if low > 0 else high / 4.0)
+    return float(t)
 
 
 def _slice_1d(an: Any, key: Any, done: dict, progress: bool, checkpoint: Any) -> Computed:
@@ -82,24 +102,27 @@ def _slice_1d(an: Any, key: Any, done: dict, progress: bool, checkpoint: Any) ->
     scale = float(np.linalg.norm(random))
     alphas, arrays = _axis(an), {"alphas": _axis(an)}
 
-    def along(d: np.ndarray) -> np.ndarray:
-        sl = landscape.slice_1d(
-            p.loss, p.params, d, alphas, *p.args, batches=p.batches, progress=progress
-        )
+    evaluations = []
+
+    def along(d: np.ndarray, at: np.ndarray = alphas, bar: bool = False) -> np.ndarray:
+        evaluations.append(at.size)
+        sl = landscape.slice_1d(p.loss, p.params, d, at, *p.args, batches=p.batches, progress=bar)
         return np.asarray(sl.values)
 
-    arrays["random"] = along(random)
-    at_point = float(done["point"].results["loss"]) if "point" in done else np.nan
-    rise = float(np.nanmax(arrays["random"]) - at_point)
+    arrays["random"] = along(random, bar=progress)
+    at_point = float(done["point"].results["loss"])
+    unit = _unit_eigenvector(done, "largest")
     top = float(done["eigenvalues"].results["largest"]["values"][0])
-    top_norm = eigenvector_scale(top, rise, span * scale) / span
-    arrays["top_eigenvector"] = along(top_norm * _unit_eigenvector(done, "largest"))
+    rise = float(np.nanmax(arrays["random"]) - at_point)
+    ends = lambda t: float(np.max(along(unit, np.asarray([-t, t])))) - at_point
+    top_norm = eigenvector_scale(ends, rise, top, span * scale) / span
+    arrays["top_eigenvector"] = along(top_norm * unit, bar=progress)
     results = {
         "directions": ["top_eigenvector", "random"],
         "direction_norm": scale,
         "direction_norms": {"top_eigenvector": top_norm, "random": scale},
         "normalization": label,
-        "num_loss_evaluations": 2 * alphas.size,
+        "num_loss_evaluations": int(sum(evaluations)),  # the search for top_norm too
     }
     return Computed(results, arrays, 0)
 
@@ -136,9 +159,9 @@ def _slice_1d_section(s: dict) -> list:
         f"The loss along the top eigenvector (direction norm "
         f"{norms['top_eigenvector']:.3g}) and along a random direction "
         f"({r['normalization']} normalisation, Li et al. 2018; norm {norms['random']:.3g}); "
-        "alpha 0 is the point. The eigenvector's norm is chosen so that its curvature "
-        "alone would raise the loss as much as the random direction does over the slice "
-        "(at most the random direction's norm): each curve on its own axis."
+        "alpha 0 is the point. The eigenvector's norm is chosen so that the loss rises "
+        "along it about as much as along the random direction over the slice (at most "
+        "the random direction's norm): each curve on its own axis."
     ]
 
 

@@ -204,7 +204,7 @@ def run_analysis(
             if fresh:
                 hvps = f"{'≈ ' if result.matvecs_estimated else ''}{result.num_matvecs:,} HVPs"
                 # a log file gets one line per part, a terminal two (around the bars)
-                lead = " " * len(step) + " " if progress else f"{step}: {part}"
+                lead = " " * len(step) + " " if progress else f"{step}:"
                 log(f"{lead} done in {result.seconds:.1f} s, {hvps}")
             else:
                 log(f"{step}: reused the saved result")
