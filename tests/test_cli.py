@@ -139,10 +139,12 @@ def test_analyze_summary_equals_the_library_called_directly(toy_report):
     assert 1 / 1.25 <= rise <= 1.25
     t = norms["top_eigenvector"] * alphas
     np.testing.assert_allclose(s["slice_1d"]["top_eigenvector"], 6 * t**2 + 0.1 * t**4, atol=1e-12)
-    t = s["slice_1d"]["direction_norm"] * alphas
+    plane_norms = s["slice_2d"]["direction_norms"]
     with np.load(out / "parts" / "slice_2d.npz") as saved:
         xs, ys, plane = saved["xs"], saved["ys"], saved["values"]
-    tx, ty = np.meshgrid(t, t)  # values[i, j] is at (xs[j], ys[i])
+    tx, ty = np.meshgrid(  # values[i, j] is at (xs[j], ys[i])
+        plane_norms["top_eigenvector"] * alphas, plane_norms["bottom_eigenvector"] * alphas
+    )
     known = 6 * tx**2 + 0.1 * tx**4 - 1.5 * ty**2 + 0.1 * ty**4
     np.testing.assert_allclose(xs, alphas)
     np.testing.assert_allclose(ys, alphas)

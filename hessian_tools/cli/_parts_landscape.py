@@ -96,33 +96,48 @@ def eigenvector_scale(
     return float(t)
 
 
-def _slice_1d(an: Any, key: Any, done: dict, progress: bool, checkpoint: Any) -> Computed:
-    p, span = an.problem, an.settings.span
-    random, label = random_direction(an)
-    scale = float(np.linalg.norm(random))
-    alphas, arrays = _axis(an), {"alphas": _axis(an)}
+class _Along:
+    """The loss along directions from the point, counting its evaluations."""
 
-    evaluations = []
+    def __init__(self, an: Any):
+        self.an, self.count = an, 0
 
-    def along(d: np.ndarray, at: np.ndarray = alphas, bar: bool = False) -> np.ndarray:
-        evaluations.append(at.size)
+    def __call__(self, d: np.ndarray, at: np.ndarray, bar: bool = False) -> np.ndarray:
+        p = self.an.problem
+        self.count += np.size(at)
         sl = landscape.slice_1d(p.loss, p.params, d, at, *p.args, batches=p.batches, progress=bar)
         return np.asarray(sl.values)
 
-    arrays["random"] = along(random, bar=progress)
+    def matched_norm(self, unit: np.ndarray, curvature: float, rise: float, at_point: float):
+        """The norm of ``unit``'s slice direction whose loss rises by about
+        ``rise`` over the slice (``eigenvector_scale``), at most the random
+        direction's."""
+        span, reach = self.an.settings.span, self.an.settings.span * self.scale
+        ends = lambda t: float(np.max(self(unit, np.asarray([-t, t])))) - at_point
+        return eigenvector_scale(ends, rise, curvature, reach) / span
+
+    def random(self) -> tuple[np.ndarray, str]:
+        d, label = random_direction(self.an)
+        self.scale = float(np.linalg.norm(d))
+        return d, label
+
+
+def _slice_1d(an: Any, key: Any, done: dict, progress: bool, checkpoint: Any) -> Computed:
+    along, alphas = _Along(an), _axis(an)
+    random, label = along.random()
+    arrays = {"alphas": alphas, "random": along(random, alphas, bar=progress)}
     at_point = float(done["point"].results["loss"])
-    unit = _unit_eigenvector(done, "largest")
-    top = float(done["eigenvalues"].results["largest"]["values"][0])
     rise = float(np.nanmax(arrays["random"]) - at_point)
-    ends = lambda t: float(np.max(along(unit, np.asarray([-t, t])))) - at_point
-    top_norm = eigenvector_scale(ends, rise, top, span * scale) / span
-    arrays["top_eigenvector"] = along(top_norm * unit, bar=progress)
+    top = float(done["eigenvalues"].results["largest"]["values"][0])
+    unit = _unit_eigenvector(done, "largest")
+    top_norm = along.matched_norm(unit, top, rise, at_point)
+    arrays["top_eigenvector"] = along(top_norm * unit, alphas, bar=progress)
     results = {
         "directions": ["top_eigenvector", "random"],
-        "direction_norm": scale,
-        "direction_norms": {"top_eigenvector": top_norm, "random": scale},
+        "direction_norm": along.scale,
+        "direction_norms": {"top_eigenvector": top_norm, "random": along.scale},
         "normalization": label,
-        "num_loss_evaluations": int(sum(evaluations)),  # the search for top_norm too
+        "num_loss_evaluations": along.count,  # the search for top_norm too
     }
     return Computed(results, arrays, 0)
 
@@ -186,15 +201,23 @@ SLICE_1D = Part(
 
 
 def _slice_2d(an: Any, key: Any, done: dict, progress: bool, checkpoint: Any) -> Computed:
-    p = an.problem
-    scale = float(np.linalg.norm(random_direction(an)[0]))
-    d1 = scale * _unit_eigenvector(done, "largest")
-    d2 = scale * _unit_eigenvector(done, "smallest")
+    p, span = an.problem, an.settings.span
+    along = _Along(an)
+    random, _ = along.random()
+    at_point = float(done["point"].results["loss"])
+    rise = float(np.max(along(random, np.asarray([-span, span])))) - at_point
+    eig = done["eigenvalues"].results
+    norms, axes = {}, []
+    for name, which in (("top_eigenvector", "largest"), ("bottom_eigenvector", "smallest")):
+        unit = _unit_eigenvector(done, which)
+        curvature = abs(float(eig[which]["values"][0]))
+        norms[name] = along.matched_norm(unit, curvature, rise, at_point)
+        axes.append(norms[name] * unit)
     xs = ys = _axis(an)
     sl = landscape.slice_2d(
         p.loss,
         p.params,
-        (d1, d2),
+        tuple(axes),
         xs,
         ys,
         *p.args,
@@ -202,11 +225,13 @@ def _slice_2d(an: Any, key: Any, done: dict, progress: bool, checkpoint: Any) ->
         checkpoint=checkpoint,
         progress=progress,
     )
+    d1, d2 = axes
     results = {
         "directions": ["top_eigenvector", "bottom_eigenvector"],
-        "direction_norm": scale,
-        "overlap": float(abs(np.dot(d1, d2)) / scale**2),
-        "num_loss_evaluations": int(xs.size * ys.size),
+        "direction_norm": along.scale,
+        "direction_norms": norms,
+        "overlap": float(abs(np.dot(d1, d2)) / (np.linalg.norm(d1) * np.linalg.norm(d2))),
+        "num_loss_evaluations": int(xs.size * ys.size) + along.count,
     }
     return Computed(results, {"xs": xs, "ys": ys, "values": np.asarray(sl.values)}, 0)
 
@@ -216,13 +241,16 @@ def _draw_slice_2d(result: PartResult) -> Any:
 
     from hessian_tools import plotting
 
-    a = result.arrays
+    r, a = result.results, result.arrays
+    norms = r.get("direction_norms", {d: r["direction_norm"] for d in r["directions"]})
+    values = np.asarray(a["values"])
+    # a log colour scale where the loss spans decades (as a sharp model's does)
+    log = bool(np.nanmin(values) > 0 and np.nanmax(values) > 100 * np.nanmin(values))
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
-    plotting.plot_slice_2d(SimpleNamespace(xs=a["xs"], ys=a["ys"], values=a["values"]), ax)
+    plotting.plot_slice_2d(SimpleNamespace(xs=a["xs"], ys=a["ys"], values=values), ax, log=log)
     ax.plot([0], [0], "k+", markersize=12)
-    norm = result.results["direction_norm"]
-    ax.set_xlabel(f"top eigenvector (|d| = {norm:.3g})")
-    ax.set_ylabel(f"bottom eigenvector (|d| = {norm:.3g})")
+    ax.set_xlabel(f"top eigenvector, |d| = {norms['top_eigenvector']:.3g}")
+    ax.set_ylabel(f"bottom eigenvector, |d| = {norms['bottom_eigenvector']:.3g}")
     fig.tight_layout()
     return fig
 
@@ -251,7 +279,8 @@ SLICE_2D = Part(
     summarize=_summarize_slice_2d,
     heading="Loss landscape",
     section=lambda s: [
-        "The loss over the plane of the top and bottom eigenvectors (same norm), "
-        "centred on the point (+)."
+        "The loss over the plane of the top and bottom eigenvectors, centred on the point "
+        "(+), each direction's norm chosen as the 1-D slice's eigenvector's is (the loss "
+        "rises along it about as much as along the random direction)."
     ],
 )
