@@ -276,6 +276,19 @@ def test_a_module_target_and_a_part_subset(tmp_path):
     assert "parameters" in printed and "toy saddle" in printed
 
 
+def test_a_log_file_gets_one_line_per_finished_part_and_no_bars(tmp_path):
+    # stderr is not a terminal here (as when redirected to a file): no
+    # progress bars, whose every redraw would be a line of its own
+    argv = ["analyze", TOY, "--parts", "point,trace", "--out", str(tmp_path), *OPTIONS]
+    status, _, err = _main(argv)
+    assert status == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("[1/2] point: done in") and lines[0].endswith(" 0 HVPs")
+    assert lines[1].startswith("[2/2] trace: done in") and lines[1].endswith(" 8 HVPs")
+    assert "\r" not in err and "it/s" not in err and "HVP/s" not in err
+
+
 def test_an_unwritable_output_folder_is_an_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
