@@ -191,3 +191,26 @@ def test_a_sharp_top_eigenvector_does_not_flatten_the_random_slice():
     assert 0.5 < rise["top_eigenvector"] / rise["random"] < 2.0
     norms = r.results["direction_norms"]
     assert norms["top_eigenvector"] < 0.5 * norms["random"]
+
+
+def test_the_core_never_imports_the_application():
+    # the command line only uses the core: no core module names hessian_tools.cli,
+    # and importing the library loads neither the CLI nor matplotlib
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(ht.__file__).parent
+    core = [p for p in package.rglob("*.py") if "cli" not in p.relative_to(package).parts]
+    imports = re.compile(r"^\s*(from hessian_tools\.cli|import hessian_tools\.cli)", re.M)
+    assert [p.name for p in core if imports.search(p.read_text())] == ["__main__.py"]
+    code = (
+        "import sys, hessian_tools as ht; ht.Problem; "
+        "print(sorted(m for m in sys.modules if m.startswith(('hessian_tools.cli', 'matplotlib'))))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=package.parent
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
