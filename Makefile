@@ -9,7 +9,7 @@ OUT ?= demo_output
 
 help:
 	@echo "make demo   - toy problems' critical points and a digits MLP analysed (hessian-tools demo), write $(OUT)/index.html"
-	@echo "make test   - run the test suite (slow tests included)"
+	@echo "make test   - run the test suite (slow tests included; installs Chromium for the browser test)"
 	@echo "make lint   - ruff check + ruff format --check"
 	@echo "make docs   - build the Sphinx docs into docs/_build/html"
 	@echo "make bench  - run the benchmarks, write benchmarks/RESULTS.md"
@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/hessian-tools demo --x64 --out $(OUT)
 
 test: $(STAMP)
+	bash .ci/system-packages.sh
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from hessian_tools import landscape, problems
-from hessian_tools.analysis import Problem
+from hessian_tools._problem import Problem
 from hessian_tools.blocks import BlockSpectrum, block_spectra
 from hessian_tools.critical import CriticalPoint, classify, find_critical_points
 from hessian_tools.dense import hessian

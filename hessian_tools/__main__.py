@@ -1,4 +1,4 @@
-"""``python -m hessian_tools``: the ``hessian-tools`` command."""
+"""``python -m hessian_tools``: the ``hessian-tools`` command (``hessian_tools.cli``)."""
 
 from hessian_tools.cli import main
 

@@ -12,6 +12,7 @@ the fix. They raise ``TypeError`` for a value of the wrong kind and
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "check_positive",
     "check_same_structure",
     "check_scalar_output",
+    "explain_loss_errors",
     "is_traced",
     "require_finite",
 ]
@@ -38,10 +40,31 @@ def _quoted(choices: Sequence[Any]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
+#: other libraries' spellings of a choice (scipy's eigsh ``which``, "top"),
+#: suggested when one is passed: value (lower case) -> our spelling
+_SPELLINGS = {
+    "la": "largest",
+    "top": "largest",
+    "max": "largest",
+    "sa": "smallest",
+    "bottom": "smallest",
+    "min": "smallest",
+    "be": "both",
+}
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
-    """``value`` if it is one of ``choices``, else ``ValueError``."""
+    """``value`` if it is one of ``choices``, else ``ValueError`` (naming our
+    spelling when ``value`` is another library's, e.g. scipy's ``"LA"``)."""
     if value not in choices:
-        raise ValueError(f"{name} must be {_quoted(choices)}; got {value!r}.")
+        ours = _SPELLINGS.get(value.lower()) if isinstance(value, str) else None
+        hint = f" For {value!r} write {name}={ours!r}." if ours in choices else ""
+        if isinstance(value, str) and value.upper() in ("LM", "SM"):
+            hint = (
+                f" {value!r} (by magnitude) has no spelling here: 'largest' and 'smallest' "
+                "are algebraic (signed); take the larger |value| of which='both'."
+            )
+        raise ValueError(f"{name} must be {_quoted(choices)}; got {value!r}.{hint}")
     return value
 
 
@@ -146,14 +169,114 @@ def explain_nnx_errors(name: str) -> Iterator[None]:
         raise
 
 
-def check_scalar_output(name: str, fn: Callable, *args: Any, fix: str = "") -> jax.ShapeDtypeStruct:
+def _describe(x: Any) -> str:
+    leaves = jax.tree.leaves(x)
+    if len(leaves) == 1 and leaves[0] is x and hasattr(x, "shape"):
+        return f"{jnp.result_type(x)}{list(np.shape(x))}"
+    if leaves and all(hasattr(leaf, "shape") for leaf in leaves):
+        shapes = jax.tree.map(lambda a: f"{jnp.result_type(a)}{list(np.shape(a))}", x)
+        return str(shapes).replace("'", "")
+    return type(x).__name__
+
+
+def _argument_names(f: Callable, num: int) -> list[str]:
+    """The names of the loss's data parameters (those after params)."""
+    names = []
+    try:
+        params = list(inspect.signature(f).parameters.values())[1:]
+    except (TypeError, ValueError):  # a builtin or a callable without a signature
+        params = []
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            names += [f"{p.name}[{i}]" for i in range(num - len(names))]
+            break
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+    names += [f"args[{i}]" for i in range(len(names), num)]
+    return names[:num]
+
+
+def _required_names(f: Callable) -> list[str] | None:
+    """The data parameters the loss requires, or None where it takes any
+    number (``*args``) or has no readable signature."""
+    try:
+        params = list(inspect.signature(f).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in positional and p.default is p.empty]
+
+
+_TRACED_BRANCH = (
+    jax.errors.ConcretizationTypeError,  # TracerBoolConversionError and the int one too
+    jax.errors.TracerArrayConversionError,
+)
+
+
+@contextlib.contextmanager
+def explain_loss_errors(f: Callable, args: tuple, batches: Any = None) -> Iterator[None]:
+    """Re-raise an error from tracing the loss ``f(params, *args)`` with what
+    went wrong and the fix:
+
+    * a Python ``if``/``while``/``bool()``/``int()`` or NumPy call on a
+      traced value (JAX's ``ConcretizationTypeError``,
+      ``TracerBoolConversionError``, ...) becomes a ``TypeError`` naming
+      ``jnp.where``/``lax.cond`` and static arguments;
+    * a ``TypeError`` or ``ValueError`` (shapes that do not fit, a missing
+      argument) is raised again naming each data argument with its shape and
+      dtype, in the loss's own parameter names: inputs and targets swapped,
+      or batch items that are not argument tuples, show at once.
+    """
+    try:
+        yield
+    except _TRACED_BRANCH as err:
+        raise TypeError(
+            "the loss branches in Python on a traced value (an if, while, bool(), int() or "
+            "NumPy call on an array computed from params or data): JAX traces the loss "
+            "once for all values, so the branch cannot be taken. Write it with "
+            "jnp.where(cond, a, b) or jax.lax.cond, or pass a flag that does not change "
+            "as a Python value (functools.partial(loss, training=False)). "
+            f"JAX said: {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from err
+    except (TypeError, ValueError) as err:
+        names = _argument_names(f, len(args))
+        given = ", ".join(f"{n}: {_describe(a)}" for n, a in zip(names, args, strict=True))
+        hint = (
+            "Check that the data arguments come in the loss's order, f(params, *args) "
+            "(inputs and targets swapped?)"
+        )
+        required = _required_names(f)
+        items = [b for b in batches or () if not isinstance(b, (tuple, list))]
+        if required is not None and len(args) != len(required):
+            hint = (
+                f"The loss takes {len(required)} data argument(s) after params "
+                f"({', '.join(required) or 'none'}); {len(args)} given"
+            )
+        if items:
+            hint = (
+                "Each item of batches is one batch's argument tuple, as the loss takes them: "
+                f"batches=[(x1, y1), (x2, y2), ...]; got items of type {type(items[0]).__name__}"
+            )
+        message = (str(err).splitlines()[0] if str(err) else type(err).__name__).rstrip(".")
+        raise type(err)(
+            f"the loss f(params, *args) does not run on the data given "
+            f"({given or 'no data arguments'}): {type(err).__name__}: {message}. {hint}."
+        ) from err
+
+
+def check_scalar_output(
+    name: str, fn: Callable, *args: Any, fix: str = "", explain: Any = None
+) -> jax.ShapeDtypeStruct:
     """Raise ``ValueError`` unless ``fn(*args)`` is a real floating scalar.
 
     Uses ``jax.eval_shape``: no FLOPs, and safe under ``jit``/``vmap``. A
     Flax NNX ``TraceContextError`` (a loss that changes a module captured
-    from outside) is re-raised with the fix.
+    from outside) is re-raised with the fix; ``explain``, a context manager
+    (``explain_loss_errors``), rewrites the errors of tracing ``fn``.
     """
-    with explain_nnx_errors(name):
+    with explain_nnx_errors(name), explain or contextlib.nullcontext():
         out = jax.eval_shape(fn, *args)
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
         shape = getattr(out, "shape", type(out).__name__)

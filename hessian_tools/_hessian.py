@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from hessian_tools._checks import check_scalar_output
+from hessian_tools._checks import check_scalar_output, explain_loss_errors
 from hessian_tools._data import Data
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
@@ -40,14 +40,24 @@ __all__ = [
 _SCALAR_FIX = "Reduce it (e.g. with jnp.mean) before asking for curvature."
 
 
-def check_scalar_loss(f: Loss, params: PyTree, args: tuple, partition: Partition | None = None):
+def check_scalar_loss(
+    f: Loss, params: PyTree, args: tuple, partition: Partition | None = None, batches: Any = None
+):
     """``ValueError`` unless ``f(params, *args)`` is a real scalar (no FLOPs;
-    non-array leaves of params are held static)."""
+    non-array leaves of params are held static); a loss that does not trace
+    on this data raises naming each argument (``explain_loss_errors``)."""
     partition = Partition.of(params) if partition is None else partition
     variables, fixed = partition.split(params)
     wrapped = wrapped_loss(f, partition)
+    explain = explain_loss_errors(f, args, batches)
     check_scalar_output(
-        "the loss f(params, *args)", wrapped, variables, fixed, *args, fix=_SCALAR_FIX
+        "the loss f(params, *args)",
+        wrapped,
+        variables,
+        fixed,
+        *args,
+        fix=_SCALAR_FIX,
+        explain=explain,
     )
 
 

@@ -89,6 +89,21 @@ def _mask(params: PyTree, wrt: Any) -> list[bool]:
     return [bool(m) for m in jax.tree.leaves(full)]
 
 
+def _available_paths(params: PyTree, shown: int = 20) -> str:
+    """The key paths of params' floating leaves, for a ``wrt`` that selects
+    none (a typo in a layer's name)."""
+    paths = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if is_variable(leaf)
+    ]
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return (
+        f" A predicate gets each leaf's key path as a string; the floating leaves' paths are: "
+        f"{', '.join(paths[:shown])}{more}."
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Partition:
     """The kind of every leaf of params: variable, fixed array, or static."""
@@ -137,7 +152,7 @@ class Partition:
             seen = [str(jnp.result_type(x)) if _is_array(x) else type(x).__name__ for x in leaves]
             raise (TypeError if wrt is None else ValueError)(
                 f"params must have floating-point array leaves (the variables) {what}; got "
-                f"none (leaves: {seen[:8]})."
+                f"none (leaves: {seen[:8]}).{_available_paths(params) if wrt is not None else ''}"
             )
         return cls(treedef, tuple(kinds), tuple(static))
 

@@ -365,7 +365,7 @@ class HessianOperator(CurvatureOperator):
         super().__init__(params, wrt)
         self.f = f
         self.data = Data.create(args, batches)
-        check_scalar_loss(f, params, self.data.example_args(), self.partition)
+        check_scalar_loss(f, params, self.data.example_args(), self.partition, batches)
         if check_finite and not is_traced(self.variables, self.data):
             with explain_nnx_errors("f"):  # e.g. a merge without copy=True
                 value, grad = self.value_and_grad()

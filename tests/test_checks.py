@@ -50,3 +50,81 @@ def test_structure_scalar_and_finite_checks():
         _checks.check_params({"w": jnp.arange(3)})
     with pytest.raises(ValueError, match="at least one array leaf"):
         _checks.check_params({})
+
+
+# --------------------------------------------------------------------------
+# Named errors: the mistake and its fix, caught when the operator is built
+
+
+def _mlp_loss(params, x, y):
+    pred = jnp.tanh(x @ params["dense"]["kernel"] + params["dense"]["bias"][None])
+    return jnp.mean((pred - y) ** 2)
+
+
+_PARAMS = {"dense": {"kernel": jnp.ones((8, 2)), "bias": jnp.zeros(2)}}
+_X, _Y = jnp.ones((16, 8)), jnp.ones((16, 2))
+
+
+def test_swapped_data_arguments_are_named_with_their_shapes():
+    import hessian_tools as ht
+
+    with pytest.raises(TypeError) as info:
+        ht.HessianOperator(_mlp_loss, _PARAMS, _Y, _X)  # targets where inputs belong
+    message = str(info.value)
+    assert "x: float64[16, 2], y: float64[16, 8]" in message
+    assert "inputs and targets swapped?" in message and "dot_general" in message
+
+
+def test_a_missing_data_argument_names_what_the_loss_takes():
+    import hessian_tools as ht
+
+    with pytest.raises(TypeError, match=r"takes 2 data argument\(s\) after params \(x, y\); 1"):
+        ht.HessianOperator(_mlp_loss, _PARAMS, _X)
+
+
+def test_a_python_if_on_a_traced_value_names_jnp_where():
+    import hessian_tools as ht
+
+    def loss(params, x, y):
+        value = _mlp_loss(params, x, y)
+        if value > 1.0:  # a Python branch on a traced value
+            return value
+        return 2 * value
+
+    with pytest.raises(TypeError, match=r"branches in Python on a traced value.*jnp\.where"):
+        ht.HessianOperator(loss, _PARAMS, _X, _Y)
+
+
+@pytest.mark.parametrize("item", [_X, {"x": _X, "y": _Y}], ids=["array", "dict"])
+def test_batch_items_that_are_not_tuples_say_what_a_batch_is(item):
+    import hessian_tools as ht
+
+    with pytest.raises(TypeError, match=r"batches=\[\(x1, y1\), \(x2, y2\), \.\.\.\]; got items"):
+        ht.HessianOperator(_mlp_loss, _PARAMS, batches=[item, item])
+
+
+def test_a_wrt_that_selects_nothing_lists_the_key_paths():
+    import hessian_tools as ht
+
+    with pytest.raises(
+        ValueError, match=r"paths are: \['dense'\]\['bias'\], \['dense'\]\['kernel'\]"
+    ):
+        ht.HessianOperator(_mlp_loss, _PARAMS, _X, _Y, wrt=lambda path: "dense1" in path)
+
+
+@pytest.mark.parametrize(
+    ("which", "hint"),
+    [
+        ("LA", "For 'LA' write which='largest'"),
+        ("SA", "For 'SA' write which='smallest'"),
+        ("top", "For 'top' write which='largest'"),
+        ("BE", "For 'BE' write which='both'"),
+        ("LM", "by magnitude"),
+    ],
+)
+def test_other_spellings_of_which_point_to_ours(which, hint):
+    import hessian_tools as ht
+
+    with pytest.raises(ValueError, match="which must be 'largest', 'smallest' or 'both'") as info:
+        ht.eigenpairs(jnp.eye(4), 1, which=which)
+    assert hint in str(info.value)

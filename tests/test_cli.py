@@ -22,7 +22,8 @@ from analyze_targets import CURVATURES, toy_saddle
 
 import hessian_tools as ht
 from hessian_tools import cli
-from hessian_tools.analysis import part_key
+from hessian_tools.cli._analysis import PARTS
+from hessian_tools.cli._part import part_key
 from hessian_tools.problems import TOY_2D
 
 PROBLEMS = ("himmelblau", "saddle")
@@ -78,7 +79,7 @@ def test_analyze_writes_the_report(toy_report):
     page = (out / "index.html").read_text()
     assert all(f"data-file='{name}'" in page for name in summary["figures"])
     assert "<table class='summary'>" in page and "Versions" in page and "Settings" in page
-    assert summary["parts"] == list(ht.analysis.PARTS)
+    assert summary["parts"] == list(PARTS)
     for part in summary["parts"]:
         assert (out / "parts" / f"{part}.json").exists()
     spent = summary["num_matvecs"]
@@ -130,12 +131,20 @@ def test_analyze_summary_equals_the_library_called_directly(toy_report):
     np.testing.assert_allclose(s["slice_1d"]["random"], line.values, rtol=1e-12)
     assert s["slice_1d"]["direction_norm"] == pytest.approx(float(np.linalg.norm(op.ravel(d))))
     # along the top eigenvector (curvature 12) and over the plane of the top and
-    # bottom (-3) ones, the loss is known: 0.5 a t^2 + 0.1 t^4 per axis, zero at c
-    t = s["slice_1d"]["direction_norm"] * alphas
+    # bottom (-3) ones, the loss is known: 0.5 a t^2 + 0.1 t^4 per axis, zero at c;
+    # the eigenvector's norm makes its loss rise as the random direction's does
+    norms = s["slice_1d"]["direction_norms"]
+    assert norms["random"] == s["slice_1d"]["direction_norm"]
+    rise = max(s["slice_1d"]["top_eigenvector"]) / max(line.values)
+    assert 1 / 1.25 <= rise <= 1.25
+    t = norms["top_eigenvector"] * alphas
     np.testing.assert_allclose(s["slice_1d"]["top_eigenvector"], 6 * t**2 + 0.1 * t**4, atol=1e-12)
+    plane_norms = s["slice_2d"]["direction_norms"]
     with np.load(out / "parts" / "slice_2d.npz") as saved:
         xs, ys, plane = saved["xs"], saved["ys"], saved["values"]
-    tx, ty = np.meshgrid(t, t)  # values[i, j] is at (xs[j], ys[i])
+    tx, ty = np.meshgrid(  # values[i, j] is at (xs[j], ys[i])
+        plane_norms["top_eigenvector"] * alphas, plane_norms["bottom_eigenvector"] * alphas
+    )
     known = 6 * tx**2 + 0.1 * tx**4 - 1.5 * ty**2 + 0.1 * ty**4
     np.testing.assert_allclose(xs, alphas)
     np.testing.assert_allclose(ys, alphas)
@@ -149,7 +158,7 @@ def test_analyze_summary_equals_the_library_called_directly(toy_report):
     )
 
 
-@pytest.mark.slow  # three processes of ~10 s each on 2 cores
+@pytest.mark.slow  # a process of ~10 s on 2 cores, interrupted, then resumed here
 def test_interrupted_then_resumed_equals_an_uninterrupted_run(toy_report, tmp_path):
     _, full, _ = toy_report
     out = tmp_path / "report"
@@ -187,17 +196,19 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(toy_report, tmp_pa
     assert "interrupted" in err and "--resume" in err
     assert "Traceback" not in err
     done = sorted(p.stem for p in (out / "parts").glob("*.json"))
-    assert "point" in done and len(done) < len(ht.analysis.PARTS)
+    assert "point" in done and len(done) < len(PARTS)
     assert json.loads((out / "summary.json").read_text())["parts"] == [
-        p for p in ht.analysis.PARTS if p in done
+        p for p in PARTS if p in done
     ]  # the report of the finished parts was written too
     resume_cmd = shlex.split(err.strip().splitlines()[-1])  # the command it printed
     assert resume_cmd[:3] == [sys.executable, "-m", "hessian_tools"]
     assert resume_cmd[-1] == "--resume" and resume_cmd[resume_cmd.index("--out") + 1] == str(out)
 
-    run = subprocess.run(resume_cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert "reused the saved result" in run.stderr
+    # the printed command's arguments, run in this process: its solvers are
+    # compiled here already (a third process took ~20 s of compiling on 2 cores)
+    status, _, resumed_err = _main(resume_cmd[3:])
+    assert status == 0, resumed_err
+    assert "reused the saved result" in resumed_err
     resumed = json.loads((out / "summary.json").read_text())
     reference = json.loads((full / "summary.json").read_text())
     assert _without_timings(resumed) == _without_timings(reference)
@@ -267,6 +278,19 @@ def test_a_module_target_and_a_part_subset(tmp_path):
     assert "parameters" in printed and "toy saddle" in printed
 
 
+def test_a_log_file_gets_one_line_per_finished_part_and_no_bars(tmp_path):
+    # stderr is not a terminal here (as when redirected to a file): no
+    # progress bars, whose every redraw would be a line of its own
+    argv = ["analyze", TOY, "--parts", "point,trace", "--out", str(tmp_path), *OPTIONS]
+    status, _, err = _main(argv)
+    assert status == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("[1/2] point: done in") and lines[0].endswith(" 0 HVPs")
+    assert lines[1].startswith("[2/2] trace: done in") and lines[1].endswith(" 8 HVPs")
+    assert "\r" not in err and "it/s" not in err and "HVP/s" not in err
+
+
 def test_an_unwritable_output_folder_is_an_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -304,7 +328,7 @@ def _browser(profile):
     if missing:
         pytest.fail(
             f"the browser test needs Debian's chromium and chromium-driver ({missing} missing): "
-            "apt-get install -y chromium chromium-driver (.ci/run installs them)"
+            "bash .ci/system-packages.sh installs them (make test and .ci/run run it)"
         )
     try:
         from selenium import webdriver
@@ -336,6 +360,27 @@ def _page_problems(driver, path):
     )
 
 
+def _system_packages(tmp_path, **env):
+    """Run .ci/system-packages.sh as a user without root and without sudo."""
+    fake = tmp_path / "bin"
+    fake.mkdir(parents=True)
+    for name, body in (("id", "echo 1000"), ("sudo", "exit 1")):
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", **env}
+    script = REPO / ".ci" / "system-packages.sh"
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+
+
+def test_system_packages_without_root_stop_with_the_command_to_run(tmp_path):
+    run = _system_packages(tmp_path, CHROMIUM=str(tmp_path / "none"))
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.count("\n") == 1  # one line
+    assert "run: sudo apt-get install -y chromium chromium-driver" in run.stderr
+    present = _system_packages(tmp_path / "again", CHROMIUM="/bin/sh", CHROMEDRIVER="/bin/sh")
+    assert (present.returncode, present.stderr) == (0, "")  # installed: nothing to do
+
+
 @pytest.mark.slow  # starts a browser
 def test_the_report_in_a_real_browser(toy_report, tmp_path):
     _, out, _ = toy_report
@@ -346,6 +391,11 @@ def test_the_report_in_a_real_browser(toy_report, tmp_path):
         bad_images, errors, count, table = _page_problems(driver, out / "index.html")
         assert count == 5 and bad_images == [] and table
         assert errors == []
+        # a screenshot of the page, for a person to look at (HT_SCREENSHOT=path keeps it)
+        shot = Path(os.environ.get("HT_SCREENSHOT", tmp_path / "report.png"))
+        driver.set_window_size(1200, 2400)
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         bad_images, errors, _, table = _page_problems(driver, broken)
         assert bad_images == [0] and errors and not table
     finally:

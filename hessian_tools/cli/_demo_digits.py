@@ -7,7 +7,7 @@ does, with the sharpness tracked during training (``track_spectrum``,
 warm-started from the last measurement).
 
 ``digits_mlp_init`` and ``digits_mlp_trained`` are factories for
-``hessian-tools analyze hessian_tools._demo_digits:digits_mlp_trained``.
+``hessian-tools analyze hessian_tools.cli._demo_digits:digits_mlp_trained``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._report import Figure, Section, Table, save_figure
+from hessian_tools.cli._html import Figure, Section, Table
+from hessian_tools.cli._store import save_figure
 
 #: full-batch gradient descent: its sharpness settles near the edge of
 #: stability, 2 / LEARNING_RATE (Cohen et al. 2021)
@@ -184,13 +185,20 @@ def track_section(rows, figure, num_samples, lr=LEARNING_RATE) -> Section:
     return Section("Sharpness during training", [text, figure, table], 3)
 
 
-def run_digits(settings: Any, out: Path, *, steps: int, resume: bool, log: Callable | None):
+def run_digits(
+    settings: Any,
+    out: Path,
+    *,
+    steps: int,
+    resume: bool,
+    log: Callable | None,
+    progress: bool = False,
+):
     """The digits MLP at initialisation and trained, analysed into
     ``out/digits_init`` and ``out/digits_trained``; the sharpness track."""
     import hessian_tools as ht
-    from hessian_tools._analysis_report import format_summary, run_analysis, sections
-    from hessian_tools._report import Section
-    from hessian_tools.analysis import DEFAULT_PARTS
+    from hessian_tools.cli._analysis import DEFAULT_PARTS
+    from hessian_tools.cli._run import format_summary, run_analysis, sections
 
     # per-layer spectra ("blocks") would compile a solver per layer, a third
     # of the demo's time on 2 cores; ``analyze --parts all`` shows them
@@ -216,7 +224,7 @@ def run_digits(settings: Any, out: Path, *, steps: int, resume: bool, log: Calla
             parts,
             out / f"digits_{tag}",
             resume=resume,
-            progress=log is not None,
+            progress=progress,
             log=log,
         )
         print(f"\n{problem.name}:\n{format_summary(runs[tag])}")
@@ -227,8 +235,8 @@ def run_digits(settings: Any, out: Path, *, steps: int, resume: bool, log: Calla
         f"initialisation (accuracy {accuracy[0]:.1%}) and after {steps} steps of "
         f"full-batch gradient descent (accuracy {accuracy[1]:.1%}). Each is analysed as "
         "hessian-tools analyze does; the full reports are in digits_init/ and digits_trained/. "
-        "Per-layer spectra: hessian-tools analyze hessian_tools._demo_digits:digits_mlp_trained "
-        "--parts all."
+        "Per-layer spectra: hessian-tools analyze "
+        "hessian_tools.cli._demo_digits:digits_mlp_trained --parts all."
     )
     page = [Section("Digits MLP", [intro])]
     for tag in ("init", "trained"):

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._report import Figure, Raw, Section, Table, save_figure
+from hessian_tools.cli._html import Figure, Raw, Section, Table
+from hessian_tools.cli._store import save_figure
 
 KIND_ORDER = ("minimum", "saddle", "maximum", "degenerate")
 

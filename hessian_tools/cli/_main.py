@@ -10,20 +10,21 @@ soon as it is done. ``--resume`` continues an interrupted run from its
 finished parts and refuses parts made for another problem or with other
 settings. For example::
 
-    hessian-tools analyze hessian_tools._demo_digits:digits_mlp_trained --x64 --out report
+    hessian-tools analyze hessian_tools.cli._demo_digits:digits_mlp_trained --x64 --out report
 
 ``hessian-tools demo``: the critical points of the built-in toy problems, and
 a digits MLP analysed at initialisation and after a short training run, with
 its sharpness tracked during training; one page, ``demo_output/index.html``.
 
-Progress bars and status lines go to stderr (none under ``--quiet``); the
-short summary table and the report's path to stdout. Exit status: 0 done;
-1 the analysis failed (a non-scalar or non-finite loss, a factory or module
-that raised, an output folder that cannot be written, a refused resume);
-2 a bad command line or TARGET (a missing file, module or factory, a factory
-that returns something else than a Problem); 130 interrupted (Ctrl-C), after
-printing the command that resumes. An error is one line on stderr; ``--debug``
-adds the traceback.
+Progress bars (on a terminal only) and status lines go to stderr (none under
+``--quiet``); redirected to a file, stderr gets one line per finished part
+with its time and HVPs. The short summary table and the report's path go to
+stdout. Exit status: 0 done; 1 the analysis failed (a non-scalar or
+non-finite loss, a factory or module that raised, an output folder that
+cannot be written, a refused resume); 2 a bad command line or TARGET (a
+missing file, module or factory, a factory that returns something else than
+a Problem); 130 interrupted (Ctrl-C), after printing the command that
+resumes. An error is one line on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hessian_tools._target import (
+from hessian_tools.cli._target import (
     EXIT_FAILED,
     EXIT_USAGE,
     TARGET_FORM,
@@ -50,6 +51,12 @@ EXIT_INTERRUPTED = 130
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _on_terminal(quiet: bool) -> bool:
+    """Progress bars: only where stderr is a terminal (a log file would get
+    every redraw of every bar as a line of its own)."""
+    return not quiet and sys.stderr.isatty()
 
 
 # --------------------------------------------------------------------------
@@ -67,7 +74,7 @@ def _setup(x64: bool) -> None:
 
 
 def _settings(args: argparse.Namespace, **defaults: Any) -> Any:
-    from hessian_tools.analysis import Settings
+    from hessian_tools.cli._part import Settings
 
     given = {
         k: getattr(args, k)
@@ -82,7 +89,7 @@ def _settings(args: argparse.Namespace, **defaults: Any) -> Any:
 
 
 def _parts(selected: str | None, skipped: str | None) -> list:
-    from hessian_tools.analysis import resolve_parts
+    from hessian_tools.cli._analysis import resolve_parts
 
     split = lambda s: [p.strip() for p in s.split(",") if p.strip()]
     try:
@@ -93,7 +100,7 @@ def _parts(selected: str | None, skipped: str | None) -> list:
 
 def analyze(args: argparse.Namespace) -> int:
     _setup(args.x64)
-    from hessian_tools._analysis_report import format_summary, run_analysis
+    from hessian_tools.cli._run import format_summary, run_analysis
 
     parts = _parts(args.parts, args.skip)
     settings = _settings(args)
@@ -104,7 +111,7 @@ def analyze(args: argparse.Namespace) -> int:
         parts,
         args.out,
         resume=args.resume,
-        progress=not args.quiet,
+        progress=_on_terminal(args.quiet),
         log=None if args.quiet else _log,
     )
     print(format_summary(s))
@@ -117,10 +124,11 @@ def _demo_command(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     import hessian_tools as ht
-    from hessian_tools._analysis_report import meta_sections
-    from hessian_tools._demo_digits import run_digits
-    from hessian_tools._demo_toy import run_toy
-    from hessian_tools._report import PartStore, versions, write_html, write_json
+    from hessian_tools.cli._demo_digits import run_digits
+    from hessian_tools.cli._demo_toy import run_toy
+    from hessian_tools.cli._html import write_html
+    from hessian_tools.cli._run import meta_sections
+    from hessian_tools.cli._store import PartStore, versions, write_json
 
     skip = {p.strip() for p in (args.skip or "").split(",") if p.strip()}
     if skip - {"toy", "autoencoder", "digits"}:
@@ -148,7 +156,12 @@ def _demo_command(args: argparse.Namespace) -> int:
     if "digits" not in skip:
         log = None if args.quiet else _log
         sections, report["digits"] = run_digits(
-            settings, out, steps=args.steps, resume=args.resume, log=log
+            settings,
+            out,
+            steps=args.steps,
+            resume=args.resume,
+            log=log,
+            progress=_on_terminal(args.quiet),
         )
         page += sections
     meta = {
@@ -181,7 +194,7 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from hessian_tools.analysis import DEFAULT_PARTS, PARTS
+    from hessian_tools.cli._analysis import DEFAULT_PARTS, PARTS
 
     top = argparse.ArgumentParser(prog="hessian-tools", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -263,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(err: Exception, debug: bool) -> int:
-    from hessian_tools._report import ReportError, StaleResultError
-    from hessian_tools.analysis import ProblemError
+    from hessian_tools.cli._part import ProblemError
+    from hessian_tools.cli._store import ReportError, StaleResultError
 
     if debug:
         traceback.print_exc()
