@@ -24,6 +24,7 @@ from hessian_tools.estimators import Estimate, diagonal, trace
 from hessian_tools.ggn import EmpiricalFisherOperator, GGNOperator
 from hessian_tools.lanczos import LanczosResult, lanczos
 from hessian_tools.operators import CurvatureOperator, HessianOperator, MatvecOperator, hvp
+from hessian_tools.preconditioned import PreconditionedOperator, adam_preconditioner
 from hessian_tools.tracking import SpectrumRecord, track_spectrum
 
 __version__ = "0.1.0"
@@ -49,9 +50,11 @@ __all__ = [
     "HessianOperator",
     "LanczosResult",
     "MatvecOperator",
+    "PreconditionedOperator",
     "Problem",
     "SpectralDensity",
     "SpectrumRecord",
+    "adam_preconditioner",
     "block_spectra",
     "classify",
     "diagonal",
