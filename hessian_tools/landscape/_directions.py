@@ -29,7 +29,7 @@ from hessian_tools._data import Data
 from hessian_tools._hessian import as_vector, value_and_grad
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout, norm, sub
-from hessian_tools.landscape._filters import filter_axes, normalize
+from hessian_tools.landscape._filters import leaf_axes, normalize
 
 PyTree = Any
 Normalization = Literal["filter", "layer", "model"] | None
@@ -111,7 +111,7 @@ def normalize_direction(
     params: PyTree,
     normalization: Normalization = "filter",
     *,
-    filter_axis: int | Callable | None = None,
+    filter_axis: Any = None,
     leaves_1d: Literal["zero", "keep"] = "zero",
 ) -> PyTree:
     """Rescale a direction to the scale of ``params`` (Li et al. 2018).
@@ -127,13 +127,16 @@ def normalize_direction(
             params. ``"layer"``: each leaf gets the norm of the params leaf.
             ``"model"``: the whole direction gets the norm of params (over the
             leaves that are not zeroed). ``None``: left as it is.
-        filter_axis: which axis of a weight indexes its filters. None (the
-            default) reads it off the leaf's name: Flax ``kernel`` leaves
-            (dense ``(in, out)``, conv HWIO) the last axis, Equinox and
-            PyTorch-style ``weight`` leaves (``(out, in)``, OIHW) the first;
-            a weight of any other name raises and asks for it. An int sets
-            it for every leaf (-1 for ``x @ w`` dicts); a function of the
-            key path string sets it per leaf (None: treat as a bias).
+        filter_axis: which axes of a weight index its filters. The surest
+            is ``ht.landscape.filter_axes(loss, params, *args)``, read from
+            the model's computation (a pytree of axes per leaf; an
+            attention kernel has two). None (the default) reads the axis
+            off the leaf's name: Flax ``kernel`` leaves (dense ``(in,
+            out)``, conv HWIO) the last axis, Equinox and PyTorch-style
+            ``weight`` leaves (``(out, in)``, OIHW) the first; a weight of
+            any other name raises and asks for it. An int sets it for every
+            leaf (-1 for ``x @ w`` dicts); a function of the key path
+            string sets it per leaf (an int, ints, or None: a bias).
         leaves_1d: what to do with biases: leaves of ndim <= 1 and leaves
             named ``bias``, ``scale``, ``mean`` or ``var``. ``"zero"``
             (default) sets them to 0, like Li et al.'s ``--xignore biasbn``:
@@ -155,7 +158,7 @@ def normalize_direction(
     _check_leaves_1d(leaves_1d)
     _, variables, _ = _variables(params)
     direction = as_direction(params, direction)
-    axes = filter_axes(variables, filter_axis, needed=normalization == "filter")
+    axes = leaf_axes(variables, filter_axis, needed=normalization == "filter")
     out = normalize(direction, variables, normalization, axes, leaves_1d)
     if not any(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves(out)):
         raise ValueError(
@@ -171,7 +174,7 @@ def random_direction(
     params: PyTree,
     normalization: Normalization = "filter",
     *,
-    filter_axis: int | Callable | None = None,
+    filter_axis: Any = None,
     leaves_1d: Literal["zero", "keep"] = "zero",
 ) -> PyTree:
     """A Gaussian random direction, normalised to the scale of ``params``.
@@ -230,7 +233,7 @@ def gradient_direction(
     *args: Any,
     batches: Any = None,
     normalization: Literal["unit", "filter", "layer", "model"] | None = "unit",
-    filter_axis: int | Callable | None = None,
+    filter_axis: Any = None,
 ) -> PyTree:
     """The gradient of ``f`` at ``params`` as a direction (ascent: f grows
     along +alpha to first order; negate it for descent).
