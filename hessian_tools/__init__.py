@@ -23,6 +23,7 @@ from hessian_tools.escape import EscapeDirection, escape_direction, saddle_free_
 from hessian_tools.estimators import Estimate, diagonal, trace
 from hessian_tools.ggn import EmpiricalFisherOperator, GGNOperator
 from hessian_tools.lanczos import LanczosResult, lanczos
+from hessian_tools._params import ModelStateWarning
 from hessian_tools.operators import CurvatureOperator, HessianOperator, MatvecOperator, hvp
 from hessian_tools.preconditioned import PreconditionedOperator, adam_preconditioner
 from hessian_tools.tracking import SpectrumRecord, track_spectrum
@@ -50,6 +51,7 @@ __all__ = [
     "HessianOperator",
     "LanczosResult",
     "MatvecOperator",
+    "ModelStateWarning",
     "PreconditionedOperator",
     "Problem",
     "SpectralDensity",

@@ -8,6 +8,11 @@ variables to a block (one layer, say): the other floating leaves are then
 held fixed too. So an ``eqx.Module``, an NNX ``State`` or a plain dict can be
 passed whole, and ``n`` counts only the variables.
 
+Model state is not a parameter: floating leaves inside a Flax Linen
+``batch_stats`` collection or an NNX ``BatchStat`` variable are held fixed
+too (unless ``wrt=`` selects them), with a ``ModelStateWarning`` naming
+them and the one-line split that passes them as an argument instead.
+
 A *vector* (a direction, an eigenvector, a gradient) is a pytree of the
 variables only: params' structure with ``None`` where a leaf is not a
 variable, as ``eqx.partition`` writes it. Where a pytree shaped like the
@@ -21,6 +26,7 @@ checkpoint is reused at the next: only the arrays are traced arguments.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +36,7 @@ import numpy as np
 
 PyTree = Any
 
-__all__ = ["Partition", "is_variable"]
+__all__ = ["ModelStateWarning", "Partition", "is_variable"]
 
 VAR, FIXED, STATIC = "variable", "fixed", "static"
 _SUPPORTED = (jnp.dtype("float32"), jnp.dtype("float64"))
@@ -71,6 +77,31 @@ class _Static:
             return False
 
 
+class ModelStateWarning(UserWarning):
+    """Params hold model state (batch statistics), held fixed; see ``Partition``."""
+
+
+#: Collections and variable types that hold model state, not parameters
+_STATE_KEYS = ("batch_stats",)  # Flax Linen collections
+_STATE_TYPES = ("BatchStat",)  # Flax NNX variable types
+
+
+def _is_state_node(x: Any) -> bool:
+    return any(c.__name__ in _STATE_TYPES for c in type(x).__mro__)
+
+
+def _model_state(params: PyTree) -> list[bool]:
+    """One bool per leaf of params: the leaf is model state (inside a Linen
+    ``batch_stats`` collection or an NNX ``BatchStat``), by type or key,
+    without importing Flax."""
+    flags: list[bool] = []
+    for path, node in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_state_node)[0]:
+        keyed = any(getattr(k, "key", None) in _STATE_KEYS for k in path)
+        count = len(jax.tree.leaves(node)) if _is_state_node(node) else 1
+        flags.extend([keyed or _is_state_node(node)] * count)
+    return flags
+
+
 def _mask(params: PyTree, wrt: Any) -> list[bool]:
     """One bool per leaf of params: selected by ``wrt``."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
@@ -104,6 +135,20 @@ def _available_paths(params: PyTree, shown: int = 20) -> str:
     )
 
 
+def _warn_model_state(paths: list[str], num_variables: int) -> None:
+    shown = ", ".join(paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+    warnings.warn(
+        f"params hold model state, not parameters: {shown}. These batch statistics are held "
+        f"fixed (the Hessian is taken in the {num_variables} other variables' array leaves). "
+        "Pass them as an argument of the loss instead, and this warning goes: Linen "
+        "loss(variables['params'], variables['batch_stats'], x, y); NNX graphdef, params, "
+        "rest = nnx.split(model, nnx.Param, ...) and loss(params, rest, x, y) (docs: "
+        "recipes). To take curvature in them after all, select them with wrt=.",
+        ModelStateWarning,
+        stacklevel=4,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Partition:
     """The kind of every leaf of params: variable, fixed array, or static."""
@@ -125,9 +170,10 @@ class Partition:
         """
         leaves, treedef = jax.tree.flatten(params)
         selected = _mask(params, wrt)
-        kinds, static = [], []
-        for (path, leaf), sel in zip(
-            jax.tree_util.tree_leaves_with_path(params), selected, strict=True
+        state = _model_state(params) if wrt is None else [False] * len(leaves)
+        kinds, static, held = [], [], []
+        for (path, leaf), sel, is_state in zip(
+            jax.tree_util.tree_leaves_with_path(params), selected, state, strict=True
         ):
             if not _is_array(leaf):
                 kinds.append(STATIC)
@@ -146,6 +192,9 @@ class Partition:
                     "eigensolvers need: cast for the analysis, e.g. "
                     "jax.tree.map(lambda x: x.astype(jnp.float32), params)."
                 )
+            if is_state and is_variable(leaf):  # batch statistics: model state, held fixed
+                held.append(jax.tree_util.keystr(path))
+                sel = False
             kinds.append(VAR if sel and is_variable(leaf) else FIXED)
         if VAR not in kinds:
             what = "selected by wrt" if wrt is not None else "in params"
@@ -154,6 +203,8 @@ class Partition:
                 f"params must have floating-point array leaves (the variables) {what}; got "
                 f"none (leaves: {seen[:8]}).{_available_paths(params) if wrt is not None else ''}"
             )
+        if held:
+            _warn_model_state(held, kinds.count(VAR))
         return cls(treedef, tuple(kinds), tuple(static))
 
     @property

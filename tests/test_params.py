@@ -1,0 +1,66 @@
+"""Which leaves are the variables (hessian_tools._params): model state
+(batch statistics) is held fixed and named, never silently a variable."""
+
+import flax.linen as linen
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import hessian_tools as ht
+
+X = jnp.asarray(np.random.default_rng(0).normal(size=(16, 3)))
+Y = jnp.asarray(np.random.default_rng(1).normal(size=(16, 2)))
+
+
+class LinenNet(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        x = linen.Dense(4, param_dtype=jnp.float64)(x)
+        x = linen.BatchNorm(use_running_average=True, param_dtype=jnp.float64)(x)
+        return linen.Dense(2, param_dtype=jnp.float64)(jnp.tanh(x))
+
+
+def test_linen_batch_stats_are_held_fixed_and_named():
+    net = LinenNet()
+    variables = net.init(jax.random.PRNGKey(0), X)
+    variables = jax.tree.map(lambda a: a + 0.1, variables)  # nonzero statistics
+
+    def loss(v, x, y):
+        return jnp.mean((net.apply(v, x) - y) ** 2)
+
+    with pytest.warns(ht.ModelStateWarning, match=r"\['batch_stats'\].*mean.*nnx.split"):
+        op = ht.HessianOperator(loss, variables, X, Y)  # the whole variables dict
+    assert op.n == ravel_pytree(variables["params"])[0].size  # 14 + 8 + 10 = 32, not 40
+
+    def split(p, stats, x, y):
+        return loss({"params": p, "batch_stats": stats}, x, y)
+
+    clean = ht.HessianOperator(split, variables["params"], variables["batch_stats"], X, Y)
+    np.testing.assert_allclose(
+        np.asarray(ht.eigenpairs(op, 2, method="dense").values),
+        np.asarray(ht.eigenpairs(clean, 2, method="dense").values),
+        rtol=1e-10,
+    )
+    # selected on purpose with wrt=: curvature in the statistics too, no warning
+    with_stats = ht.HessianOperator(loss, variables, X, Y, wrt=lambda path: True)
+    assert with_stats.n == ravel_pytree(variables)[0].size
+
+
+def test_nnx_batch_stat_variables_are_held_fixed():
+    model = nnx.Sequential(
+        nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+        nnx.BatchNorm(4, use_running_average=True, rngs=nnx.Rngs(1)),
+        nnx.Linear(4, 2, rngs=nnx.Rngs(2)),
+    )
+    graph, state = nnx.split(model)
+
+    def loss(s, x, y):
+        return jnp.mean((nnx.merge(graph, s)(x) - y) ** 2)
+
+    with pytest.warns(ht.ModelStateWarning, match="mean.*var"):
+        op = ht.HessianOperator(loss, state, X.astype(jnp.float32), Y.astype(jnp.float32))
+    params = nnx.split(model, nnx.Param, ...)[1]
+    assert op.n == ravel_pytree(params)[0].size
