@@ -12,6 +12,7 @@ import importlib
 from typing import Any
 
 from hessian_tools import landscape, problems
+from hessian_tools._params import ModelStateWarning
 from hessian_tools._problem import Problem
 from hessian_tools.blocks import BlockSpectrum, block_spectra
 from hessian_tools.critical import CriticalPoint, classify, find_critical_points
@@ -23,7 +24,6 @@ from hessian_tools.escape import EscapeDirection, escape_direction, saddle_free_
 from hessian_tools.estimators import Estimate, diagonal, trace
 from hessian_tools.ggn import EmpiricalFisherOperator, GGNOperator
 from hessian_tools.lanczos import LanczosResult, lanczos
-from hessian_tools._params import ModelStateWarning
 from hessian_tools.operators import CurvatureOperator, HessianOperator, MatvecOperator, hvp
 from hessian_tools.preconditioned import PreconditionedOperator, adam_preconditioner
 from hessian_tools.tracking import SpectrumRecord, track_spectrum

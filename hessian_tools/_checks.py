@@ -96,13 +96,29 @@ def check_positive(name: str, value: Any, *, allow_none: bool = True) -> float |
     return number
 
 
-def as_key(key: Any) -> jax.Array:
-    """A PRNG key from ``key`` (a key array, or an int seed)."""
+def as_key(key: Any, name: str = "key") -> jax.Array:
+    """The library's one key policy: ``key`` may be a typed key
+    (``jax.random.key(0)``), a legacy uint32 key (``jax.random.PRNGKey(0)``)
+    or an int seed; None means ``PRNGKey(0)``, the same default everywhere.
+
+    Raises:
+        TypeError: anything else (a bool, a float, an array of another dtype).
+    """
     if key is None:
-        raise ValueError("key must be a PRNG key; got None. Pass e.g. jax.random.key(0).")
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.PRNGKey(0)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
         return jax.random.PRNGKey(int(key))
-    return key
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (
+        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        or (jnp.dtype(dtype) == jnp.uint32 and jnp.shape(key)[-1:] == (2,))
+    ):
+        return key
+    raise TypeError(
+        f"{name} must be a PRNG key (jax.random.key(0)), a uint32 key "
+        f"(jax.random.PRNGKey(0)) or an int seed; got {type(key).__name__}"
+        f"{'' if dtype is None else f' of dtype {dtype}'}."
+    )
 
 
 def is_traced(*values: Any) -> bool:

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hessian_tools._checks import is_traced
+from hessian_tools._checks import as_key, is_traced
 from hessian_tools._operator import LinearMap, apply_batched
 from hessian_tools._progress import advance
 from hessian_tools._tree import (
@@ -341,7 +341,7 @@ def start_vector(lm: LinearMap, key: Any, v0: Any, *, name: str = "v0") -> Any:
     """
     layout = lm.layout
     if v0 is None:
-        key = jax.random.PRNGKey(0) if key is None else key
+        key = as_key(key)
         return layout.unravel(jax.random.normal(key, (layout.n,), layout.dtype))
     stack = _as_stack(layout, v0)
     if stack is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 
+from hessian_tools._checks import as_key
 from hessian_tools._params import Partition
 from hessian_tools.eigen import eigenpairs
 from hessian_tools.estimators import Estimate, trace
@@ -110,7 +111,7 @@ def block_spectra(
         ValueError: a block that selects no variables.
     """
     blocks = default_blocks(params) if blocks is None else dict(blocks)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = as_key(key)
     out = []
     for i, (name, wrt) in enumerate(blocks.items()):
         k_eig, k_trace = jax.random.split(jax.random.fold_in(key, i))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._checks import (
+    as_key,
     check_choice,
     check_int,
 )
@@ -236,7 +237,7 @@ def classify(
         eigs = jnp.linalg.eigvalsh(op.to_dense(progress=progress))
         hess_norm = float(jnp.max(jnp.abs(eigs)))
     else:
-        key = jax.random.PRNGKey(0) if key is None else key
+        key = as_key(key)
         k_eig, k_density = jax.random.split(key)
         kk = max(1, min(k, op.n // 2))
         ep = eigenpairs(op, 2 * kk, which="both", key=k_eig, method="lanczos", progress=progress)

@@ -23,6 +23,7 @@ import numpy as np
 
 from hessian_tools import _krylov
 from hessian_tools._checks import (
+    as_key,
     check_accumulate_dtype,
     check_int,
     check_positive,
@@ -279,7 +280,7 @@ def spectral_density(
     sigma = check_positive("sigma", sigma)
     acc = check_accumulate_dtype(accumulate_dtype, dtype)
     bd_tol = _krylov.default_breakdown_tol(n, dtype)
-    probes = lm.layout.unravel(rademacher_probes(key, num_probes, n, dtype))
+    probes = lm.layout.unravel(rademacher_probes(as_key(key), num_probes, n, dtype))
     if chunk_size is None:  # vectorised: the Lanczos bases of a chunk in about 256 MB
         bases = fit((m + 1) * n * jnp.dtype(dtype).itemsize, cap=num_probes, budget=4 * CHUNK_BYTES)
         chunk_size = num_probes if lm.batching == "map" else bases

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessian_tools._checks import as_key
+
 __all__ = [
     "TOY_2D",
     "ToyProblem",
@@ -172,7 +174,7 @@ def random_symmetric(eigenvalues: Sequence[float] | jax.Array, key: jax.Array | 
         raise ValueError("eigenvalues must be a non-empty 1-D sequence.")
     if key is None:
         return jnp.diag(lam)
-    g = jax.random.normal(key, (lam.size, lam.size), dtype=lam.dtype)
+    g = jax.random.normal(as_key(key), (lam.size, lam.size), dtype=lam.dtype)
     q, r = jnp.linalg.qr(g)
     q = q * jnp.sign(jnp.diag(r))[None, :]  # Haar measure (Mezzadri 2007)
     return (q * lam[None, :]) @ q.T

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 
+from hessian_tools._checks import as_key
 from hessian_tools.density import SpectralDensity, spectral_density
 from hessian_tools.eigen import eigenpairs
 from hessian_tools.estimators import Estimate, trace
@@ -102,7 +103,7 @@ def track_spectrum(
     Cost: the eigenpairs' HVPs (a warm start from nearby eigenvectors needs
     far fewer than a cold one), plus ``trace_matvecs + density_matvecs``.
     """
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = as_key(key)
     k_eig, k_trace, k_density = jax.random.split(key, 3)
     op = HessianOperator(f, params, *args, batches=batches, wrt=wrt)
     v0 = None if previous is None else previous.tree_vectors

@@ -31,8 +31,40 @@ def test_choice_positive_and_key():
     with pytest.raises(ValueError, match="rtol"):
         _checks.check_positive("rtol", float("nan"))
     np.testing.assert_array_equal(_checks.as_key(3), jax.random.PRNGKey(3))
-    with pytest.raises(ValueError, match="key must be a PRNG key; got None"):
-        _checks.as_key(None)
+    np.testing.assert_array_equal(_checks.as_key(None), jax.random.PRNGKey(0))  # the default
+    typed = jax.random.key(5)
+    assert _checks.as_key(typed) is typed
+    with pytest.raises(TypeError, match=r"PRNG key \(jax.random.key\(0\)\).*int seed; got float"):
+        _checks.as_key(1.5)
+    with pytest.raises(TypeError, match="got bool"):
+        _checks.as_key(True)
+
+
+def test_one_key_policy_across_the_library():
+    # every function that takes key= accepts an int, a legacy uint32 key and a
+    # typed key, and the int gives the same result as its uint32 key
+    import hessian_tools as ht
+
+    a = jnp.diag(jnp.arange(1.0, 13.0))
+    loss = lambda p, a: 0.5 * p @ a @ p
+    x = jnp.ones(12)
+    calls = {
+        "trace": lambda k: ht.trace(a, key=k, num_matvecs=6).value,
+        "diagonal": lambda k: ht.diagonal(a, key=k, num_matvecs=6).value,
+        "spectral_density": lambda k: (
+            ht.spectral_density(a, key=k, num_matvecs=12, num_probes=2).nodes
+        ),
+        "lanczos": lambda k: ht.lanczos(a, 4, key=k).alphas,
+        "random_direction": lambda k: ht.landscape.random_direction(
+            k, {"w": jnp.ones((3, 2))}, filter_axis=-1
+        )["w"],
+        "block_spectra": lambda k: ht.block_spectra(loss, x, a, key=k)[0].trace.value,
+        "random_symmetric": lambda k: ht.problems.random_symmetric([1.0, 2.0], key=k),
+    }
+    for name, call in calls.items():
+        by_int = np.asarray(call(7))
+        np.testing.assert_array_equal(by_int, np.asarray(call(jax.random.PRNGKey(7))), err_msg=name)
+        assert np.all(np.isfinite(np.asarray(call(jax.random.key(7))))), name
 
 
 def test_structure_scalar_and_finite_checks():

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import check_choice, require_finite
+from hessian_tools._checks import as_key, check_choice, require_finite
 from hessian_tools._data import Data
 from hessian_tools._hessian import as_vector, value_and_grad
 from hessian_tools._params import Partition
@@ -189,7 +189,7 @@ def random_direction(
     Loss Landscape of Neural Nets", NeurIPS.
     """
     _, variables, _ = _variables(params)
-    direction = _gaussian_like(key, variables)
+    direction = _gaussian_like(as_key(key), variables)
     return normalize_direction(
         direction, params, normalization, filter_axis=filter_axis, leaves_1d=leaves_1d
     )
