@@ -14,7 +14,7 @@ from typing import Any
 from hessian_tools import landscape, problems
 from hessian_tools._params import ModelStateWarning
 from hessian_tools._problem import Problem
-from hessian_tools.blocks import BlockSpectrum, block_spectra
+from hessian_tools.blocks import BlockSpectrum, block_heterogeneity, block_spectra
 from hessian_tools.critical import CriticalPoint, classify, find_critical_points
 from hessian_tools.dense import hessian
 from hessian_tools.density import SpectralDensity, spectral_density
@@ -57,6 +57,7 @@ __all__ = [
     "SpectralDensity",
     "SpectrumRecord",
     "adam_preconditioner",
+    "block_heterogeneity",
     "block_spectra",
     "classify",
     "diagonal",

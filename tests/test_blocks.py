@@ -69,3 +69,37 @@ def test_wrt_errors(mlp):
         ht.HessianOperator(mlp_loss, params, x, y, wrt={"layer": True})
     with pytest.raises(ValueError, match="selected by wrt"):
         ht.block_spectra(mlp_loss, params, x, y, blocks={"none": lambda path: False})
+
+
+def test_block_densities_patterns_and_heterogeneity(mlp):
+    params, x, y = mlp
+    full = dense_reference(mlp_loss, params, x, y)
+    named = {"weights": r"\[\d\]\[0\]", "biases": r"\[\d\]\[1\]"}  # key-path patterns
+    blocks = ht.block_spectra(
+        mlp_loss, params, x, y, blocks=named, trace_matvecs=200, density=True, key=1
+    )
+    assert [b.n for b in blocks] == [30 + 15, 5 + 3]
+    # the blocks partition the variables: their exact traces add up to the full one
+    np.testing.assert_allclose(
+        sum(float(b.trace.value) for b in blocks), np.trace(full), rtol=1e-10
+    )
+    for b in blocks:  # each density integrates to 1 and covers its block's spectrum
+        np.testing.assert_allclose(np.trapezoid(b.density.density, b.density.grid), 1, atol=2e-3)
+        assert b.num_matvecs >= int(b.density.num_matvecs) > 0
+    mean, dist = ht.block_heterogeneity(blocks)
+    assert dist.shape == (2, 2) and np.allclose(dist, dist.T) and np.all(np.diag(dist) == 0)
+    assert 0 < mean <= 1 and mean == dist[0, 1]
+    # identical spectra are at distance 0; disjoint ones at distance 1
+    assert ht.block_heterogeneity([blocks[0], blocks[0]])[0] == pytest.approx(0, abs=1e-12)
+    far = blocks[1].density
+    shifted = type(blocks[1])(
+        "shifted", 8, blocks[1].values, blocks[1].error_bounds, blocks[1].trace, 0,
+        type(far)(far.grid, far.density, far.nodes + 1e3, far.weights, far.sigma, 0),
+    )  # fmt: skip
+    assert ht.block_heterogeneity([blocks[1], shifted])[0] == pytest.approx(1, abs=1e-6)
+    ax = ht.plotting.plot_block_densities(blocks)
+    assert len(ax.lines) == 2 and "Jensen-Shannon" in ax.get_title()
+    with pytest.raises(ValueError, match="no density"):
+        ht.block_heterogeneity(ht.block_spectra(mlp_loss, params, x, y, blocks=named))
+    with pytest.raises(ValueError, match=r"\[0\]\[0\]"):  # nothing matches: the paths are listed
+        ht.block_spectra(mlp_loss, params, x, y, blocks={"Q": "query"})

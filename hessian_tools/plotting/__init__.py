@@ -23,6 +23,7 @@ from hessian_tools.plotting._landscape import (
     plot_surface,
 )
 from hessian_tools.plotting._spectrum import (
+    plot_block_densities,
     plot_block_spectra,
     plot_eigenvalues,
     plot_spectral_density,
@@ -31,6 +32,7 @@ from hessian_tools.plotting._spectrum import (
 __all__ = [
     "KIND_STYLES",
     "NEGATIVE_COLOR",
+    "plot_block_densities",
     "plot_block_spectra",
     "plot_critical_points",
     "plot_eigenvalues",
