@@ -57,6 +57,8 @@ WHICH = ("largest", "smallest", "both")
         "num_matvecs",
         "norm_estimate",
         "num_restarts",
+        "rounding_floor",
+        "complete",
     ],
     meta_fields=["layout", "exact"],
 )
@@ -85,6 +87,19 @@ class Eigenpairs:
         norm_estimate: the largest |eigenvalue| seen, an estimate of
             ``||A||`` (exact on the dense path).
         num_restarts: thick restarts performed (0 on the dense path).
+        rounding_floor: the products' own error (measured from the
+            asymmetry of the Lanczos coefficients) plus the solver's
+            rounding, included in every bound; no bound can be below it.
+            When a tolerance lies below it, ``converged`` is False and a
+            warning names the likely cause.
+        complete: the completeness check's outcome: True when a short
+            Lanczos run from a fresh random vector, deflated against the
+            returned vectors, found no eigenvalue beyond them at the wanted
+            end(s); False when it did (even after a second, warm-started
+            solve; ``converged`` is then False too); None when not checked
+            (not converged, under ``jax.jit``, or with ``tol=``). True on the
+            dense path. It finds a missed eigenvalue that is separated from
+            the rest, not one inside a cluster: evidence, not proof.
         layout: structure of a vector (static).
         exact: True when computed by a dense eigendecomposition (static).
 
@@ -99,6 +114,8 @@ class Eigenpairs:
     num_matvecs: Any
     norm_estimate: Any
     num_restarts: Any
+    rounding_floor: Any
+    complete: Any
     layout: Layout
     exact: bool
 
@@ -133,8 +150,9 @@ def dense_eigenpairs(matrix: jax.Array, k: int, which: str, num_matvecs: int) ->
     # eigh is backward stable: each eigenvalue within ~n eps ||A|| of the truth
     bounds = jnp.maximum(residuals, matrix.shape[0] * jnp.finfo(w.dtype).eps * scale)
     layout = Layout.of(jax.ShapeDtypeStruct((matrix.shape[0],), matrix.dtype))
+    floor = matrix.shape[0] * jnp.finfo(w.dtype).eps * scale
     return Eigenpairs(
-        values, vectors.T, residuals, bounds, True, num_matvecs, scale, 0, layout, True
+        values, vectors.T, residuals, bounds, True, num_matvecs, scale, 0, floor, True, layout, True
     )
 
 
@@ -335,6 +353,8 @@ def eigenpairs(
         out["num_matvecs"] + extra,
         out["norm"],
         out["num_restarts"],
+        out["floor"],
+        out["complete"],
         op.layout if hasattr(op, "layout") else as_linear_map(op).layout,
         False,
     )
