@@ -5,8 +5,10 @@ Small problems (and dense arrays) are decomposed exactly. Large operators use
 thick-restart Lanczos (Wu & Simon 2000, "Thick-restart Lanczos method for
 large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22(2)) on the
 library's one Lanczos kernel, with full reorthogonalisation; it stops as soon
-as every wanted eigenvalue's a-posteriori error bound ``min(r, r^2 / gap)``
-is at most ``max(rtol |lambda|, atol)`` (``hessian_tools._thick_restart``).
+as every wanted eigenvalue's a-posteriori error bound (``min(r, r^2 / gap)``
+with a safely known gap, plus the products' measured rounding floor,
+``hessian_tools._certify``) is at most ``max(rtol |lambda|, atol)``, then
+checks that no eigenvalue beyond the returned ones was missed.
 The whole solve is one compiled loop and runs inside ``jax.jit``.
 """
 
@@ -73,16 +75,20 @@ class Eigenpairs:
             leaves carry a leading axis k (``vectors`` is the flat view).
         residuals: (k,) residual norms ``||A v - lambda v||``.
         error_bounds: (k,) a bound on each eigenvalue's error,
-            ``min(r, r^2 / gap)`` (see ``_thick_restart.error_bounds`` for
+            ``min(r, r^2 / gap) + rounding_floor`` (see
+            ``_certify.error_bounds`` for when the quadratic term counts and
             its assumptions); rounding-level on the dense path. A bound
             certifies that an eigenvalue of the operator lies within it,
             not that it is the k-th largest: like every Krylov method,
             Lanczos can miss an eigenvalue whose eigenvector is nearly
             orthogonal to the start vector, most easily when the top two
             are close (e.g. 19.94 and 18.31 at the edge of stability, where
-            one start in many stops at 18.31 after 8 HVPs). When the
-            ordering matters, ask for k >= 2 or compare two start keys.
-        converged: True when every bound met the requested tolerance.
+            one start in many stops at 18.31 after 8 HVPs); the
+            completeness check (``complete``) looks for such a miss.
+        converged: True when every bound met the requested tolerance (or
+            the dtype's rounding level), the tolerance was not below the
+            measured rounding floor, and the completeness check found no
+            missed eigenvalue.
         num_matvecs: operator products (HVPs) spent.
         norm_estimate: the largest |eigenvalue| seen, an estimate of
             ``||A||`` (exact on the dense path).
@@ -230,11 +236,20 @@ def eigenpairs(
     Two methods. ``"dense"``: the exact eigendecomposition (an operator is
     formed with n HVPs). ``"lanczos"``: thick-restart Lanczos (Wu & Simon
     2000) with full reorthogonalisation, stopping as soon as every wanted
-    eigenvalue's error bound ``min(r, r^2 / gap)`` (``r`` the residual
-    ``||A v - lambda v||``, ``gap`` the distance to the other Ritz values)
-    is at most ``max(rtol |lambda|, atol, 10 eps ||A||)``; the last term is
-    the rounding level of the products, below which nothing can be
-    certified. ``"auto"`` takes the dense path only where it costs no more
+    eigenvalue's error bound is at most ``max(rtol |lambda|, atol)`` or at
+    the rounding level, below which nothing can be certified. The bound is
+    ``min(r, r^2 / gap)`` (``r`` the residual ``||A v - lambda v||``), the
+    quadratic term only once the Krylov space has ``1 + k + max(k, 4)``
+    columns and the gap to the other Ritz values (less their residuals) is
+    10 r or more, plus ``rounding_floor``: the products' own error measured
+    from the asymmetry of the Lanczos coefficients (a float32 softmax in a
+    float64 model shows up there). A tolerance below that floor, or an
+    ``rtol`` below 10 eps, gives ``converged=False`` and one warning naming
+    the cause. After convergence a completeness check (a deflated Lanczos
+    run from a fresh vector, 15% of the solve's HVPs, at least 6) looks for
+    an eigenvalue the solve missed (``complete``); see
+    ``hessian_tools._certify`` and the concepts page for what it can and
+    cannot promise. ``"auto"`` takes the dense path only where it costs no more
     (``hessian_tools._operator.dense_is_cheaper``: explicit arrays up to
     n = 2048, operators when n is at most the products Lanczos would
     typically spend).
@@ -281,7 +296,9 @@ def eigenpairs(
         residuals, error_bounds, converged, num_matvecs (every HVP spent).
 
     Cost: dense: n HVPs for an operator and O(n^3) flops. Lanczos: the HVPs
-    until convergence (often 2k to 4k + 10), plus O(m^2 n) flops per cycle.
+    until convergence (often 2k to 4k + 10), plus O(m^2 n) flops per cycle,
+    plus the completeness check (15% of that, at least 6 and at most 20
+    HVPs; once more after a re-solve).
 
     Raises:
         ValueError: k out of range, a bad ``which``, ``method``, ``rtol``,
