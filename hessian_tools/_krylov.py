@@ -100,7 +100,10 @@ class State(NamedTuple):
             rows at and after ``size`` are zero.
         coeffs: ``(num_columns + block, num_columns)`` in the accumulation
             dtype: column j holds the coefficients of ``A q_j`` on ``q_i``,
-            ``i >= j``.
+            ``i >= j`` (the projected matrix), and above the diagonal those
+            on the earlier ``q_i``, ``i < j``, which mirror the lower
+            triangle up to the products' rounding (read only by
+            ``_certify.product_floor``).
         scale: largest coefficient seen (the breakdown reference).
         status: RUNNING, BREAKDOWN, NONFINITE or CONVERGED.
     """
@@ -198,6 +201,10 @@ def _insert(carry, w, column, slot, acc, breakdown_tol, reorthogonalize):
     q, beta = unit(w, acc)
     col = jnp.where((rows > column) & (rows < slot), h.astype(acc), 0)
     scale = jnp.maximum(scale, jnp.maximum(jnp.max(jnp.abs(col)), jnp.abs(alpha)))
+    # above the diagonal: q_i . A q_column for i < column, the mirror of what
+    # the earlier columns stored below it. T is read from the lower triangle
+    # only; the difference measures the products' own rounding (_certify).
+    col = jnp.where(rows < column, h.astype(acc), col)
     scale = jnp.maximum(scale, beta)
     broken = beta <= breakdown_tol * scale
     col = jnp.where(rows == column, alpha, col)

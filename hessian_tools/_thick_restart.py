@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hessian_tools import _krylov
+from hessian_tools import _certify, _krylov
+from hessian_tools._certify import error_bounds
 from hessian_tools._checks import check_accumulate_dtype, check_int, is_traced
 from hessian_tools._driver import drive
 from hessian_tools._operator import apply_batched
@@ -73,37 +74,6 @@ def wanted_positions(cols: Any, k: int, which: str) -> jax.Array:
     return jnp.clip(pos, 0, jnp.maximum(cols - 1, 0))
 
 
-def error_bounds(theta: jax.Array, res: jax.Array, cols: Any, rounding: Any = 0.0) -> jax.Array:
-    """A-posteriori bounds on the eigenvalue error of each Ritz pair.
-
-    ``min(r_i, r_i^2 / gap_i) + rounding``: ``r_i`` bounds the distance from ``theta_i``
-    to the nearest eigenvalue (Krylov-Bogoliubov), and ``r_i^2 / gap_i`` does
-    too when the rest of the spectrum is at least ``gap_i`` away (Kato-Temple;
-    Parlett 1998, sec. 11.7). The gap is estimated from the other Ritz values
-    less their own residuals, ``gap_i = min_j (|theta_i - theta_j| - r_j)``,
-    so an unconverged neighbour (large ``r_j``) makes the estimate small and
-    a tight cluster that is not yet resolved (``gap_i <= r_i``) falls back to
-    ``r_i``. Assumptions: the eigenvalue nearest ``theta_i`` is the one it
-    approximates (no eigenvalue of the wanted end was missed by the Krylov
-    space, which random start vectors make unlikely), and no eigenvalue
-    outside the Ritz values lies closer than the estimated gap. A lone Ritz
-    value has no gap estimate and gets ``r_i``. ``rounding`` adds the
-    solver's own floating-point error (a few eps ||A||); the rounding of the
-    products themselves is a property of the operator and is not included.
-
-    Entries past ``cols`` (invalid Ritz values) are inf.
-    """
-    m = theta.shape[0]
-    valid = jnp.arange(m) < cols
-    dist = jnp.abs(theta[:, None] - theta[None, :]) - res[None, :]
-    dist = jnp.where(valid[None, :] & ~jnp.eye(m, dtype=bool), dist, jnp.inf)
-    gap = jnp.min(dist, axis=1)
-    gap = jnp.where(jnp.isfinite(gap), gap, 0)  # no other Ritz value: no gap known
-    safe = jnp.where(gap > 0, gap, 1)
-    bound = jnp.where(gap > res, jnp.minimum(res, res**2 / safe), res) + rounding
-    return jnp.where(valid, bound, jnp.inf)
-
-
 def _rounding(norm: Any, dtype: Any) -> Any:
     """The solver's own rounding error on a Ritz value, 10 eps ||A||: the
     Lanczos relation holds to a few eps ||A|| with a basis orthonormal to
@@ -111,17 +81,29 @@ def _rounding(norm: Any, dtype: Any) -> Any:
     return 10 * jnp.finfo(dtype).eps * norm
 
 
-def _accepted(theta, res, cols, norm, k, which, crit: Criterion, dtype):
+def _accepted(theta, res, cols, norm, k, which, crit: Criterion, dtype, floor=0.0):
+    """Whether the wanted pairs meet the criterion; ``floor`` is the products'
+    measured error (``_certify.product_floor``), below which no bound can go:
+    a bound within 3 times the rounding (``10 eps ||A||`` + floor) counts as
+    met, as nothing better can be certified (``_certify.verdict`` says whether
+    that met the user's tolerance)."""
     pos = wanted_positions(cols, k, which)
     if crit.kind == "residual":
         ok = res[pos] <= crit.tol * norm
     else:
-        bounds = error_bounds(theta, res, cols)[pos]  # the solver's part only
-        limit = jnp.maximum(
-            jnp.maximum(crit.rtol * jnp.abs(theta[pos]), crit.atol), crit.floor * norm
+        bounds = error_bounds(
+            theta, res, cols, _rounding(norm, dtype), min_cols=_certify.min_columns(k), floor=floor
         )
-        ok = bounds <= limit
+        limit = jnp.maximum(
+            jnp.maximum(crit.rtol * jnp.abs(theta[pos]), crit.atol),
+            3 * (crit.floor * norm + floor),  # the solver's and the products' rounding
+        )
+        ok = bounds[pos] <= limit
     return (cols >= k) & jnp.all(ok)
+
+
+def _floor(s: _krylov.State, norm, n: int):
+    return _certify.product_floor(s.coeffs, s.num_columns, norm, n)
 
 
 class _Loop(NamedTuple):
@@ -198,7 +180,8 @@ def _monitor(cfg: Config) -> Callable:
         cols = s.num_columns
         norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
         crit = Criterion(cfg.kind, rtol, atol, floor, tol)
-        return _accepted(theta, res, cols, norm, cfg.k, cfg.which, crit, cfg.dtype)
+        measured = _floor(s, norm, cfg.n)
+        return _accepted(theta, res, cols, norm, cfg.k, cfg.which, crit, cfg.dtype, measured)
 
     return monitor
 
@@ -215,7 +198,10 @@ def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, cfg: Config) -
     theta, u, res = _krylov.ritz(s)
     cols = s.num_columns
     norm = jnp.maximum(loop.norm, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
-    ok = _accepted(theta, res, cols, norm, cfg.k, cfg.which, Criterion(cfg.kind, *crit), cfg.dtype)
+    crit_ = Criterion(cfg.kind, *crit)
+    ok = _accepted(
+        theta, res, cols, norm, cfg.k, cfg.which, crit_, cfg.dtype, _floor(s, norm, cfg.n)
+    )
     broken = s.status == _krylov.BREAKDOWN
     done = ok | (used >= cfg.budget) | (broken & (cols >= cfg.n)) | (s.status == _krylov.NONFINITE)
     key, sub = jax.random.split(loop.key)
@@ -250,8 +236,11 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
         res = res.at[pos].set(jnp.sqrt(sum(squares)).astype(res.dtype))
         used = used + k
     criterion = Criterion(cfg.kind, *crit)
-    bounds = error_bounds(theta, res, cols, _rounding(loop.norm, cfg.dtype))[pos]
-    converged = _accepted(theta, res, cols, loop.norm, k, cfg.which, criterion, cfg.dtype)
+    floor = _floor(s, loop.norm, cfg.n)
+    rounding = _rounding(loop.norm, cfg.dtype)
+    min_cols = _certify.min_columns(k)
+    bounds = error_bounds(theta, res, cols, rounding, min_cols=min_cols, floor=floor)[pos]
+    converged = _accepted(theta, res, cols, loop.norm, k, cfg.which, criterion, cfg.dtype, floor)
     converged = converged | ((cols >= cfg.n) & (s.status == _krylov.BREAKDOWN) & (cols >= k))
     return {
         "values": values,
@@ -264,6 +253,7 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
         "norm": loop.norm,
         "status": s.status,
         "num_ritz": cols,
+        "floor": floor + rounding,
     }
 
 
@@ -373,32 +363,34 @@ def lanczos_eigenpairs(
     cfg = Config(k, which, m, budget, acc, kind, n, jnp.dtype(lm.dtype))
     crit = tuple(jnp.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype), tol))
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
-    with progress_bar(budget, "eigenpairs", progress) as bar:
-        out = drive(
-            _solve,
-            lm,
-            start,
-            key,
-            crit,
-            bd_tol,
-            bar=bar,
-            cfg=cfg,
-            true_residuals=bool(true_residuals),
-        )
-    _krylov.raise_if_nonfinite(out["status"], out["num_matvecs"], "HVP (eigenpairs)")
-    counts = {f: out[f] for f in ("converged", "num_matvecs", "num_restarts", "norm")}
-    if not is_traced(out["values"]):
+    traced = is_traced(start, lm.operands)
+
+    def run(start, key, cfg):
+        with progress_bar(cfg.budget, "eigenpairs", progress) as bar:
+            out = drive(
+                _solve,
+                lm,
+                start,
+                key,
+                crit,
+                bd_tol,
+                bar=bar,
+                cfg=cfg,
+                true_residuals=bool(true_residuals),
+            )
+        _krylov.raise_if_nonfinite(out["status"], out["num_matvecs"], "HVP (eigenpairs)")
+        return out
+
+    out = run(start, key, cfg)
+    fields = ("converged", "num_matvecs", "num_restarts", "norm", "floor")
+    counts = {f: out[f] for f in fields} | {"complete": None, "check_matvecs": 0}
+    if not traced:
         if int(out["num_ritz"]) < k:
             raise RuntimeError(
                 f"only {int(out['num_ritz'])} Ritz pairs after {int(out['num_matvecs'])} HVPs; "
                 "raise max_matvecs."
             )
-        counts = {
-            "converged": bool(counts["converged"]),
-            "num_matvecs": int(counts["num_matvecs"]),
-            "num_restarts": int(counts["num_restarts"]),
-            "norm": float(counts["norm"]),
-        }
+        out, counts = _certify.certified(lm, out, run, key, cfg, rtol, atol, bd_tol)
     dtype = lm.dtype
     return {
         "values": out["values"].astype(dtype),

@@ -5,8 +5,10 @@ Small problems (and dense arrays) are decomposed exactly. Large operators use
 thick-restart Lanczos (Wu & Simon 2000, "Thick-restart Lanczos method for
 large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22(2)) on the
 library's one Lanczos kernel, with full reorthogonalisation; it stops as soon
-as every wanted eigenvalue's a-posteriori error bound ``min(r, r^2 / gap)``
-is at most ``max(rtol |lambda|, atol)`` (``hessian_tools._thick_restart``).
+as every wanted eigenvalue's a-posteriori error bound (``min(r, r^2 / gap)``
+with a safely known gap, plus the products' measured rounding floor,
+``hessian_tools._certify``) is at most ``max(rtol |lambda|, atol)``, then
+checks that no eigenvalue beyond the returned ones was missed.
 The whole solve is one compiled loop and runs inside ``jax.jit``.
 """
 
@@ -56,6 +58,8 @@ WHICH = ("largest", "smallest", "both")
         "num_matvecs",
         "norm_estimate",
         "num_restarts",
+        "rounding_floor",
+        "complete",
     ],
     meta_fields=["layout", "exact"],
 )
@@ -70,20 +74,37 @@ class Eigenpairs:
             leaves carry a leading axis k (``vectors`` is the flat view).
         residuals: (k,) residual norms ``||A v - lambda v||``.
         error_bounds: (k,) a bound on each eigenvalue's error,
-            ``min(r, r^2 / gap)`` (see ``_thick_restart.error_bounds`` for
+            ``min(r, r^2 / gap) + rounding_floor`` (see
+            ``_certify.error_bounds`` for when the quadratic term counts and
             its assumptions); rounding-level on the dense path. A bound
             certifies that an eigenvalue of the operator lies within it,
             not that it is the k-th largest: like every Krylov method,
             Lanczos can miss an eigenvalue whose eigenvector is nearly
             orthogonal to the start vector, most easily when the top two
             are close (e.g. 19.94 and 18.31 at the edge of stability, where
-            one start in many stops at 18.31 after 8 HVPs). When the
-            ordering matters, ask for k >= 2 or compare two start keys.
-        converged: True when every bound met the requested tolerance.
+            one start in many stops at 18.31 after 8 HVPs); the
+            completeness check (``complete``) looks for such a miss.
+        converged: True when every bound met the requested tolerance (or
+            the dtype's rounding level), the tolerance was not below the
+            measured rounding floor, and the completeness check found no
+            missed eigenvalue.
         num_matvecs: operator products (HVPs) spent.
         norm_estimate: the largest |eigenvalue| seen, an estimate of
             ``||A||`` (exact on the dense path).
         num_restarts: thick restarts performed (0 on the dense path).
+        rounding_floor: the products' own error (measured from the
+            asymmetry of the Lanczos coefficients) plus the solver's
+            rounding, included in every bound; no bound can be below it.
+            When a tolerance lies below it, ``converged`` is False and a
+            warning names the likely cause.
+        complete: the completeness check's outcome: True when a short
+            Lanczos run from a fresh random vector, deflated against the
+            returned vectors, found no eigenvalue beyond them at the wanted
+            end(s); False when it did (even after a second, warm-started
+            solve; ``converged`` is then False too); None when not checked
+            (not converged, under ``jax.jit``, or with ``tol=``). True on the
+            dense path. It finds a missed eigenvalue that is separated from
+            the rest, not one inside a cluster: evidence, not proof.
         layout: structure of a vector (static).
         exact: True when computed by a dense eigendecomposition (static).
 
@@ -98,6 +119,8 @@ class Eigenpairs:
     num_matvecs: Any
     norm_estimate: Any
     num_restarts: Any
+    rounding_floor: Any
+    complete: Any
     layout: Layout
     exact: bool
 
@@ -127,8 +150,9 @@ def dense_eigenpairs(matrix: jax.Array, k: int, which: str, num_matvecs: int) ->
     # eigh is backward stable: each eigenvalue within ~n eps ||A|| of the truth
     bounds = jnp.maximum(residuals, matrix.shape[0] * jnp.finfo(w.dtype).eps * scale)
     layout = Layout.of(jax.ShapeDtypeStruct((matrix.shape[0],), matrix.dtype))
+    floor = matrix.shape[0] * jnp.finfo(w.dtype).eps * scale
     return Eigenpairs(
-        values, vectors.T, residuals, bounds, True, num_matvecs, scale, 0, layout, True
+        values, vectors.T, residuals, bounds, True, num_matvecs, scale, 0, floor, True, layout, True
     )
 
 
@@ -205,11 +229,20 @@ def eigenpairs(
     Two methods. ``"dense"``: the exact eigendecomposition (an operator is
     formed with n HVPs). ``"lanczos"``: thick-restart Lanczos (Wu & Simon
     2000) with full reorthogonalisation, stopping as soon as every wanted
-    eigenvalue's error bound ``min(r, r^2 / gap)`` (``r`` the residual
-    ``||A v - lambda v||``, ``gap`` the distance to the other Ritz values)
-    is at most ``max(rtol |lambda|, atol, 10 eps ||A||)``; the last term is
-    the rounding level of the products, below which nothing can be
-    certified. ``"auto"`` takes the dense path only where it costs no more
+    eigenvalue's error bound is at most ``max(rtol |lambda|, atol)`` or at
+    the rounding level, below which nothing can be certified. The bound is
+    ``min(r, r^2 / gap)`` (``r`` the residual ``||A v - lambda v||``), the
+    quadratic term only once the Krylov space has ``1 + k + max(k, 4)``
+    columns and the gap to the other Ritz values (less their residuals) is
+    10 r or more, plus ``rounding_floor``: the products' own error measured
+    from the asymmetry of the Lanczos coefficients (a float32 softmax in a
+    float64 model shows up there). A tolerance below that floor, or an
+    ``rtol`` below 10 eps, gives ``converged=False`` and one warning naming
+    the cause. After convergence a completeness check (a deflated Lanczos
+    run from a fresh vector, 15% of the solve's HVPs, at least 6) looks for
+    an eigenvalue the solve missed (``complete``); see
+    ``hessian_tools._certify`` and the concepts page for what it can and
+    cannot promise. ``"auto"`` takes the dense path only where it costs no more
     (``hessian_tools._operator.dense_is_cheaper``: explicit arrays up to
     n = 2048, operators when n is at most the products Lanczos would
     typically spend).
@@ -256,7 +289,9 @@ def eigenpairs(
         residuals, error_bounds, converged, num_matvecs (every HVP spent).
 
     Cost: dense: n HVPs for an operator and O(n^3) flops. Lanczos: the HVPs
-    until convergence (often 2k to 4k + 10), plus O(m^2 n) flops per cycle.
+    until convergence (often 2k to 4k + 10), plus O(m^2 n) flops per cycle,
+    plus the completeness check (15% of that, at least 6 and at most 20
+    HVPs; once more after a re-solve).
 
     Raises:
         ValueError: k out of range, a bad ``which``, ``method``, ``rtol``,
@@ -328,6 +363,8 @@ def eigenpairs(
         out["num_matvecs"] + extra,
         out["norm"],
         out["num_restarts"],
+        out["floor"],
+        out["complete"],
         op.layout if hasattr(op, "layout") else as_linear_map(op).layout,
         False,
     )

@@ -190,3 +190,72 @@ def at(params, coefs, dirs):
     for c, d in zip(coefs, dirs, strict=True):
         out = jax.tree.map(lambda p, v, c=c: p + c * v, out, d)
     return out
+
+
+# --------------------------------------------------------------------------
+# A tiny causal transformer (plain JAX): embeddings, causal attention with
+# layernorm, an MLP block, next-token cross-entropy
+
+
+def transformer_problem(
+    vocab=8, seq=6, width=8, heads=2, hidden=16, samples=12, seed=0, dtype=jnp.float64
+):
+    """``(params, tokens)`` for ``transformer_loss``: one pre-norm block, n =
+    744 with the defaults (2,672 for width 16, hidden 32, vocab 12, seq 8)."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=None):
+        scale = 1 / np.sqrt(shape[0]) if scale is None else scale
+        return jnp.asarray(rng.normal(size=shape) * scale, dtype)
+
+    params = {
+        "embed": w(vocab, width, scale=1.0),
+        "pos": w(seq, width, scale=0.5),
+        "ln1": {"g": jnp.ones(width, dtype) + w(width, scale=0.1), "b": w(width, scale=0.1)},
+        "qkv": w(width, 3 * width),
+        "out": w(width, width),
+        "ln2": {"g": jnp.ones(width, dtype) + w(width, scale=0.1), "b": w(width, scale=0.1)},
+        "mlp": {"w1": w(width, hidden), "b1": w(hidden, scale=0.1), "w2": w(hidden, width)},
+        "head": w(width, vocab),
+    }
+    del heads  # static: pass it to transformer_loss
+    tokens = jnp.asarray(rng.integers(0, vocab, (samples, seq + 1)))
+    return params, tokens
+
+
+def _layernorm(x, p):
+    mu = jnp.mean(x, -1, keepdims=True)
+    var = jnp.mean((x - mu) ** 2, -1, keepdims=True)
+    return (x - mu) / jnp.sqrt(var + 1e-5) * p["g"][None, None] + p["b"][None, None]
+
+
+def transformer_loss(params, tokens, heads=2, softmax_dtype=None):
+    """Next-token cross-entropy of a one-block causal transformer.
+
+    ``softmax_dtype``: compute the attention softmax in this dtype (e.g.
+    float32 inside a float64 model, as ``jax.nn.dot_product_attention`` and
+    Flax attention do), casting back afterwards.
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    seq = inputs.shape[1]
+    h = params["embed"][inputs] + params["pos"][None, :seq]
+    width = h.shape[-1]
+    x = _layernorm(h, params["ln1"])
+    q, k, v = jnp.split(x @ params["qkv"], 3, axis=-1)
+    split = lambda t: t.reshape(t.shape[0], seq, heads, width // heads)
+    q, k, v = split(q), split(k), split(v)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(width // heads)
+    causal = np.tril(np.ones((seq, seq), bool))
+    scores = jnp.where(causal, scores, -1e9)
+    if softmax_dtype is None:
+        att = jax.nn.softmax(scores, axis=-1)
+    else:
+        att = jax.nn.softmax(scores.astype(softmax_dtype), axis=-1).astype(scores.dtype)
+    mixed = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(h.shape)
+    h = h + mixed @ params["out"]
+    x = _layernorm(h, params["ln2"])
+    m = params["mlp"]
+    h = h + jnp.tanh(x @ m["w1"] + m["b1"][None, None]) @ m["w2"]
+    logits = h @ params["head"]
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))

@@ -1,6 +1,8 @@
 """eigenpairs(): exact dense path and thick-restart Lanczos against float64
 eigh, certified error bounds, warm starts, jit, and the method rule."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,7 +70,9 @@ def test_error_bounds_hold(seed, which, kind, dtype):
     }[kind]
     w = np.concatenate([ends, bulk - 2.0 if kind == "negative" else bulk])
     a = sym_with_spectrum(w, seed, dtype)
-    r = eigenpairs(a, 4, which=which, method="lanczos", key=jax.random.PRNGKey(seed))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = eigenpairs(a, 4, which=which, method="lanczos", key=jax.random.PRNGKey(seed))
     exact = np.linalg.eigvalsh(np.asarray(a, np.float64))
     values = np.asarray(r.values, np.float64)
     if kind == "repeated":
@@ -79,7 +83,12 @@ def test_error_bounds_hold(seed, which, kind, dtype):
         err = np.abs(values - select_reference(exact, 4, which))
     slack = 10 * np.finfo(dtype).eps * np.max(np.abs(w))  # rounding of the matrix itself
     assert np.all(err <= np.asarray(r.error_bounds, np.float64) + slack), (err, r.error_bounds)
-    assert r.converged
+    if kind == "repeated" and r.complete is False:
+        # the completeness check sees the copy the Krylov space could not
+        # hold, and says so rather than calling the list converged
+        assert not r.converged and any("completeness" in str(c.message) for c in caught)
+    else:
+        assert r.converged and r.complete and not caught
 
 
 def test_largest_is_algebraic_and_smallest_is_most_negative():
@@ -193,7 +202,9 @@ def test_warm_start_from_an_eigenvector():
     a = sym_with_spectrum(SPECTRUM, 7)
     cold = eigenpairs(a, 1, method="lanczos")
     warm = eigenpairs(a, 1, method="lanczos", v0=cold.vectors[:, 0])
-    assert warm.converged and warm.num_matvecs <= 2
+    # the start is good to a residual of ~1e-4: the quadratic bound needs
+    # min_columns(1) = 6 columns of its own, and the completeness check 6 HVPs
+    assert warm.converged and warm.complete and warm.num_matvecs <= 12 < cold.num_matvecs
     np.testing.assert_allclose(float(warm.values[0]), 9.0, rtol=1e-10)
 
 
@@ -214,7 +225,11 @@ def test_jit_gives_the_eager_values():
     )
     np.testing.assert_allclose(np.asarray(values), np.asarray(eager.values), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(bounds), np.asarray(eager.error_bounds), rtol=1e-6)
-    assert bool(converged) == eager.converged and int(spent) == eager.num_matvecs
+    # eagerly the completeness check adds its HVPs (15%, at least 6); under
+    # jit it is skipped
+    assert bool(converged) == eager.converged
+    assert 6 <= eager.num_matvecs - int(spent) <= max(6, 0.15 * int(spent) + 1)
+    assert eager.complete
 
 
 def test_symmetry_check():

@@ -25,8 +25,8 @@ def test_error_bounds_gap_fallback_and_lone_values():
     b = np.asarray(_thick_restart.error_bounds(theta, res, 4))
     # well separated: r^2 / gap with gap = distance less the neighbour's residual
     np.testing.assert_allclose(b[3], 1e-12 / (5.0 - 1.0005 - 1e-4), rtol=1e-9)
-    # a cluster not resolved by the residuals (gap 5e-4 - 1e-4 > r): r^2/gap
-    np.testing.assert_allclose(b[1], 1e-8 / (5e-4 - 1e-4), rtol=1e-9)
+    # a gap estimate (4e-4) not ten times the residual (1e-4): the residual
+    np.testing.assert_allclose(b[1], 1e-4, rtol=1e-9)
     # the gap smaller than the residual: the residual itself
     tight = np.asarray(
         _thick_restart.error_bounds(jnp.array([1.0, 1.0001]), jnp.array([1e-3, 1e-3]), 2)
@@ -38,6 +38,23 @@ def test_error_bounds_gap_fallback_and_lone_values():
     # rounding is added to every valid bound
     shifted = np.asarray(_thick_restart.error_bounds(theta, res, 4, 1e-9))
     np.testing.assert_allclose(shifted, b + 1e-9)
+
+
+def test_error_bounds_need_enough_columns_for_the_quadratic_term():
+    # a 2-column space (a warm start after 2 HVPs): the gap to the second Ritz
+    # value is not known to be safe, so the bound is the residual
+    theta, res = jnp.array([0.80, 0.9026]), jnp.array([0.05, 3e-3])
+    few = np.asarray(_thick_restart.error_bounds(theta, res, 2, min_cols=6))
+    np.testing.assert_allclose(few[1], 3e-3)
+    enough = np.asarray(_thick_restart.error_bounds(theta, res, 2, min_cols=2))
+    assert enough[1] < 3e-3 / 10
+
+
+def test_error_bounds_add_the_product_floor():
+    theta, res = jnp.array([0.0, 5.0]), jnp.array([1e-6, 1e-6])
+    b = np.asarray(_thick_restart.error_bounds(theta, res, 2, floor=1e-4))
+    # the residual grows by twice the floor, and the floor is added on top
+    np.testing.assert_allclose(b[1], (1e-6 + 2e-4) ** 2 / (5 - 1e-6 - 2e-4) + 1e-4, rtol=1e-9)
 
 
 def test_restarts_keep_the_answer_exact():

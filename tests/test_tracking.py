@@ -41,9 +41,12 @@ def test_warm_starts_along_gradient_descent_are_cheaper_and_certified():
             warm.append(int(record.num_matvecs) - record.trace.num_matvecs)
             if step == 7:
                 traced = loss.count
-    # a cold start of this small model needs 5-6 HVPs, a warm one 3-4 (on the
-    # 85k-parameter digits MLP of the benchmarks, 6-7 against 2)
-    assert sum(warm[1:]) <= 0.7 * sum(cold[1:]), (warm, cold)
+    # a cold start of this small model needs 6 HVPs and its completeness check
+    # 6 more. A warm start used to stop after 3-4 on a quadratic bound its
+    # 3-4-column space could not support (issue 19); now the quadratic term
+    # needs 6 columns of its own, and the warm start saves only where the
+    # cold solve needs more than that: it must never cost more
+    assert sum(warm[1:]) <= sum(cold[1:]), (warm, cold)
     assert loss.count == traced  # the later calls compiled nothing new
 
 
