@@ -309,7 +309,7 @@ def certified(lm, out, run, key, cfg, rtol, atol, bd_tol) -> tuple[dict, dict]:
     spent, extra, complete = int(out["num_matvecs"]), 0, None
     for attempt in range(2):
         steps = check_steps(int(out["num_matvecs"]), lm.n, k)
-        if not bool(out["converged"]) or steps == 0 or cfg.kind != "bounds":
+        if not bool(out["converged"]) or steps == 0:
             break
         key, sub = jax.random.split(key)
         low, high, found = completeness(lm, out["vectors"], sub, bd_tol, steps=steps, acc=cfg.acc)

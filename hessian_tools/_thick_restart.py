@@ -12,8 +12,8 @@ program (which also works inside ``jax.jit``), or run from Python one
 compiled step at a time for products that are slow in compiled loops.
 
 Acceptance (``Criterion``): every wanted pair's a-posteriori error bound
-(``error_bounds``) at most ``max(rtol |theta|, atol)``; or, for the
-deprecated ``tol`` of earlier releases, every residual at most ``tol ||A||``.
+(``_certify.error_bounds``) at most ``max(rtol |theta|, atol)``, or within
+the rounding level that nothing below can be certified.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from jax import lax
 
 from hessian_tools import _certify, _krylov
 from hessian_tools._certify import error_bounds
-from hessian_tools._checks import check_accumulate_dtype, check_int, is_traced
+from hessian_tools._checks import as_key, check_accumulate_dtype, check_int, is_traced
 from hessian_tools._driver import drive
 from hessian_tools._operator import apply_batched
 from hessian_tools._progress import progress_bar
@@ -48,16 +48,13 @@ __all__ = [
 
 
 class Criterion(NamedTuple):
-    """When a Ritz pair is accepted. ``kind`` is static: "bounds" (error
-    bound <= max(rtol |theta|, atol, floor ||A||)) or "residual" (residual
-    <= tol ||A||, the rule of earlier releases). ``||A||`` is estimated by
-    the largest |Ritz value| seen."""
+    """When a Ritz pair is accepted: its error bound is at most
+    ``max(rtol |theta|, atol, 3 (floor ||A|| + measured floor))``, ``||A||``
+    estimated by the largest |Ritz value| seen (arrays, traced)."""
 
-    kind: str
     rtol: Any
     atol: Any
     floor: Any
-    tol: Any
 
 
 def wanted_positions(cols: Any, k: int, which: str) -> jax.Array:
@@ -88,18 +85,14 @@ def _accepted(theta, res, cols, norm, k, which, crit: Criterion, dtype, floor=0.
     met, as nothing better can be certified (``_certify.verdict`` says whether
     that met the user's tolerance)."""
     pos = wanted_positions(cols, k, which)
-    if crit.kind == "residual":
-        ok = res[pos] <= crit.tol * norm
-    else:
-        bounds = error_bounds(
-            theta, res, cols, _rounding(norm, dtype), min_cols=_certify.min_columns(k), floor=floor
-        )
-        limit = jnp.maximum(
-            jnp.maximum(crit.rtol * jnp.abs(theta[pos]), crit.atol),
-            3 * (crit.floor * norm + floor),  # the solver's and the products' rounding
-        )
-        ok = bounds[pos] <= limit
-    return (cols >= k) & jnp.all(ok)
+    bounds = error_bounds(
+        theta, res, cols, _rounding(norm, dtype), min_cols=_certify.min_columns(k), floor=floor
+    )
+    limit = jnp.maximum(
+        jnp.maximum(crit.rtol * jnp.abs(theta[pos]), crit.atol),
+        3 * (crit.floor * norm + floor),  # the solver's and the products' rounding
+    )
+    return (cols >= k) & jnp.all(bounds[pos] <= limit)
 
 
 def _floor(s: _krylov.State, norm, n: int):
@@ -158,7 +151,6 @@ class Config(NamedTuple):
     m: int  # basis size
     budget: int  # products
     acc: Any  # dtype of the projected matrix
-    kind: str  # Criterion.kind
     n: int
     dtype: Any  # the operator's
 
@@ -171,15 +163,15 @@ class Config(NamedTuple):
 
 @functools.cache
 def _monitor(cfg: Config) -> Callable:
-    """``monitor(state, norm0, rtol, atol, floor, tol)``: are the wanted pairs
+    """``monitor(state, norm0, rtol, atol, floor)``: are the wanted pairs
     accepted after this step? One object per configuration (a static
     argument of compiled steps)."""
 
-    def monitor(s, norm0, rtol, atol, floor, tol):
+    def monitor(s, norm0, rtol, atol, floor):
         theta, _, res = _krylov.ritz(s)
         cols = s.num_columns
         norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
-        crit = Criterion(cfg.kind, rtol, atol, floor, tol)
+        crit = Criterion(rtol, atol, floor)
         measured = _floor(s, norm, cfg.n)
         return _accepted(theta, res, cols, norm, cfg.k, cfg.which, crit, cfg.dtype, measured)
 
@@ -198,7 +190,7 @@ def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, cfg: Config) -
     theta, u, res = _krylov.ritz(s)
     cols = s.num_columns
     norm = jnp.maximum(loop.norm, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
-    crit_ = Criterion(cfg.kind, *crit)
+    crit_ = Criterion(*crit)
     ok = _accepted(
         theta, res, cols, norm, cfg.k, cfg.which, crit_, cfg.dtype, _floor(s, norm, cfg.n)
     )
@@ -235,7 +227,7 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
         ]
         res = res.at[pos].set(jnp.sqrt(sum(squares)).astype(res.dtype))
         used = used + k
-    criterion = Criterion(cfg.kind, *crit)
+    criterion = Criterion(*crit)
     floor = _floor(s, loop.norm, cfg.n)
     rounding = _rounding(loop.norm, cfg.dtype)
     min_cols = _certify.min_columns(k)
@@ -260,8 +252,8 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
 def _solve(drv, v0, key, crit, breakdown_tol, *, cfg: Config, true_residuals: bool) -> dict:
     """Thick-restart Lanczos from ``v0`` on the driver ``drv`` (``_driver``):
     cycles of kernel steps, each ended by ``_end_cycle`` (accept or
-    restart). ``crit`` holds the criterion's arrays ``(rtol, atol, floor,
-    tol)``. Returns the dict of ``_finish``."""
+    restart). ``crit`` holds the criterion's arrays ``(rtol, atol, floor)``.
+    Returns the dict of ``_finish``."""
 
     def cycle(loop: _Loop) -> _Loop:
         start = loop.krylov.num_columns
@@ -324,14 +316,13 @@ def lanczos_eigenpairs(
     v0,
     rtol,
     atol,
-    tol,
     max_matvecs,
     max_basis,
     accumulate_dtype,
     true_residuals,
     progress,
 ) -> dict:
-    """Validate the options, run ``solve`` and return its results (Python
+    """Validate the options, run ``_solve`` and return its results (Python
     numbers when not traced); see ``hessian_tools.eigen.eigenpairs``.
 
     Raises:
@@ -352,16 +343,11 @@ def lanczos_eigenpairs(
     budget = max(1000, 50 * m) if max_matvecs is None else check_int("max_matvecs", max_matvecs)
     if budget < k:
         raise ValueError(f"max_matvecs must be >= k = {k} (one product per pair); got {budget}.")
-    key = jax.random.PRNGKey(0) if key is None else key
-    key, sub = jax.random.split(key)
+    key, sub = jax.random.split(as_key(key))
     start = _krylov.start_vector(lm, sub if v0 is None else None, v0)
-    if tol is not None:
-        kind, tol = "residual", float(tol)
-    else:
-        kind, tol = "bounds", 0.0
     rtol = default_rtol(lm.dtype) if rtol is None else rtol
-    cfg = Config(k, which, m, budget, acc, kind, n, jnp.dtype(lm.dtype))
-    crit = tuple(jnp.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype), tol))
+    cfg = Config(k, which, m, budget, acc, n, jnp.dtype(lm.dtype))
+    crit = tuple(jnp.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype)))
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
     traced = is_traced(start, lm.operands)
 

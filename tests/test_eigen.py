@@ -243,11 +243,9 @@ def test_symmetry_check():
         eigenpairs(skew, 1, method="lanczos", check_symmetry=True)
 
 
-def test_deprecated_tol_keeps_the_residual_rule():
-    a = sym_with_spectrum(SPECTRUM)
-    with pytest.warns(DeprecationWarning, match="rtol"):
-        r = eigenpairs(a, 2, method="lanczos", tol=1e-10)
-    assert r.converged and np.all(np.asarray(r.residuals) <= 1e-10 * 9 * 1.01)
+def test_the_residual_tolerance_of_earlier_versions_is_gone():
+    with pytest.raises(TypeError, match="tol"):  # no deprecation shims before 1.0
+        eigenpairs(sym_with_spectrum(SPECTRUM), 2, method="lanczos", tol=1e-10)
 
 
 def test_bad_input():
