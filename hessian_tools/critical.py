@@ -70,8 +70,15 @@ class CriticalPoint:
             standard error over probes plus half the quadrature's bias
             bracket (``index_bracket``), so ``index +- 2 index_stderr``
             covers the exact index (calibrated on three models, see
-            ``tests/test_critical.py``).
+            ``tests/test_critical.py``). ``inf`` when the index was not
+            estimated (by default at a not-critical point on the Lanczos
+            path): ``index`` is then the count of negative eigenvalues
+            found, a lower bound.
         num_variables: n, the number of variables (see ``n``).
+        num_matvecs: HVPs spent in all (the dense Hessian's n, or the
+            eigenpairs' plus the index estimate's).
+        index_matvecs: HVPs of them spent on the index estimate (its
+            spectral density); 0 when there was none.
     """
 
     x: PyTree
@@ -87,6 +94,8 @@ class CriticalPoint:
     exact: bool = dataclasses.field(default=True, metadata=dict(static=True))
     index_stderr: float = dataclasses.field(default=0.0, metadata=dict(static=True))
     num_variables: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    num_matvecs: int = dataclasses.field(default=0, metadata=dict(static=True))
+    index_matvecs: int = dataclasses.field(default=0, metadata=dict(static=True))
 
     @property
     def n(self) -> int:
@@ -114,8 +123,9 @@ def _eps(dtype: Any) -> float:
     return float(np.finfo(np.dtype(dtype)).eps)
 
 
-def default_rtol(dtype: Any) -> float:
-    """sqrt(eps): 1.5e-8 in float64, 3.5e-4 in float32."""
+def default_zero_rtol(dtype: Any) -> float:
+    """The default threshold below which an eigenvalue counts as zero,
+    relative to ||H||: sqrt(eps), 1.5e-8 in float64, 3.5e-4 in float32."""
     return float(np.sqrt(_eps(dtype)))
 
 
@@ -189,10 +199,10 @@ def _index_estimate(op, tol: float, key: Any, progress: bool) -> tuple[float, fl
     return mid.mean() * op.n, (stderr + half.mean() / 2) * op.n, density.num_matvecs
 
 
-def classify_cost(n: int, k: int) -> int:
-    """HVPs of ``classify``'s Lanczos path: k eigenpairs at each end plus the
+def classify_cost(n: int, k_per_end: int) -> int:
+    """HVPs of ``classify``'s Lanczos path: ``k_per_end`` eigenpairs at each end plus the
     default spectral density (for the index estimate)."""
-    kk = max(1, min(k, n // 2))
+    kk = max(1, min(k_per_end, n // 2))
     return lanczos_cost(n, 2 * kk, "both") + 1536
 
 
@@ -205,10 +215,11 @@ def classify(
     atol: float = 0.0,
     batches: Iterable | None = None,
     method: str = "auto",
-    k: int = 6,
+    k_per_end: int = 6,
     key: jax.Array | None = None,
     progress: bool = False,
     wrt: Any = None,
+    estimate_index: bool | None = None,
 ) -> CriticalPoint:
     """Classify ``x`` as a minimum, maximum, saddle, degenerate or not critical.
 
@@ -219,10 +230,10 @@ def classify(
     whether the Hessian is positive or negative semidefinite (a possible
     minimum or maximum; minima of networks with symmetries are of this
     kind). A gradient norm above ``grad_tol`` makes the point
-    "not_critical" whatever its Hessian; the eigenvalues and index are still
-    reported. Gradient-flat points (``H g ~ 0`` but ``g != 0``), where
-    minimising ``||grad f||^2`` often ends, are therefore never reported as
-    critical.
+    "not_critical" whatever its Hessian; the eigenvalues are still reported,
+    and the index is estimated only when asked (``estimate_index=True``).
+    Gradient-flat points (``H g ~ 0`` but ``g != 0``), where minimising
+    ``||grad f||^2`` often ends, are therefore never reported as critical.
 
     Args:
         f: scalar loss ``f(x, *args)``.
@@ -233,24 +244,34 @@ def classify(
         atol: absolute eigenvalue tolerance (default 0, which keeps labels
             invariant under f -> c f).
         batches: as in ``HessianOperator``: classify the mean loss.
-        method: "dense" (all n eigenvalues, n HVPs), "lanczos" (k extreme
+        method: "dense" (all n eigenvalues, n HVPs), "lanczos" (``k_per_end``
             eigenpairs at each end decide the kind; the index is estimated
             from the spectral density, ``index_stderr`` gives its standard
             error, ``num_zero`` is a lower bound and ``exact`` is False) or
             "auto" (dense only where it costs no more HVPs than the Lanczos
             path, ``classify_cost``: n up to about 1,800).
-        k: eigenpairs per end for the Lanczos path.
+        k_per_end: eigenpairs at each end for the Lanczos path (``2 k_per_end``
+            in all, ``eigenpairs(..., which="both")``).
         key: PRNG key for the Lanczos path.
         progress: show progress bars (the dense Hessian, or the Lanczos and
             density work).
         wrt: classify with respect to a block of the variables only (as in
             ``HessianOperator``), the others held fixed.
+        estimate_index: on the Lanczos path, where the extremes show both
+            signs, estimate the index from the spectral density (about 1,536
+            HVPs, reported in ``index_matvecs``). None (default): only at a
+            critical point, where the index means something; at a
+            not-critical point ``index`` is then the negative count found
+            (a lower bound, ``index_stderr = inf``). True: always; False:
+            never.
 
     Returns:
         A ``CriticalPoint``.
 
-    Cost: one gradient plus n HVPs (dense), or ``classify_cost(n, k)``
-    HVPs, about 1,800 with the defaults (Lanczos).
+    Cost: one gradient plus n HVPs (dense), or the eigenpairs' HVPs plus,
+    at a critical saddle, the index estimate's (``classify_cost(n,
+    k_per_end)``, about 1,800 with the defaults, bounds both); the result's
+    ``num_matvecs`` says what was spent.
 
     Raises:
         ValueError: non-scalar loss or bad method.
@@ -261,30 +282,37 @@ def classify(
     value, grad = op.value_and_grad()
     grad_norm = norm(grad)
     dense = method == "dense" or (
-        method == "auto" and dense_is_cheaper(op.n, classify_cost(op.n, k), explicit=False)
+        method == "auto" and dense_is_cheaper(op.n, classify_cost(op.n, k_per_end), explicit=False)
     )
     if dense:
         eigs = jnp.linalg.eigvalsh(op.to_dense(progress=progress))
         hess_norm = float(jnp.max(jnp.abs(eigs)))
+        spent = op.n
     else:
         key = as_key(key)
         k_eig, k_density = jax.random.split(key)
-        kk = max(1, min(k, op.n // 2))
+        kk = max(1, min(k_per_end, op.n // 2))
         ep = eigenpairs(op, 2 * kk, which="both", key=k_eig, method="lanczos", progress=progress)
         eigs = jnp.sort(ep.values)
         hess_norm = max(float(jnp.max(jnp.abs(eigs))), float(ep.norm_estimate))
+        spent = int(ep.num_matvecs)
     eigs_np = np.asarray(eigs, dtype=float)
-    rtol = default_rtol(op.dtype) if rtol is None else float(rtol)
+    rtol = default_zero_rtol(op.dtype) if rtol is None else float(rtol)
     tol = max(float(atol), rtol * hess_norm)
     if grad_tol is None:
         grad_tol = default_grad_tol(op.dtype, hess_norm, float(norm(op.variables)))
     neg, zero, pos = _inertia(eigs_np, tol)
-    index, index_stderr = neg, 0.0
+    critical = float(grad_norm) <= grad_tol
+    index, index_stderr, index_spent = neg, 0.0, 0
     if not dense and neg and pos:
-        # the extremes decide the kind; the count in between is estimated
-        estimate, index_stderr, _ = _index_estimate(op, tol, k_density, progress)
-        index = int(min(op.n - pos, max(neg, round(estimate))))
-    kind = _kind(neg, zero, pos) if float(grad_norm) <= grad_tol else "not_critical"
+        # the extremes decide the kind; the count in between is estimated,
+        # by default only where it means something (at a critical point)
+        if estimate_index or (estimate_index is None and critical):
+            estimate, index_stderr, index_spent = _index_estimate(op, tol, k_density, progress)
+            index = int(min(op.n - pos, max(neg, round(estimate))))
+        else:
+            index_stderr = float("inf")  # a lower bound: the negatives found
+    kind = _kind(neg, zero, pos) if critical else "not_critical"
     return CriticalPoint(
         x=x,
         value=value,
@@ -299,6 +327,8 @@ def classify(
         exact=dense,
         index_stderr=float(index_stderr),
         num_variables=op.n,
+        num_matvecs=spent + int(index_spent),
+        index_matvecs=int(index_spent),
     )
 
 

@@ -139,17 +139,15 @@ def test_random_direction_without_a_known_layout_names_the_option():
 @pytest.mark.slow  # compiles classify's Lanczos path
 def test_classification_counts_the_density_only_where_classify_runs_it():
     # n = 3000: classify's Lanczos path; at a minimum it runs no spectral
-    # density, so its HVP estimate is the eigenpairs' alone
-    from hessian_tools.critical import classify_cost
-    from hessian_tools.eigen import lanczos_cost
-
+    # density (1,536 HVPs alone), and the part reports the HVPs classify
+    # counted (465 here, where the old estimate said 240)
     n = 3000
     loss = lambda p, a: 0.5 * jnp.sum(a * p**2)
     problem = ht.Problem(loss, jnp.zeros(n), args=(jnp.linspace(1.0, 10.0, n),))
     result = Analysis(problem, _part.Settings()).compute("classification", {})
     assert result.results["kind"] == "minimum" and not result.results["exact"]
-    assert result.matvecs_estimated
-    assert result.num_matvecs == lanczos_cost(n, 12, "both") < classify_cost(n, 6)
+    assert not result.matvecs_estimated
+    assert 0 < result.num_matvecs < 1536
 
 
 def test_every_part_is_one_complete_record():

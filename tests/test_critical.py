@@ -358,3 +358,25 @@ def test_index_uncertainty_covers_the_quadrature_bias(model):
     estimate, sigma, _ = _index_estimate(op, tol, jax.random.PRNGKey(0), False)
     assert abs(estimate - exact) <= 2 * sigma, (estimate, sigma, exact)
     assert sigma < 0.1 * op.n  # still informative
+
+
+def test_classify_does_no_work_the_answer_does_not_need():
+    # issue 20: at a point that is not critical the default spends no index
+    # estimate (1,536 HVPs of spectral density); the result reports its HVPs
+    from _util import transformer_loss, transformer_problem
+
+    params, tokens = transformer_problem()
+    kwargs = dict(method="lanczos", key=0)
+    cheap = ht.classify(transformer_loss, params, tokens, **kwargs)
+    assert cheap.kind == "not_critical"  # a random initialisation
+    assert cheap.index_matvecs == 0 and cheap.index_stderr == np.inf
+    assert 0 < cheap.num_matvecs <= ht.critical.classify_cost(cheap.n, 6) - 1536
+    w = np.linalg.eigvalsh(
+        np.asarray(ht.HessianOperator(transformer_loss, params, tokens).to_dense())
+    )
+    assert cheap.index <= int(np.sum(w < -cheap.tol))  # a lower bound: the negatives found
+    asked = ht.classify(transformer_loss, params, tokens, estimate_index=True, **kwargs)
+    assert asked.index_matvecs > 0 and np.isfinite(asked.index_stderr)
+    assert asked.num_matvecs == cheap.num_matvecs + asked.index_matvecs
+    dense = ht.classify(transformer_loss, params, tokens, method="dense")
+    assert dense.num_matvecs == dense.n and dense.index_matvecs == 0

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from hessian_tools.cli._part import Computed, Part, PartResult, floats, pm
-from hessian_tools.critical import classify, classify_cost
+from hessian_tools.critical import classify
 from hessian_tools.density import spectral_density
-from hessian_tools.eigen import eigenpairs, lanczos_cost
+from hessian_tools.eigen import eigenpairs
 from hessian_tools.estimators import trace
 
 __all__ = ["CLASSIFICATION", "DENSITY", "EIGENVALUES", "POINT", "TRACE"]
@@ -57,7 +57,8 @@ def _classification(an: Any, key: Any, done: dict, progress: bool, checkpoint: A
     results = {
         "kind": cp.kind,
         "index": int(cp.index),
-        "index_stderr": float(cp.index_stderr),
+        # inf where the index was not estimated (a not-critical point): null
+        "index_stderr": float(cp.index_stderr) if np.isfinite(cp.index_stderr) else None,
         "exact": bool(cp.exact),
         "num_zero": int(cp.num_zero),
         "definiteness": cp.definiteness,
@@ -65,24 +66,20 @@ def _classification(an: Any, key: Any, done: dict, progress: bool, checkpoint: A
         "grad_tol": float(cp.grad_tol),
     }
     arrays = {"eigenvalues": np.asarray(cp.eigenvalues)}
-    if cp.exact:  # the dense Hessian: n HVPs, and every eigenvalue
-        return Computed(results, arrays, an.n)
-    # classify does not report its count: its documented estimate, which
-    # includes the spectral density that it runs only for an indefinite
-    # Hessian (the index is then estimated from it)
-    k = max(1, min(6, an.n // 2))  # classify's default k = 6 per end
-    spent = (
-        classify_cost(an.n, k)
-        if cp.definiteness == "indefinite"
-        else lanczos_cost(an.n, 2 * k, "both")
-    )
-    return Computed(results, arrays, spent, True)
+    return Computed(results, arrays, int(cp.num_matvecs))
 
 
 def _classification_rows(s: dict) -> list:
     c = s["classification"]
-    index = str(c["index"]) if c["exact"] else f"≈ {c['index']} ± {c['index_stderr']:.2g}"
-    return [("kind", c["kind"]), ("index", index)]
+    return [("kind", c["kind"]), ("index", _index_text(c))]
+
+
+def _index_text(c: dict) -> str:
+    if c["exact"]:
+        return str(c["index"])
+    if c["index_stderr"] is None:  # not estimated: the negatives found
+        return f"≥ {c['index']}"
+    return f"≈ {c['index']} ± {c['index_stderr']:.2g}"
 
 
 def _classification_section(s: dict) -> list:
@@ -90,11 +87,14 @@ def _classification_section(s: dict) -> list:
     how = (
         "from all n eigenvalues of the dense Hessian"
         if c["exact"]
+        else "the kind from the extreme eigenvalues, the index not estimated at a point that "
+        "is not critical (a lower bound: the negative eigenvalues found)"
+        if c["index_stderr"] is None
         else f"the kind from the extreme eigenvalues, the index estimated from the spectral "
         f"density (standard error {c['index_stderr']:.2g})"
     )
     return [
-        f"{c['kind']} ({c['definiteness']} Hessian), index {c['index']}, {how}. "
+        f"{c['kind']} ({c['definiteness']} Hessian), index {_index_text(c)}, {how}. "
         f"An eigenvalue counts as zero within tol = {c['tol']:.3g}; the point is "
         f"critical when the gradient norm is at most {c['grad_tol']:.3g}."
     ]
@@ -117,7 +117,7 @@ CLASSIFICATION = Part(
 def _eigenvalues(an: Any, key: Any, done: dict, progress: bool, checkpoint: Any) -> Computed:
     # One solve for both ends (which="both": one dense Hessian, or one
     # Krylov space), which with the default top_k = 6 is also the solver
-    # that classify compiled for its k = 6 eigenpairs per end.
+    # that classify compiled for its k_per_end = 6 eigenpairs at each end.
     if an.n == 1:
         ep = eigenpairs(an.op, 1, key=key, progress=progress)
         k, ends = 1, {"largest": [0], "smallest": [0]}
