@@ -46,7 +46,8 @@ __all__ = [
     "write_json",
 ]
 
-PART_FORMAT = "hessian_tools.analyze.part/1"
+# 2: the slices scale each eigenvector to the random direction's loss rise
+PART_FORMAT = "hessian_tools.analyze.part/2"
 
 
 class ReportError(OSError):
