@@ -30,7 +30,9 @@ class Problem:
         name: shown in the report (default: the loss's name).
         filter_axis: the filter axis of the weights for the filter-normalised
             random direction, as in ``landscape.random_direction``; needed
-            only when the weights are named neither ``kernel`` (Flax) nor
+            only where the model cannot tell it (``landscape.filter_axes``
+            reads it from the contractions; an embedding table cannot be
+            read) and the weights are named neither ``kernel`` (Flax) nor
             ``weight`` (Equinox, PyTorch style).
 
     Example, a file ``model.py`` for ``hessian-tools analyze model.py:make``::

@@ -123,7 +123,8 @@ def haiku_loss(params, x, y):
 
 def haiku_mlp(steps=40):
     """A Haiku-style dict model (``w`` is (in, out), names that do not tell
-    the layout: filter_axis=-1), a 64-32-10 tanh MLP trained briefly."""
+    the layout: the filter axes are read from the model), a 64-32-10 tanh
+    MLP trained briefly."""
     k1, k2 = jax.random.split(jax.random.PRNGKey(1))
     x, y = _digits()
     params = {
@@ -137,4 +138,4 @@ def haiku_mlp(steps=40):
         },
     }
     params = _trained(haiku_loss, params, (x, y), steps)
-    return ht.Problem(haiku_loss, params, args=(x, y), name="Haiku-style MLP", filter_axis=-1)
+    return ht.Problem(haiku_loss, params, args=(x, y), name="Haiku-style MLP")

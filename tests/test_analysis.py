@@ -136,6 +136,20 @@ def test_random_direction_without_a_known_layout_names_the_option():
     assert random_direction(given)[1] == "filter"
 
 
+def test_random_direction_reads_the_filter_axes_from_the_model():
+    # Haiku's w is (in, out), a PyTorch-style dict's (out, in): no option needed
+    x = jnp.ones((5, 3))
+    haiku = lambda p, x: jnp.sum(jnp.tanh(x @ p["w"]))
+    torch = lambda p, x: jnp.sum(jnp.tanh(x @ p["w"].T))
+    w = jnp.arange(1.0, 7.0).reshape(3, 2)
+    for loss, params, axis in ((haiku, {"w": w}, -1), (torch, {"w": w.T}, 0)):
+        read = random_direction(Analysis(ht.Problem(loss, params, args=(x,)), _part.Settings()))
+        named = random_direction(
+            Analysis(ht.Problem(loss, params, args=(x,)), _part.Settings(filter_axis=axis))
+        )
+        np.testing.assert_allclose(read[0], named[0], rtol=1e-6)
+
+
 @pytest.mark.slow  # compiles classify's Lanczos path
 def test_classification_counts_the_density_only_where_classify_runs_it():
     # n = 3000: classify's Lanczos path; at a minimum it runs no spectral
@@ -146,7 +160,6 @@ def test_classification_counts_the_density_only_where_classify_runs_it():
     problem = ht.Problem(loss, jnp.zeros(n), args=(jnp.linspace(1.0, 10.0, n),))
     result = Analysis(problem, _part.Settings()).compute("classification", {})
     assert result.results["kind"] == "minimum" and not result.results["exact"]
-    assert not result.matvecs_estimated
     assert 0 < result.num_matvecs < 1536
 
 

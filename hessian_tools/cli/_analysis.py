@@ -107,6 +107,4 @@ class Analysis:
         key = part_key(self.settings.seed, part)
         out = PARTS[part].compute(self, key, done, progress, checkpoint)
         seconds = time.perf_counter() - t0
-        return PartResult(
-            part, out.results, out.arrays, int(out.num_matvecs), seconds, out.matvecs_estimated
-        )
+        return PartResult(part, out.results, out.arrays, int(out.num_matvecs), seconds)

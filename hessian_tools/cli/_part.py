@@ -102,10 +102,8 @@ class PartResult:
         part: its name (a key of ``_analysis.PARTS``).
         results: JSON-ready numbers (floats, ints, strings, lists, dicts).
         arrays: name -> numpy array (eigenvectors, densities, slices).
-        num_matvecs: HVPs spent (for "classification" on the Lanczos path,
-            the library's estimate ``classify_cost``: see ``matvecs_estimated``).
+        num_matvecs: HVPs spent (counted by the library's functions).
         seconds: wall-clock time it took when it was computed.
-        matvecs_estimated: ``num_matvecs`` is an estimate, not a count.
     """
 
     part: str
@@ -113,7 +111,6 @@ class PartResult:
     arrays: dict
     num_matvecs: int
     seconds: float
-    matvecs_estimated: bool = False
 
 
 class Computed(NamedTuple):
@@ -122,7 +119,6 @@ class Computed(NamedTuple):
     results: dict
     arrays: dict
     num_matvecs: int
-    matvecs_estimated: bool = False
 
 
 def _own_results(part: str, result: PartResult) -> dict:

@@ -24,7 +24,10 @@ def random_direction(an: Any) -> tuple[np.ndarray, str]:
 
     Biases are zeroed (Li et al.'s default) unless every variable is a
     vector (a toy problem), which is then scaled as one filter; where params
-    are zero, so that no scale can be taken, a unit direction.
+    are zero, so that no scale can be taken, a unit direction. The filter
+    axes are, in this order: ``--filter-axis``, ``Problem.filter_axis``,
+    those read from the model (``landscape.filter_axes``: Haiku- and
+    PyTorch-style dicts need no option), the leaves' names.
 
     Raises:
         ProblemError: the weights' filter axis cannot be told (the message
@@ -32,6 +35,8 @@ def random_direction(an: Any) -> tuple[np.ndarray, str]:
     """
     p, s = an.problem, an.settings
     axis = s.filter_axis if s.filter_axis is not None else p.filter_axis
+    if axis is None:
+        axis = _model_axes(p)
     key = part_key(s.seed, "random_direction")
     weights = any(np.ndim(leaf) >= 2 for leaf in jax.tree.leaves(an.op.variables))
     try:
@@ -50,6 +55,16 @@ def random_direction(an: Any) -> tuple[np.ndarray, str]:
         )
         return flat / np.linalg.norm(flat), "unit (params are zero)"
     return np.asarray(an.op.ravel(d)), label
+
+
+def _model_axes(p: Any) -> Any:
+    """The filter axes read from the model, or None (the name rule) where
+    it cannot decide a leaf (an embedding table, say)."""
+    args = p.args if p.batches is None else (*p.args, *p.batches[0])
+    try:
+        return landscape.filter_axes(p.loss, p.params, *args)
+    except ValueError:
+        return None
 
 
 def _unit_eigenvector(done: dict, which: str) -> np.ndarray:

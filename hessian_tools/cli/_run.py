@@ -65,7 +65,6 @@ def summary(
         out.update(PARTS[part].summary_entries(result))
     spent = {part: r.num_matvecs for part, r in done.items()}
     out["num_matvecs"] = {**spent, "total": sum(spent.values())}
-    out["num_matvecs_estimated"] = [p for p, r in done.items() if r.matvecs_estimated]
     out["seconds"] = {part: r.seconds for part, r in done.items()}
     out["parts"] = list(done)
     out["figures"] = [PARTS[p].figure for p in done if PARTS[p].figure]
@@ -78,7 +77,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """(quantity, value) rows of the short summary table."""
     rows = [row for part in s["parts"] for row in PARTS[part].rows(s)]
     total = s["num_matvecs"]["total"]
-    rows.append(("HVPs", f"{'≈ ' if s['num_matvecs_estimated'] else ''}{total:,}"))
+    rows.append(("HVPs", f"{total:,}"))
     return rows
 
 
@@ -116,18 +115,9 @@ def sections(s: dict[str, Any], folder: Path, prefix: str = "", level: int = 2) 
             out[-1] = dataclasses.replace(out[-1], items=[*out[-1].items, *items])
         else:
             out.append(Section(part.heading, items, level + 1))
-    est = set(s["num_matvecs_estimated"])
-    rows = [
-        (p, f"{'≈ ' if p in est else ''}{s['num_matvecs'][p]:,}", f"{s['seconds'][p]:.2f}")
-        for p in s["parts"]
-    ]
-    rows.append(("total", f"{'≈ ' if est else ''}{s['num_matvecs']['total']:,}", ""))
+    rows = [(p, f"{s['num_matvecs'][p]:,}", f"{s['seconds'][p]:.2f}") for p in s["parts"]]
+    rows.append(("total", f"{s['num_matvecs']['total']:,}", ""))
     items = [Table(("part", "HVPs", "seconds"), rows)]
-    if est:
-        items.append(
-            "≈: classify does not report its HVP count on the Lanczos path; this is its "
-            "documented estimate (classify_cost)."
-        )
     out.append(Section("HVPs spent per part", items, level + 1))
     return out
 
@@ -202,7 +192,7 @@ def run_analysis(
             write_report(folder, summary(problem, analysis.n, settings, done))
             reported = len(done)
             if fresh:
-                hvps = f"{'≈ ' if result.matvecs_estimated else ''}{result.num_matvecs:,} HVPs"
+                hvps = f"{result.num_matvecs:,} HVPs"
                 # a log file gets one line per part, a terminal two (around the bars)
                 lead = " " * len(step) + " " if progress else f"{step}:"
                 log(f"{lead} done in {result.seconds:.1f} s, {hvps}")

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 # 2: the slices scale each eigenvector to the random direction's loss rise
-PART_FORMAT = "hessian_tools.analyze.part/2"
+PART_FORMAT = "hessian_tools.analyze.part/3"
 
 
 class ReportError(OSError):
@@ -287,7 +287,6 @@ class PartStore:
             arrays,
             record["num_matvecs"],
             record["seconds"],
-            record["matvecs_estimated"],
         )
 
     def save(self, result: PartResult, settings: dict) -> None:
@@ -309,7 +308,6 @@ class PartStore:
             "results": result.results,
             "arrays": sorted(result.arrays),
             "num_matvecs": result.num_matvecs,
-            "matvecs_estimated": result.matvecs_estimated,
             "seconds": result.seconds,
         }
         write_json(self.parts / f"{result.part}.json", record)
