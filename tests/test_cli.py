@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -33,11 +34,16 @@ TARGETS = Path(__file__).resolve().parent / "analyze_targets.py"
 TOY = f"{TARGETS}:toy_saddle"
 # a trace budget below n = 15, so that the trace is a randomised estimate
 OPTIONS = ["--x64", "--grid", "9", "--trace-matvecs", "8"]
-ENV = {**os.environ, "MPLBACKEND": "Agg"}
+# the CLI's persistent compilation cache goes to a folder of the test run's own
+ENV = {**os.environ, "MPLBACKEND": "Agg", "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="ht-cache-")}
 
 
 def _main(argv):
-    """(status, stdout, stderr) of the command run in this process."""
+    """(status, stdout, stderr) of the command run in this process, without
+    the persistent compilation cache (a global JAX option: it would stay on
+    for the rest of the test session)."""
+    if argv and argv[0] in ("analyze", "demo") and "--compile-cache" not in argv:
+        argv = [*argv, "--no-compile-cache"]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = cli.main(argv)
@@ -494,3 +500,26 @@ def test_unknown_problem_exits_non_zero_naming_the_known_ones(tmp_path):
     for known in TOY_2D:
         assert known in run.stderr
     assert not list(tmp_path.iterdir())  # nothing computed, nothing written
+
+
+# --------------------------------------------------------------------------
+# The persistent compilation cache (an application's choice, so the CLI's)
+
+
+def test_the_cli_caches_compiled_programs_and_a_second_run_loads_them(tmp_path):
+    cache = tmp_path / "cache"
+    argv = ["analyze", TOY, "--parts", "point,trace", "--quiet", *OPTIONS]
+    first = _cli(*argv, "--out", str(tmp_path / "a"), "--compile-cache", str(cache), timeout=180)
+    assert first.returncode == 0, first.stderr
+    entries = {p.name for p in cache.iterdir()}
+    assert entries, "nothing was cached"
+    second = _cli(*argv, "--out", str(tmp_path / "b"), "--compile-cache", str(cache), timeout=180)
+    assert second.returncode == 0 and {p.name for p in cache.iterdir()} == entries  # all reused
+    off = _cli(*argv, "--out", str(tmp_path / "c"), "--no-compile-cache", timeout=180)
+    assert off.returncode == 0
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the folder should be: not writable as a folder
+    warned = _cli(*argv, "--out", str(tmp_path / "d"), "--compile-cache", str(blocked / "x"))
+    assert warned.returncode == 0 and "cannot be written" in warned.stderr
+    both = _cli("analyze", TOY, "--compile-cache", "x", "--no-compile-cache", timeout=60)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
