@@ -310,15 +310,18 @@ fig.tight_layout()
 # i-th largest. Until Lanczos has found every eigenvalue above the ones it
 # reports, a missed one shifts the ranks. Stopped early
 # (``max_matvecs=20``, so ``converged`` is False), the 12th Ritz value
-# is near the 13th eigenvalue, the 12th (0.092) not yet found, and its
-# error against the 12th exceeds its bound many times over. Read the bounds
-# as bounds on the i-th eigenvalue only when ``converged`` is True.
+# is near the 13th eigenvalue, the 12th (0.092) not yet found, and the
+# errors against the i-th eigenvalues exceed their bounds (up to about six
+# times here: the bounds are residual bounds while the Krylov space is this
+# small, and hold for *an* eigenvalue). Read the bounds as bounds on the
+# i-th eigenvalue only when ``converged`` is True, which also needs the
+# completeness check to have found nothing beyond the returned values.
 
 early = ht.eigenpairs(op, K, key=jax.random.PRNGKey(4), max_matvecs=20)
 error = np.abs(np.asarray(early.values, np.float64) - exact)
 excess = error / np.asarray(early.error_bounds, np.float64)
 print(f"max_matvecs=20: converged {bool(early.converged)}, max error / bound {excess.max():.0f}")
-assert not bool(early.converged) and excess.max() > 10
+assert not bool(early.converged) and excess.max() > 1
 # the 12th Ritz value sits on the 13th eigenvalue, far from the 12th
 assert (
     abs(float(early.values[11]) - exact[12])
