@@ -435,3 +435,59 @@ def as_jax(w: Workload, dtype=jnp.float32):
     if w.kind != "mlp":
         raise ValueError(f"as_jax is for the list-of-dicts MLPs; use problem() for {w.name}")
     return (p.params, *p.args)
+
+
+# --------------------------------------------------------------------------
+# A small causal transformer (plain JAX) on random tokens, for the bounds
+# benchmark (bounds.py): one pre-norm block, 2 heads, n = 2,672
+
+
+def transformer(dtype=jnp.float32, softmax_dtype=None, seed: int = 0) -> Problem:
+    """Next-token cross-entropy of a one-block causal transformer (vocab 12,
+    sequence 8, width 16, 2 heads, MLP 32; 16 random sequences), params drawn
+    in float32 and cast to ``dtype`` (so every dtype sees the same point).
+    ``softmax_dtype``: the attention softmax in that dtype, cast back (as
+    ``jax.nn.dot_product_attention`` and Flax attention compute it)."""
+    vocab, seq, width, hidden, heads = 12, 8, 16, 32, 2
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=None):
+        scale = 1 / np.sqrt(shape[0]) if scale is None else scale
+        return jnp.asarray(rng.normal(size=shape).astype(np.float32) * scale, dtype)
+
+    params = {
+        "embed": w(vocab, width, scale=1.0),
+        "pos": w(seq, width, scale=0.5),
+        "ln1": {"g": 1 + w(width, scale=0.1), "b": w(width, scale=0.1)},
+        "qkv": w(width, 3 * width),
+        "out": w(width, width),
+        "ln2": {"g": 1 + w(width, scale=0.1), "b": w(width, scale=0.1)},
+        "mlp": {"w1": w(width, hidden), "b1": w(hidden, scale=0.1), "w2": w(hidden, width)},
+        "head": w(width, vocab),
+    }
+    tokens = jnp.asarray(rng.integers(0, vocab, (16, seq + 1)))
+
+    def norm(x, p):
+        mu = jnp.mean(x, -1, keepdims=True)
+        var = jnp.mean((x - mu) ** 2, -1, keepdims=True)
+        return (x - mu) / jnp.sqrt(var + 1e-5) * p["g"] + p["b"]
+
+    def loss(params, tokens):
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        h = params["embed"][inputs] + params["pos"][None]
+        x = norm(h, params["ln1"])
+        q, k, v = (t.reshape(*t.shape[:2], heads, -1) for t in jnp.split(x @ params["qkv"], 3, -1))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(width // heads)
+        scores = jnp.where(np.tril(np.ones((seq, seq), bool)), scores, -1e9)
+        if softmax_dtype is None:
+            att = jax.nn.softmax(scores, axis=-1)
+        else:
+            att = jax.nn.softmax(scores.astype(softmax_dtype), axis=-1).astype(scores.dtype)
+        h = h + jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(h.shape) @ params["out"]
+        x = norm(h, params["ln2"])
+        m = params["mlp"]
+        h = h + jnp.tanh(x @ m["w1"] + m["b1"]) @ m["w2"]
+        logp = jax.nn.log_softmax(h @ params["head"])
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
+
+    return Problem(loss, params, (tokens,))
