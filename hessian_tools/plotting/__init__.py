@@ -9,9 +9,8 @@ each docstring. Inputs are duck-typed: a slice is anything with ``.alphas``
 needed); a spectral density anything with ``.grid`` and ``.density``.
 """
 
-from hessian_tools.plotting._common import NEGATIVE_COLOR
+from hessian_tools.plotting import _common, _critical
 from hessian_tools.plotting._critical import (
-    KIND_STYLES,
     plot_critical_points,
     plot_index_vs_loss,
     plot_trajectory,
@@ -28,6 +27,12 @@ from hessian_tools.plotting._spectrum import (
     plot_eigenvalues,
     plot_spectral_density,
 )
+
+#: One marker style per critical-point kind (keys of ``CriticalPoint.kind``).
+KIND_STYLES = _critical.KIND_STYLES
+
+#: Colour of negative eigenvalues and of the negative side of a spectrum.
+NEGATIVE_COLOR = _common.NEGATIVE_COLOR
 
 __all__ = [
     "KIND_STYLES",
