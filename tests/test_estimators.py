@@ -412,8 +412,10 @@ def test_bad_input_raises_clear_errors():
         trace(a, key=key, num_matvecs=10, rtol=-1.0)
     with pytest.raises(ValueError, match="square"):
         trace(jnp.ones((3, 4)), key=key)
-    with pytest.raises(ValueError, match="key"):
-        trace(a, key=None)
+    # the one key policy: None is PRNGKey(0), as everywhere; a float is refused
+    np.testing.assert_array_equal(trace(a, key=None).value, trace(a, key=0).value)
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        trace(a, key=1.5)
     with pytest.raises(TypeError, match="num_matvecs"):
         trace(a, key=key, num_matvecs=10.0)
     with pytest.raises(ValueError, match="chunk_size"):
