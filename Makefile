@@ -26,6 +26,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hessian-tools demo --x64 --out $(OUT)
 
+# the browser test's system packages (chromium, chromium-driver) are installed when missing
 test: $(STAMP)
 	bash .ci/system-packages.sh
 	$(PY) -m pytest
