@@ -95,8 +95,6 @@ class _Driver:
 class _Device(_Driver):
     """Loops compiled inside the algorithm's one program."""
 
-    host = False
-
     def __init__(self, lm: LinearMap, token: Any):
         self.lm, self.token = lm, token
         self.mv = _krylov.flat_product(lm)
@@ -137,8 +135,6 @@ class _Device(_Driver):
 
 class _Host(_Driver):
     """Loops driven from Python, one compiled step per kernel step."""
-
-    host = True
 
     def __init__(self, lm: LinearMap, bar: Any):
         self.lm, self.bar = lm, bar
