@@ -119,6 +119,16 @@ def _dense_sharding(tree: PyTree, n: int) -> Any:
     return None
 
 
+def _require_finite(*named: tuple[str, PyTree]) -> None:
+    """``FloatingPointError`` naming the first non-finite ``(name, tree)``.
+    Checked on the host with numpy: an eager ``jnp.isfinite`` per leaf
+    compiles two small programs per leaf shape, a second or more of a fresh
+    process's first call (measured on the 6-leaf W-mid MLP: 0.8 s)."""
+    for name, tree in named:
+        if not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree)):
+            require_finite(name, tree)  # raises, naming the leaf
+
+
 @jax.jit
 def _apply(lm: LinearMap, v: PyTree) -> PyTree:
     return lm.bind()(v)
@@ -369,8 +379,7 @@ class HessianOperator(CurvatureOperator):
         if check_finite and not is_traced(self.variables, self.data):
             with explain_nnx_errors("f"):  # e.g. a merge without copy=True
                 value, grad = self.value_and_grad()
-            require_finite("loss", value)
-            require_finite("gradient", grad)
+            _require_finite(("loss", value), ("gradient", grad))
 
     @property
     def args(self) -> tuple:
