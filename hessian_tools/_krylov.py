@@ -180,9 +180,16 @@ def init(v0: PyTree, num_columns: int, acc: Any) -> State:
         keep = nrm > 100 * eps * ref
         return set_row(basis, i, jax.tree.map(lambda x: jnp.where(keep, x, 0), q))
 
-    basis = lax.fori_loop(0, b, insert, basis) if b > 1 else insert(0, basis)
+    if b > 1:
+        basis = lax.fori_loop(0, b, insert, basis)
+    else:  # nothing to orthogonalise against: fewer kernels to compile
+        q, nrm = unit(get_rows(v0, 0), acc)
+        basis = set_row(basis, 0, jax.tree.map(lambda x: jnp.where(nrm > 0, x, 0), q))
     coeffs = jnp.zeros((rows, num_columns), acc)
-    return State(jnp.asarray(b, jnp.int32), basis, coeffs, jnp.zeros((), acc), jnp.asarray(RUNNING))
+    # a strong int32 status, as every step leaves it: a weakly typed one
+    # compiled the host driver's step twice
+    status = jnp.asarray(RUNNING, jnp.int32)
+    return State(jnp.asarray(b, jnp.int32), basis, coeffs, jnp.zeros((), acc), status)
 
 
 def _insert(carry, w, column, slot, acc, breakdown_tol, reorthogonalize):
