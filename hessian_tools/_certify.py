@@ -9,9 +9,10 @@ Three parts, each a guard against a failure seen in practice:
   already computed (the asymmetry of the projected matrix), added to every
   bound; ``verdict`` turns a tolerance below it (or below what the dtype can
   reach) into ``converged=False`` and one warning naming the cause.
-* ``completeness``: after a solve, a short Lanczos run from a fresh random
-  vector, deflated against the returned vectors, looks for an eigenvalue
-  beyond them that the solve's Krylov space missed.
+* ``certified``'s completeness check: after a solve, a short Lanczos run
+  from a fresh random vector, deflated against the returned vectors
+  (``deflated``; the same compiled program as the solve), looks for an
+  eigenvalue beyond them that the solve's Krylov space missed.
 """
 
 from __future__ import annotations
@@ -25,19 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools import _krylov
-from hessian_tools._driver import drive
 from hessian_tools._tree import basis_combine, basis_dot
 
 __all__ = [
     "GAP_SAFETY",
     "certified",
     "check_steps",
-    "completeness",
+    "deflated",
     "error_bounds",
     "min_columns",
     "missed",
     "product_floor",
+    "project",
     "verdict",
 ]
 
@@ -98,7 +98,7 @@ def error_bounds(
     start vector cannot split it) is certified as a whole: the bound is then
     on the distance to the cluster's interval. (ii) A bound says
     that *an* eigenvalue lies within it; that it is the i-th largest needs
-    the completeness check (``completeness``).
+    the completeness check (``certified``).
 
     Entries past ``cols`` (invalid Ritz values) are inf.
     """
@@ -212,26 +212,18 @@ def check_steps(used: int, n: int, k: int) -> int:
     return int(max(0, min(n - k, max(6, min(20, -(-15 * int(used) // 100))))))
 
 
-def completeness(lm, vectors, key, breakdown_tol, *, steps: int, acc: Any):
-    """Extreme Ritz values of ``P A P`` (``P`` the projector onto the
-    complement of the k returned vectors) after ``steps`` Lanczos products
-    from a fresh random vector. Costs ``steps`` HVPs.
-
-    Returns ``(lowest, highest, vectors)``: the extreme Ritz values and
-    their Ritz vectors (2 rows in the stored form). Were the returned pairs the k wanted
-    eigenpairs, every Ritz value of ``P A P`` would lie inside the rest of
-    the spectrum, so a value beyond the k-th returned one (by more than the
-    bounds) reveals an eigenvalue the solve missed (Courant-Fischer). The
-    check finds what ``steps`` Lanczos steps from a random start would find:
-    a missed eigenvalue well separated from the rest, not one hidden inside
-    a cluster; a negative outcome is evidence, not proof.
-    """
+def deflated(lm, locked: Any):
+    """``P A P`` as a ``LinearMap``, P the projector onto the complement of
+    the stacked vectors ``locked`` (leaves ``(k, *leaf.shape)``, orthonormal
+    rows or zero rows: zero rows leave ``A`` as it is). Its static parts are
+    the same for every ``locked`` of one shape, so that a solve (nothing
+    locked) and its completeness check (the returned vectors locked) run
+    one compiled program."""
     mv, prepare = _projected(lm.matvec, lm.prepare)
-    projected = dataclasses.replace(lm, matvec=mv, prepare=prepare, operands=(lm.operands, vectors))
-    return drive(_complete, projected, key, breakdown_tol, steps=steps, acc=acc)
+    return dataclasses.replace(lm, matvec=mv, prepare=prepare, operands=(lm.operands, locked))
 
 
-def _project(q: Any, v: Any) -> Any:
+def project(q: Any, v: Any) -> Any:
     """``v`` minus its components along the stacked vectors ``q``."""
     return jax.tree.map(jnp.subtract, v, basis_combine(basis_dot(q, v), q))
 
@@ -240,46 +232,19 @@ def _project(q: Any, v: Any) -> Any:
 def _projected(matvec, prepare):
     """``(matvec, prepare)`` of ``P A P``, P the projector onto the
     complement of the stacked vectors held as the last operand (one object
-    per product, so the compiled check is reused)."""
+    per product, so the compiled solver is reused)."""
 
     def projected_matvec(v, inner, q):
-        return _project(q, matvec(_project(q, v), *inner))
+        return project(q, matvec(project(q, v), *inner))
 
     if prepare is None:
         return projected_matvec, None
 
     def projected_prepare(inner, q):
         product = prepare(*inner)
-        return None if product is None else (lambda v: _project(q, product(_project(q, v))))
+        return None if product is None else (lambda v: project(q, product(project(q, v))))
 
     return projected_matvec, projected_prepare
-
-
-def _fresh_start(lm, key, *, num_columns: int, acc: Any) -> _krylov.State:
-    q = lm.operands[1]
-    leaves, treedef = jax.tree.flatten(q)
-    keys = jax.random.split(key, len(leaves))
-    fresh = jax.tree.unflatten(
-        treedef,
-        [jax.random.normal(kk, x.shape[1:], x.dtype) for kk, x in zip(keys, leaves, strict=True)],
-    )
-    fresh = _project(q, _project(q, fresh))
-    return _krylov.start(lm, jax.tree.map(lambda x: x[None], fresh), num_columns, acc)
-
-
-def _extremes(state: _krylov.State):
-    theta, u, _ = _krylov.ritz(state)
-    cols = jnp.maximum(state.num_columns, 1)
-    ends = jnp.stack([jnp.zeros_like(cols), cols - 1])
-    return theta[0], theta[cols - 1], _krylov.ritz_vectors(state, u[:, ends])
-
-
-def _complete(drv, key, breakdown_tol, *, steps: int, acc: Any):
-    """The check on the loop driver (``_driver``): a compiled loop, or
-    compiled steps for products slow in compiled loops."""
-    state = drv.call(_fresh_start, drv.lm, key, num_columns=steps, acc=acc)
-    state = drv.run(state, steps, acc=acc, breakdown_tol=breakdown_tol)
-    return drv.call(_extremes, state)
 
 
 def missed(values, bounds, residuals, floor, low, high, k: int, which: str) -> bool:
@@ -288,8 +253,9 @@ def missed(values, bounds, residuals, floor, low, high, k: int, which: str) -> b
     bounds allow: ``max bound + 2 ||residuals|| + floor`` (the returned
     vectors are eigenvectors only up to their residuals, which can raise a
     Rayleigh quotient of ``P A P`` by about twice their norm)."""
-    values = np.asarray(values, np.float64)
-    margin = float(np.max(bounds) + 2 * np.sqrt(np.sum(np.square(residuals))) + floor)
+    values = np.asarray(values, np.float64)  # numpy: no eager jax programs
+    bounds, residuals = np.asarray(bounds, np.float64), np.asarray(residuals, np.float64)
+    margin = float(np.max(bounds) + 2 * np.sqrt(np.sum(np.square(residuals))) + float(floor))
     top = {"largest": values, "smallest": values[:0], "both": values[k // 2 :]}[which]
     bottom = {"largest": values[:0], "smallest": values, "both": values[: k // 2]}[which]
     return bool(
@@ -298,13 +264,23 @@ def missed(values, bounds, residuals, floor, low, high, k: int, which: str) -> b
     )
 
 
-def certified(lm, out, run, key, cfg, rtol, atol, bd_tol) -> tuple[dict, dict]:
+def certified(lm, out, run, cfg, budget, rtol, atol) -> tuple[dict, dict]:
     """The completeness check after a converged solve (one more solve, warm
     started from the returned vectors plus the check's find, when it finds
     a missed eigenvalue), then ``verdict`` on the tolerances; warns once
-    when either fails. ``run(start, key, cfg)`` is the solve
-    (``_thick_restart.lanczos_eigenpairs``). Costs ``check_steps`` HVPs per
-    check.
+    when either fails. ``run(start, key, budget, locked=None, check=False)``
+    is the solve (from a random vector drawn from ``key`` when ``start`` is
+    None) (``_thick_restart.lanczos_eigenpairs``); the check is the
+    same compiled solve on the operator deflated against the returned
+    vectors (``deflated``), from a fresh random vector, accepting nothing:
+    after ``check_steps`` products its extreme Ritz values of ``P A P``
+    (Courant-Fischer: were the returned pairs the k wanted eigenpairs, every
+    one of them would lie inside the rest of the spectrum, so a value beyond
+    the k-th returned one, by more than the bounds, reveals an eigenvalue
+    the solve missed). It finds what ``check_steps`` Lanczos steps from a
+    random start would find: a missed eigenvalue well separated from the
+    rest, not one hidden inside a cluster; a negative outcome is evidence,
+    not proof.
 
     Returns:
         The solve's output dict and the counts for the result (Python values).
@@ -315,14 +291,15 @@ def certified(lm, out, run, key, cfg, rtol, atol, bd_tol) -> tuple[dict, dict]:
         steps = check_steps(int(out["num_matvecs"]), lm.n, k)
         if not bool(out["converged"]) or steps == 0:
             break
-        key, sub = jax.random.split(key)
-        low, high, found = completeness(lm, out["vectors"], sub, bd_tol, steps=steps, acc=cfg.acc)
-        extra += steps
+        # from a fresh random vector, drawn in the program from the solve's key
+        probe = run(None, out["key"], steps, locked=out["vectors"], check=True)
+        low, high, found = probe["low"], probe["high"], probe["ends"]
+        extra += int(probe["num_matvecs"])
         skipped = missed(
             out["values"], out["bounds"], out["residuals"], out["floor"], low, high, k, which
         )
         complete = not skipped
-        if complete or attempt == 1 or spent + k >= cfg.budget:
+        if complete or attempt == 1 or spent + k >= budget:
             break
         # warm start from the returned vectors and the missed direction: their
         # span is nearly invariant, so the new Krylov space holds all of them
@@ -331,7 +308,7 @@ def certified(lm, out, run, key, cfg, rtol, atol, bd_tol) -> tuple[dict, dict]:
         start = lm.layout.unflatten_leaves(
             jax.tree.map(lambda v, f, r=row: jnp.sum(v, axis=0) + 2 * f[r], flat, found)
         )
-        out = run(start, key, cfg._replace(budget=cfg.budget - spent - extra))
+        out = run(start, out["key"], budget - spent - extra)
         spent += int(out["num_matvecs"])
     ok, message = verdict(
         out["values"], out["bounds"], out["floor"], out["norm"], rtol, atol, cfg.dtype

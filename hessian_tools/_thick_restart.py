@@ -50,11 +50,15 @@ __all__ = [
 class Criterion(NamedTuple):
     """When a Ritz pair is accepted: its error bound is at most
     ``max(rtol |theta|, atol, 3 (floor ||A|| + measured floor))``, ``||A||``
-    estimated by the largest |Ritz value| seen (arrays, traced)."""
+    estimated by the largest |Ritz value| seen (arrays, traced). ``check``
+    (a bool array): a completeness check's run (``_certify``), which
+    accepts nothing and stops at a breakdown, so that it spends its budget
+    exploring the deflated operator."""
 
     rtol: Any
     atol: Any
     floor: Any
+    check: Any = False
 
 
 def wanted_positions(cols: Any, k: int, which: str) -> jax.Array:
@@ -92,7 +96,7 @@ def _accepted(theta, res, cols, norm, k, which, crit: Criterion, dtype, floor=0.
         jnp.maximum(crit.rtol * jnp.abs(theta[pos]), crit.atol),
         3 * (crit.floor * norm + floor),  # the solver's and the products' rounding
     )
-    return (cols >= k) & jnp.all(bounds[pos] <= limit)
+    return (cols >= k) & jnp.all(bounds[pos] <= limit) & ~jnp.asarray(crit.check)
 
 
 def _floor(s: _krylov.State, norm, n: int):
@@ -144,12 +148,12 @@ def _restart(s: _krylov.State, theta, u, key, *, keep: int, which: str, acc: Any
 
 
 class Config(NamedTuple):
-    """The static settings of a solve."""
+    """The static settings of a solve (the budget is an array, so that the
+    completeness check and a re-solve run the same compiled program)."""
 
     k: int
     which: str
     m: int  # basis size
-    budget: int  # products
     acc: Any  # dtype of the projected matrix
     n: int
     dtype: Any  # the operator's
@@ -163,29 +167,47 @@ class Config(NamedTuple):
 
 @functools.cache
 def _monitor(cfg: Config) -> Callable:
-    """``monitor(state, norm0, rtol, atol, floor)``: are the wanted pairs
+    """``monitor(state, norm0, *criterion)``: are the wanted pairs
     accepted after this step? One object per configuration (a static
     argument of compiled steps)."""
 
-    def monitor(s, norm0, rtol, atol, floor):
-        theta, _, res = _krylov.ritz(s)
-        cols = s.num_columns
-        norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
-        crit = Criterion(rtol, atol, floor)
-        measured = _floor(s, norm, cfg.n)
-        return _accepted(theta, res, cols, norm, cfg.k, cfg.which, crit, cfg.dtype, measured)
+    def monitor(s, norm0, *crit):
+        crit = Criterion(*crit)
+
+        def accepted():
+            theta, _, res = _krylov.ritz(s)
+            cols = s.num_columns
+            norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
+            measured = _floor(s, norm, cfg.n)
+            return _accepted(theta, res, cols, norm, cfg.k, cfg.which, crit, cfg.dtype, measured)
+
+        # a completeness check accepts nothing: skip the test's eigh per step
+        return lax.cond(jnp.asarray(crit.check), lambda: jnp.asarray(False), accepted)
 
     return monitor
 
 
-def _begin(lm, v0, key, cfg: Config) -> _Loop:
+def _begin(lm, v0, key, draw, cfg: Config) -> _Loop:
+    # the start vector: v0, or (``draw``) a Gaussian one drawn here, inside
+    # the compiled program (eager random draws compile programs of their own,
+    # a good part of a fresh process's first call)
+    key, sub = jax.random.split(key)
+    v0 = lax.cond(
+        draw,
+        lambda: lm.layout.unravel(jax.random.normal(sub, (lm.layout.n,), lm.layout.dtype)),
+        lambda: jax.tree.map(jnp.asarray, v0),
+    )
+    # deflated against the locked vectors (zero rows in a plain solve)
+    locked = lm.operands[1]
+    v0 = _certify.project(locked, _certify.project(locked, v0))
     state = _krylov.start(lm, jax.tree.map(lambda x: x[None], v0), cfg.m, cfg.acc)
     zero = jnp.zeros((), jnp.int32)
     return _Loop(state, zero, zero, jnp.zeros((), cfg.acc), key, jnp.asarray(False))
 
 
-def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, cfg: Config) -> _Loop:
-    """After a cycle's steps: accept, or restart keeping ``cfg.keep`` pairs."""
+def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, budget, cfg: Config) -> _Loop:
+    """After a cycle's steps: accept, or restart keeping ``cfg.keep`` pairs
+    (a completeness check stops at a breakdown instead)."""
     used = loop.used + s.num_columns - start
     theta, u, res = _krylov.ritz(s)
     cols = s.num_columns
@@ -195,7 +217,8 @@ def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, cfg: Config) -
         theta, res, cols, norm, cfg.k, cfg.which, crit_, cfg.dtype, _floor(s, norm, cfg.n)
     )
     broken = s.status == _krylov.BREAKDOWN
-    done = ok | (used >= cfg.budget) | (broken & (cols >= cfg.n)) | (s.status == _krylov.NONFINITE)
+    done = ok | (used >= budget) | (broken & (cols >= cfg.n)) | (s.status == _krylov.NONFINITE)
+    done = done | (broken & jnp.asarray(crit_.check))
     key, sub = jax.random.split(loop.key)
     s = lax.cond(
         done,
@@ -214,29 +237,39 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
     values = theta[pos]
     vectors = _krylov.ritz_vectors(s, u[:, pos])  # stored form (k, n) on one CPU device
     used = loop.used
-    if true_residuals:
-        products = apply_batched(_krylov.flat_product(lm), vectors, lm.batching)
-        diff = jax.tree.map(
-            lambda av, v: av - values.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - 1)) * v,
-            products,
-            vectors,
-        )
-        squares = [
-            jnp.sum(d.astype(cfg.acc) ** 2, axis=tuple(range(1, d.ndim)))
-            for d in jax.tree.leaves(diff)
-        ]
-        res = res.at[pos].set(jnp.sqrt(sum(squares)).astype(res.dtype))
-        used = used + k
     criterion = Criterion(*crit)
+    if true_residuals:  # (not in a completeness check, which needs none)
+
+        def recomputed(res):
+            products = apply_batched(_krylov.flat_product(lm), vectors, lm.batching)
+            diff = jax.tree.map(
+                lambda av, v: av - values.astype(v.dtype).reshape((-1,) + (1,) * (v.ndim - 1)) * v,
+                products,
+                vectors,
+            )
+            squares = [
+                jnp.sum(d.astype(cfg.acc) ** 2, axis=tuple(range(1, d.ndim)))
+                for d in jax.tree.leaves(diff)
+            ]
+            return res.at[pos].set(jnp.sqrt(sum(squares)).astype(res.dtype))
+
+        check = jnp.asarray(criterion.check)
+        res = lax.cond(check, lambda r: r, recomputed, res)
+        used = used + jnp.where(check, 0, k)
     floor = _floor(s, loop.norm, cfg.n)
     rounding = _rounding(loop.norm, cfg.dtype)
     min_cols = _certify.min_columns(k)
     bounds = error_bounds(theta, res, cols, rounding, min_cols=min_cols, floor=floor)[pos]
     converged = _accepted(theta, res, cols, loop.norm, k, cfg.which, criterion, cfg.dtype, floor)
     converged = converged | ((cols >= cfg.n) & (s.status == _krylov.BREAKDOWN) & (cols >= k))
+    ends = jnp.stack([jnp.zeros_like(cols), jnp.maximum(cols, 1) - 1])
     return {
         "values": values,
         "vectors": _krylov.as_vectors(vectors, lm.layout),
+        # the extreme Ritz pairs (a completeness check's find, stored form)
+        "low": theta[0],
+        "high": theta[ends[1]],
+        "ends": _krylov.ritz_vectors(s, u[:, ends]),
         "residuals": res[pos],
         "bounds": bounds,
         "converged": converged,
@@ -246,29 +279,35 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
         "status": s.status,
         "num_ritz": cols,
         "floor": floor + rounding,
+        "key": loop.key,  # for the completeness check's fresh vector
     }
 
 
-def _solve(drv, v0, key, crit, breakdown_tol, *, cfg: Config, true_residuals: bool) -> dict:
-    """Thick-restart Lanczos from ``v0`` on the driver ``drv`` (``_driver``):
+def _solve(drv, v0, key, draw, crit, breakdown_tol, budget, *, cfg: Config, true_residuals: bool):
+    """Thick-restart Lanczos from ``v0`` (or, where ``draw``, a Gaussian
+    vector drawn from ``key``) on the driver ``drv`` (``_driver``):
     cycles of kernel steps, each ended by ``_end_cycle`` (accept or
-    restart). ``crit`` holds the criterion's arrays ``(rtol, atol, floor)``.
-    Returns the dict of ``_finish``."""
+    restart), until accepted or ``budget`` products are spent. The operator
+    is ``P A P``, P the projector onto the complement of the locked vectors
+    (``_certify.deflated``; zero rows in a plain solve), so that a solve, a
+    re-solve and the completeness check share one compiled program. ``crit``
+    holds the criterion's arrays (``Criterion``). Returns the dict of
+    ``_finish``."""
 
     def cycle(loop: _Loop) -> _Loop:
         start = loop.krylov.num_columns
         s = drv.run(
             loop.krylov,
-            jnp.minimum(cfg.m, start + cfg.budget - loop.used),
+            jnp.minimum(cfg.m, start + budget - loop.used),
             acc=cfg.acc,
             breakdown_tol=breakdown_tol,
             monitor=_monitor(cfg),
             monitor_args=(loop.norm, *crit),
         )
         # the loop's old basis was consumed by the steps (donated on the host)
-        return drv.call(_end_cycle, s, loop._replace(krylov=None), start, crit, cfg=cfg)
+        return drv.call(_end_cycle, s, loop._replace(krylov=None), start, crit, budget, cfg=cfg)
 
-    loop = drv.call(_begin, drv.lm, v0, key, cfg=cfg)
+    loop = drv.call(_begin, drv.lm, v0, key, draw, cfg=cfg)
     loop = drv.while_loop(lambda c: ~c.done, cycle, loop)
     return drv.call(_finish, drv.lm, loop, crit, cfg=cfg, true_residuals=true_residuals)
 
@@ -343,23 +382,30 @@ def lanczos_eigenpairs(
     budget = max(1000, 50 * m) if max_matvecs is None else check_int("max_matvecs", max_matvecs)
     if budget < k:
         raise ValueError(f"max_matvecs must be >= k = {k} (one product per pair); got {budget}.")
-    key, sub = jax.random.split(as_key(key))
-    start = _krylov.start_vector(lm, sub if v0 is None else None, v0)
+    key = as_key(key)
+    start = None if v0 is None else _krylov.start_vector(lm, None, v0)
     rtol = default_rtol(lm.dtype) if rtol is None else rtol
-    cfg = Config(k, which, m, budget, acc, n, jnp.dtype(lm.dtype))
-    crit = tuple(jnp.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype)))
+    cfg = Config(k, which, m, acc, n, jnp.dtype(lm.dtype))
+    crit = tuple(np.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype)))
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
-    traced = is_traced(start, lm.operands)
+    traced = is_traced(start, key, lm.operands)
+    # numpy zeros (no eager jax programs): nothing locked in a solve (the
+    # completeness check locks the returned vectors), no v0 when drawn
+    unlocked = jax.tree.map(lambda x: np.zeros((k, *x.shape), x.dtype), lm.layout.structs())
+    nothing = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), lm.layout.structs())
 
-    def run(start, key, cfg):
-        with progress_bar(cfg.budget, "eigenpairs", progress) as bar:
+    def run(start, key, budget, locked=None, check=False):
+        deflated = _certify.deflated(lm, unlocked if locked is None else locked)
+        with progress_bar(budget, "eigenpairs", progress) as bar:
             out = drive(
                 _solve,
-                lm,
-                start,
+                deflated,
+                nothing if start is None else start,
                 key,
-                crit,
+                np.asarray(start is None),
+                (*crit, np.asarray(check)),
                 bd_tol,
+                np.asarray(budget, np.int32),
                 bar=bar,
                 cfg=cfg,
                 true_residuals=bool(true_residuals),
@@ -367,7 +413,7 @@ def lanczos_eigenpairs(
         _krylov.raise_if_nonfinite(out["status"], out["num_matvecs"], "HVP (eigenpairs)")
         return out
 
-    out = run(start, key, cfg)
+    out = run(start, key, budget)
     fields = ("converged", "num_matvecs", "num_restarts", "norm", "floor")
     counts = {f: out[f] for f in fields} | {"complete": None, "check_matvecs": 0}
     if not traced:
@@ -376,7 +422,7 @@ def lanczos_eigenpairs(
                 f"only {int(out['num_ritz'])} Ritz pairs after {int(out['num_matvecs'])} HVPs; "
                 "raise max_matvecs."
             )
-        out, counts = _certify.certified(lm, out, run, key, cfg, rtol, atol, bd_tol)
+        out, counts = _certify.certified(lm, out, run, cfg, budget, rtol, atol)
     dtype = lm.dtype
     return {
         "values": out["values"].astype(dtype),
