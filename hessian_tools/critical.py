@@ -29,8 +29,9 @@ from hessian_tools._checks import (
 )
 from hessian_tools._hessian import Loss, PyTree, check_scalar_loss
 from hessian_tools._newton import as_batch, dedup, flat_loss, newton_mr
-from hessian_tools._operator import dense_is_cheaper
+from hessian_tools._operator import dense_is_cheaper, prefer_dense
 from hessian_tools._params import is_variable
+from hessian_tools._thick_restart import basis_size
 from hessian_tools._tree import norm
 from hessian_tools.density import spectral_density
 from hessian_tools.eigen import eigenpairs, lanczos_cost
@@ -248,8 +249,9 @@ def classify(
             eigenpairs at each end decide the kind; the index is estimated
             from the spectral density, ``index_stderr`` gives its standard
             error, ``num_zero`` is a lower bound and ``exact`` is False) or
-            "auto" (dense only where it costs no more HVPs than the Lanczos
-            path, ``classify_cost``: n up to about 1,800).
+            "auto" (dense only where it is predicted to take no more time
+            than the Lanczos path: ``hessian_tools._operator.dense_is_cheaper``
+            with the HVP's flops against ``classify_cost`` products).
         k_per_end: eigenpairs at each end for the Lanczos path (``2 k_per_end``
             in all, ``eigenpairs(..., which="both")``).
         key: PRNG key for the Lanczos path.
@@ -281,8 +283,10 @@ def classify(
     op = HessianOperator(f, x, *args, batches=batches, wrt=wrt)
     value, grad = op.value_and_grad()
     grad_norm = norm(grad)
+    kk = max(1, min(k_per_end, op.n // 2))
     dense = method == "dense" or (
-        method == "auto" and dense_is_cheaper(op.n, classify_cost(op.n, k_per_end), explicit=False)
+        method == "auto"
+        and prefer_dense(op, classify_cost(op.n, k_per_end), basis_size(op.n, 2 * kk, "both", None))
     )
     if dense:
         eigs = jnp.linalg.eigvalsh(op.to_dense(progress=progress))
@@ -291,7 +295,6 @@ def classify(
     else:
         key = as_key(key)
         k_eig, k_density = jax.random.split(key)
-        kk = max(1, min(k_per_end, op.n // 2))
         ep = eigenpairs(op, 2 * kk, which="both", key=k_eig, method="lanczos", progress=progress)
         eigs = jnp.sort(ep.values)
         hess_norm = max(float(jnp.max(jnp.abs(eigs))), float(ep.norm_estimate))

@@ -34,11 +34,11 @@ from hessian_tools._operator import (
     LinearMap,
     as_linear_map,
     as_square_matrix,
-    dense_is_cheaper,
     is_explicit,
     num_elements_of,
+    prefer_dense,
 )
-from hessian_tools._thick_restart import lanczos_cost
+from hessian_tools._thick_restart import basis_size, lanczos_cost
 from hessian_tools._tree import Layout
 
 __all__ = ["Eigenpairs", "check_symmetric", "eigenpairs"]
@@ -241,10 +241,10 @@ def eigenpairs(
     run from a fresh vector, 15% of the solve's HVPs, at least 6) looks for
     an eigenvalue the solve missed (``complete``); see
     ``hessian_tools._certify`` and the concepts page for what it can and
-    cannot promise. ``"auto"`` takes the dense path only where it costs no more
-    (``hessian_tools._operator.dense_is_cheaper``: explicit arrays up to
-    n = 2048, operators when n is at most the products Lanczos would
-    typically spend).
+    cannot promise. ``"auto"`` takes the dense path only where it is predicted to take no
+    more time (``hessian_tools._operator.dense_is_cheaper``: explicit arrays
+    up to n = 2048; for operators, n HVPs and ``eigh`` against the HVPs
+    Lanczos typically spends and its per-step work, from the HVP's flops).
 
     Single-vector Lanczos finds one copy of an exactly repeated eigenvalue
     (further copies only through rounding); clusters are found in full.
@@ -329,7 +329,9 @@ def eigenpairs(
     dense = method == "dense" or (
         method == "auto"
         and not traced  # inside jit or a derivative: the matrix cannot be built on the host
-        and dense_is_cheaper(n, lanczos_cost(n, k, which, max_basis), explicit=explicit)
+        and prefer_dense(
+            op, lanczos_cost(n, k, which, max_basis), basis_size(n, k, which, max_basis)
+        )
     )
     if dense:
         if explicit:

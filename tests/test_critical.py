@@ -380,3 +380,63 @@ def test_classify_does_no_work_the_answer_does_not_need():
     assert asked.num_matvecs == cheap.num_matvecs + asked.index_matvecs
     dense = ht.classify(transformer_loss, params, tokens, method="dense")
     assert dense.num_matvecs == dense.n and dense.index_matvecs == 0
+
+
+# --------------------------------------------------------------------------
+# The dense-versus-iterative rule (issue 20): predicted time, not counts
+
+
+def test_dense_rule_weighs_time_not_counts():
+    from hessian_tools._operator import dense_is_cheaper
+
+    rule = dict(explicit=False, basis_size=60)
+    # the digits MLP of n = 2,410 (an HVP of 3.3e7 flops), classify's 1,776
+    # products: n HVPs plus eigh take far longer than Lanczos
+    assert not dense_is_cheaper(2410, 1776, hvp_flops=3.3e7, **rule)
+    # fewer parameters than products, an HVP of the same cost: dense
+    assert dense_is_cheaper(500, 1776, hvp_flops=3.3e7, **rule)
+    # n below the count, but a product so cheap that eigh's n^3 dominates:
+    # counting products chose dense, time does not
+    assert 1500 <= 1776 and not dense_is_cheaper(1500, 1776, hvp_flops=1e5, **rule)
+    # a product so costly that it dominates both sides: the counts decide
+    assert dense_is_cheaper(1500, 1776, hvp_flops=1e10, **rule)
+    assert not dense_is_cheaper(2410, 1776, hvp_flops=1e10, **rule)
+    # an unknown product cost: taken to dominate (the count)
+    assert dense_is_cheaper(1500, 1776, explicit=False)
+    assert not dense_is_cheaper(2410, 1776, explicit=False)
+
+
+def _separable(x, a):
+    return 0.5 * jnp.sum(a * x**2) + 0.01 * jnp.sum(x[1:] * x[:-1])
+
+
+def test_prefer_dense_reads_the_products_cost(monkeypatch):
+    from hessian_tools._operator import prefer_dense, product_flops
+
+    n = 1500  # within classify's 1,776 products: counting chose dense here
+    x, a = jnp.ones(n), jnp.linspace(1.0, 2.0, n)
+    op = ht.HessianOperator(_separable, x, a)
+    assert product_flops(ht._operator.as_linear_map(op)) < 1e6  # a cheap product
+    assert not prefer_dense(op, ht.critical.classify_cost(n, 6), 60)
+    small = ht.HessianOperator(_separable, jnp.ones(8), jnp.ones(8))
+    assert prefer_dense(small, ht.critical.classify_cost(8, 6), 8)
+    # a large model's top-1: no product is lowered at all (the cheapest one loses)
+    big = ht.HessianOperator(_separable, jnp.ones(100_000), jnp.ones(100_000))
+    calls = []
+    monkeypatch.setattr(ht._operator, "product_flops", lambda lm: calls.append(lm) or 1.0)
+    assert not prefer_dense(big, ht.eigen.lanczos_cost(big.n, 1, "largest"), 30)
+    assert calls == []
+
+
+def test_classify_chooses_by_the_rule(monkeypatch):
+    seen = []
+
+    def rule(op, matvecs, basis):
+        seen.append((op.n, matvecs, basis))
+        return False
+
+    monkeypatch.setattr(ht.critical, "prefer_dense", rule)
+    n = 20  # dense by any rule; Lanczos here because the rule says so
+    cp = ht.classify(_separable, jnp.zeros(n), jnp.linspace(1.0, 2.0, n))
+    assert seen == [(n, ht.critical.classify_cost(n, 6), n)]
+    assert not cp.exact and cp.kind == "minimum"
