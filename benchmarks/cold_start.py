@@ -8,16 +8,27 @@ call), alternating between
 * ours with JAX's persistent compilation cache already filled (the CLI's
   default; one line for API users, see docs/guide.md "Speed"),
 * PyHessian's ``hessian(...).eigenvalues(top_n=1)`` (in ``.venv-bench``),
+* with ``--before TREE``: the same two of ours with the package of another
+  checkout (say a worktree of the previous commit), so that before and after
+  are measured in one session, alternating,
 
 ``--reps`` times each (default 3), on W-mid, the CNN and the Equinox MLP,
-and prints a markdown table of the medians. The trained workloads come from
-the benchmark cache (``make bench`` or ``benchmarks/run.py`` trains them).
-``child`` runs one of ours in this process (what the parent times).
+and prints a markdown table of the medians, then a second table of where
+our processes spent their time: ``import`` (JAX and the package), ``load``
+(the workload: data, model, parameters), ``operator`` (building the
+``HessianOperator``, its finiteness check included), ``first call`` (the
+first ``eigenpairs(op, 1)``: tracing, compiling, solving) and ``warm`` (a
+second call in the same process, another start vector: the warm time). The
+trained workloads come from the benchmark cache (``make bench`` or
+``benchmarks/run.py`` trains them). ``child`` runs one of ours in this
+process (what the parent times); it prints the path of the package it
+imported, which the parent checks.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -30,10 +41,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEER_PY = os.path.join(ROOT, ".venv-bench", "bin", "python")
 WORKLOADS = ("W-mid", "CNN", "eqx-MLP")
+PHASES = ("import", "load", "operator", "first call", "warm")
 
 
 def child(name: str, cache: str) -> None:
     """One fresh-process top-1 of ours (``cache``: a folder, or "" for none)."""
+    t0 = time.perf_counter()
     import jax
 
     if cache:  # the one line an API user adds (docs/guide.md, "Speed")
@@ -44,10 +57,20 @@ def child(name: str, cache: str) -> None:
 
     import hessian_tools as ht
 
+    t1 = time.perf_counter()
     p = wl.problem(wl.get_workload(name))
+    jax.block_until_ready(jax.tree.leaves(p.params))
+    t2 = time.perf_counter()
     op = ht.HessianOperator(p.loss, p.params, *p.args)
+    t3 = time.perf_counter()
     top = ht.eigenpairs(op, 1)
     jax.block_until_ready(top.values)
+    t4 = time.perf_counter()
+    again = ht.eigenpairs(op, 1, key=1)
+    jax.block_until_ready(again.values)
+    t5 = time.perf_counter()
+    phases = dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True))
+    print(json.dumps({"package": ht.__file__, "phases": phases}))
     print(f"{float(top.values[0]):.6g} {int(top.num_matvecs)}")
 
 
@@ -64,14 +87,25 @@ print(f"{{float(vals[0]):.6g}}")
 """
 
 
-def _timed(cmd: list[str]) -> tuple[float, str]:
+def _timed(cmd: list[str], tree: str | None = None) -> tuple[float, str, dict]:
+    """Wall time of a fresh process, its last output line, and (ours) its
+    phases; ``tree``: the checkout whose package ours imports."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if tree is not None:
+        env["PYTHONPATH"] = tree
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed: {proc.stderr[-600:]}")
-    return seconds, proc.stdout.strip().splitlines()[-1]
+    lines = proc.stdout.strip().splitlines()
+    info = {}
+    if tree is not None:
+        info = json.loads(lines[-2])
+        expected = os.path.join(os.path.realpath(tree), "hessian_tools")
+        if not os.path.realpath(info["package"]).startswith(expected):
+            raise RuntimeError(f"imported {info['package']}, not the package of {tree}")
+    return seconds, lines[-1], info.get("phases", {})
 
 
 def main() -> None:
@@ -81,44 +115,71 @@ def main() -> None:
     parser.add_argument("--cache", default="")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--before", default="", help="another checkout to time beside this one")
     a = parser.parse_args()
     if a.mode == "child":
         child(a.name, a.cache)
         return
     me = [sys.executable, os.path.abspath(__file__), "child"]
-    rows = []
+    trees = {"": ROOT} | ({"before ": os.path.abspath(a.before)} if a.before else {})
+    variants = [(f"{t}{c}", tree, c) for t, tree in trees.items() for c in ("none", "filled")]
+    rows, phase_rows = [], []
     for name in a.workloads.split(","):
-        cache = tempfile.mkdtemp(prefix="ht-cold-cache-")
-        _timed([*me, "--name", name, "--cache", cache])  # fills the cache
-        times: dict[str, list[float]] = {"none": [], "filled": [], "pyhessian": []}
+        caches = {t: tempfile.mkdtemp(prefix="ht-cold-cache-") for t in trees}
+        for t, tree in trees.items():  # fill the caches
+            _timed([*me, "--name", name, "--cache", caches[t]], tree)
+        times: dict[str, list[float]] = {v: [] for v, _, _ in variants} | {"pyhessian": []}
+        phases: dict[str, list[dict]] = {v: [] for v, _, _ in variants}
         out = {}
         for _ in range(a.reps):  # alternating, so that load drifts hit all alike
-            t, out["none"] = _timed([*me, "--name", name])
-            times["none"].append(t)
-            t, out["filled"] = _timed([*me, "--name", name, "--cache", cache])
-            times["filled"].append(t)
+            for v, tree, c in variants:
+                cache = caches[v[: -len(c)]] if c == "filled" else ""
+                t, out[v], ph = _timed([*me, "--name", name, "--cache", cache], tree)
+                times[v].append(t)
+                phases[v].append(ph)
             if os.path.exists(PEER_PY):
-                t, out["pyhessian"] = _timed([PEER_PY, "-c", PEER.format(here=HERE, name=name)])
+                peer_cmd = [PEER_PY, "-c", PEER.format(here=HERE, name=name)]
+                t, out["pyhessian"], _ = _timed(peer_cmd)
                 times["pyhessian"].append(t)
         med = {k: statistics.median(v) for k, v in times.items() if v}
+        spread = {k: (min(v), max(v)) for k, v in times.items() if v}
         peer = med.get("pyhessian")
-        ratio = {k: f"{med[k] / peer:.2f}x" if peer else "—" for k in ("none", "filled")}
+
+        def cell(v, med=med, spread=spread, peer=peer):
+            ratio = f" ({med[v] / peer:.2f}x)" if peer else ""
+            lo, hi = spread[v]
+            return f"{med[v]:.2f} s{ratio} [{lo:.1f}-{hi:.1f}]"
+
+        cells = " | ".join(cell(v) for v, _, _ in variants)
+        peer_cell = cell("pyhessian") if peer else "not installed"
         rows.append(
-            f"| {name} | {med['none']:.2f} s ({ratio['none']}) | {med['filled']:.2f} s "
-            f"({ratio['filled']}) | {f'{peer:.2f} s' if peer else 'not installed'} | "
-            f"{out['none']} / {out.get('pyhessian', '—')} |"
+            f"| {name} | {cells} | {peer_cell} | {out['none']} / {out.get('pyhessian', '—')} |"
         )
+        for v, _, _ in variants:
+            ph = {p: statistics.median(d[p] for d in phases[v]) for p in PHASES}
+            phase_rows.append(
+                f"| {name} | {v} | " + " | ".join(f"{ph[p]:.2f}" for p in PHASES) + " |"
+            )
+        print(rows[-1], flush=True)
     print(
-        f"Fresh processes, medians of {a.reps} alternating runs each, "
-        f"{platform.node()} ({os.cpu_count()} cores), python {platform.python_version()}; "
-        f"`python benchmarks/cold_start.py --reps {a.reps}`.\n"
+        f"\nFresh processes, medians of {a.reps} alternating runs each [min-max], "
+        f"{platform.node()} ({os.cpu_count()} cores), python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"`python benchmarks/cold_start.py --reps {a.reps}"
+        f"{' --before ' + a.before if a.before else ''}`.\n"
     )
-    print(
-        "| workload | ours, no cache (÷ PyHessian) | ours, filled cache (÷ PyHessian) "
-        "| PyHessian | λ_max, HVPs (ours) / λ_max (PyHessian) |"
+    label = {"none": "no cache", "filled": "filled cache"}
+    head = " | ".join(
+        f"{'before' if v.startswith('before') else 'ours'}, {label[c]} (÷ PyHessian) [min-max]"
+        for v, _, c in variants
     )
-    print("|---|---|---|---|---|")
+    print(f"| workload | {head} | PyHessian | λ_max, HVPs (ours) / λ_max (PyHessian) |")
+    print("|---" * (len(variants) + 3) + "|")
     print("\n".join(rows))
+    print("\nWhere our processes spent their time (seconds, medians):\n")
+    print("| workload | ours | " + " | ".join(PHASES) + " |")
+    print("|---" * (len(PHASES) + 2) + "|")
+    print("\n".join(phase_rows))
 
 
 if __name__ == "__main__":
