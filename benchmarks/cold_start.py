@@ -23,6 +23,11 @@ trained workloads come from the benchmark cache (``make bench`` or
 ``benchmarks/run.py`` trains them). ``child`` runs one of ours in this
 process (what the parent times); it prints the path of the package it
 imported, which the parent checks.
+
+``python benchmarks/cold_start.py warm [--before TREE]`` gives the warm
+figures beside them (``warm``): per-HVP cost of top-1 and top-10 over a
+standalone HVP (the solvers' target: at most 1.3x) and top-1's fixed cost,
+also for the small transformer (``--workloads W-mid,CNN,eqx-MLP,transformer``).
 """
 
 from __future__ import annotations
@@ -74,6 +79,60 @@ def child(name: str, cache: str) -> None:
     print(f"{float(top.values[0]):.6g} {int(top.num_matvecs)}")
 
 
+def warm(name: str, reps: int) -> None:
+    """Warm figures in one process (the no-regression check of a change to
+    the first call): a standalone jitted HVP, and the time per HVP of
+    ``eigenpairs(op, k)`` for k = 1 and 10 (its orthogonalisation,
+    completeness check and bookkeeping included) over that HVP, medians of
+    ``reps`` calls with new keys, alternating with the standalone HVP; and
+    top-1's fixed cost: its time less its HVPs at the standalone HVP's time,
+    in HVPs."""
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, HERE)
+    import workloads as wl
+
+    import hessian_tools as ht
+
+    p = wl.transformer() if name == "transformer" else wl.problem(wl.get_workload(name))
+    op = ht.HessianOperator(p.loss, p.params, *p.args)
+    v = jax.random.normal(jax.random.PRNGKey(0), (op.n,), op.dtype)
+    jax.block_until_ready(op @ v)
+    times = {"hvp": [], 1: [], 10: []}
+    hvps = {1: [], 10: []}
+    for k in (1, 10):
+        jax.block_until_ready(ht.eigenpairs(op, k, method="lanczos").values)
+    for i in range(reps):
+        for k in (1, 10):
+            t0 = time.perf_counter()
+            top = ht.eigenpairs(op, k, key=100 + i, method="lanczos")
+            jax.block_until_ready(top.values)
+            times[k].append(time.perf_counter() - t0)
+            hvps[k].append(int(top.num_matvecs))
+            t0 = time.perf_counter()
+            for _ in range(3):
+                jax.block_until_ready(op @ v)
+            times["hvp"].append((time.perf_counter() - t0) / 3)
+    hvp = statistics.median(times["hvp"])
+    per = {k: statistics.median(np.array(times[k]) / np.array(hvps[k])) / hvp for k in (1, 10)}
+    fixed = statistics.median(np.array(times[1]) / hvp - np.array(hvps[1]))
+    out = {
+        "package": ht.__file__,
+        "n": op.n,
+        "hvp_ms": hvp * 1e3,
+        "top1_ms": statistics.median(times[1]) * 1e3,
+        "top1_hvps": statistics.median(hvps[1]),
+        "top10_ms": statistics.median(times[10]) * 1e3,
+        "top10_hvps": statistics.median(hvps[10]),
+        "per_hvp_top1": per[1],
+        "per_hvp_top10": per[10],
+        "fixed_hvps": fixed,
+    }
+    print(json.dumps(out))
+    print("ok")
+
+
 PEER = """
 import sys, time
 sys.path.insert(0, {here!r})
@@ -108,6 +167,35 @@ def _timed(cmd: list[str], tree: str | None = None) -> tuple[float, str, dict]:
     return seconds, lines[-1], info.get("phases", {})
 
 
+def warm_table(a: argparse.Namespace) -> None:
+    """``warm``: the warm figures of ``warm()`` for each workload (and the
+    transformer), a fresh process per tree, the trees alternating."""
+    me = [sys.executable, os.path.abspath(__file__), "warm-child", "--reps", str(a.reps)]
+    trees = {"ours": ROOT} | ({"before": os.path.abspath(a.before)} if a.before else {})
+    print(
+        "| workload | tree | n | HVP (ms) | top-1: ms, HVPs | per HVP ÷ HVP | top-10: ms, HVPs "
+        "| per HVP ÷ HVP | top-1 fixed cost (HVPs) |"
+    )
+    print("|---" * 9 + "|")
+    for name in a.workloads.split(","):
+        for label, tree in trees.items():
+            env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=tree)
+            proc = subprocess.run(
+                [*me, "--name", name], capture_output=True, text=True, env=env, timeout=1800
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"warm {name} {label} failed: {proc.stderr[-600:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-2])
+            if not os.path.realpath(r["package"]).startswith(os.path.realpath(tree)):
+                raise RuntimeError(f"imported {r['package']}, not the package of {tree}")
+            print(
+                f"| {name} | {label} | {r['n']:,} | {r['hvp_ms']:.1f} | {r['top1_ms']:.0f}, "
+                f"{r['top1_hvps']:g} | {r['per_hvp_top1']:.2f} | {r['top10_ms']:.0f}, "
+                f"{r['top10_hvps']:g} | {r['per_hvp_top10']:.2f} | {r['fixed_hvps']:.2f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", nargs="?", default="parent")
@@ -119,6 +207,12 @@ def main() -> None:
     a = parser.parse_args()
     if a.mode == "child":
         child(a.name, a.cache)
+        return
+    if a.mode == "warm-child":
+        warm(a.name, a.reps)
+        return
+    if a.mode == "warm":
+        warm_table(a)
         return
     me = [sys.executable, os.path.abspath(__file__), "child"]
     trees = {"": ROOT} | ({"before ": os.path.abspath(a.before)} if a.before else {})
