@@ -521,9 +521,9 @@ TRANSFORMERS = {
     "TFM": TransformerSpec(
         vocab=64, seq=32, width=80, depth=2, heads=4, num_seq=32, adam_steps=300
     ),
-    # small enough for a dense float64 Hessian in a test, n = 3,696
+    # small enough for a dense float64 Hessian in a test, n = 2,148
     "TFM-tiny": TransformerSpec(
-        vocab=16, seq=8, width=16, depth=1, heads=2, num_seq=16, adam_steps=150
+        vocab=12, seq=8, width=12, depth=1, heads=2, num_seq=16, adam_steps=100
     ),
 }
 
