@@ -1115,6 +1115,10 @@ def main(argv=None) -> None:
         print(f"[bench] {s} done in {time.perf_counter() - t0:.0f} s", flush=True)
         write(only[i + 1 :])
     print(f"[bench] wrote {args.output}")
+    if not args.only:  # the transformer workload (issue 21): a fresh process, its own file
+        out_tfm = os.path.join(HERE, "RESULTS_transformer.md")
+        cmd = [sys.executable, os.path.join(HERE, "transformer.py"), "--scale", "--output", out_tfm]
+        subprocess.run(cmd + (["--quick"] if args.quick else []), check=False)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,26 @@ and on a wide MLP with about 10M parameters on synthetic data
 float32 matmuls run at "highest" precision (JAX defaults to TF32 on NVIDIA
 GPUs, which limits the HVP to ~1e-4 relative accuracy). ``--small`` shrinks
 the wide model to run the script on a CPU as a check.
+
+Transformer rows (issue 21): the same Flax NNX causal transformer as
+``benchmarks/transformer.py`` (``workloads.TRANSFORMERS``), at three sizes:
+the benchmark workload (n = 163,520, trained by 300 Adam steps), and two
+random-init scale variants, n ~ 10M (width 512, depth 3) and n ~ 101M
+(width 1024, depth 8, vocabulary 1024, 16 x 128 tokens). ``--smoke``
+replaces all the sizes by tiny ones (and implies ``--small``) so that the
+script is known to run, on a CPU, in a few minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
+import os
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -35,6 +46,22 @@ import jax.numpy as jnp
 import numpy as np
 
 import hessian_tools as ht
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads as wl
+
+#: the transformer's scale variants (random init), by name
+TRANSFORMER_SCALE = {
+    "10M": wl.TransformerSpec(
+        vocab=256, seq=64, width=512, depth=3, heads=8, num_seq=4, adam_steps=0
+    ),
+    "100M": wl.TransformerSpec(
+        vocab=1024, seq=128, width=1024, depth=8, heads=16, num_seq=16, adam_steps=0
+    ),
+}
+TRANSFORMER_SMOKE = wl.TransformerSpec(
+    vocab=16, seq=8, width=16, depth=1, heads=2, num_seq=4, adam_steps=0
+)
 
 
 def mlp(key, sizes, dtype=jnp.float32):
@@ -56,6 +83,29 @@ def make_loss(act):
         return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(logits), axis=-1))
 
     return loss
+
+
+def transformer_workloads(smoke: bool):
+    """The transformer rows: (name, loss, params, (rest, tokens))."""
+    if smoke:
+        named = [("smoke", TRANSFORMER_SMOKE), ("smoke, twice as deep", TRANSFORMER_SMOKE)]
+        named[1] = (named[1][0], dataclasses.replace(TRANSFORMER_SMOKE, depth=2))
+    else:
+        p = wl.transformer_problem("TFM")
+        spec = wl.TRANSFORMERS["TFM"]
+        yield _tfm_name("TFM, trained", spec), p.loss, p.params, p.args
+        named = list(TRANSFORMER_SCALE.items())
+    for label, spec in named:
+        loss, params, rest = wl.transformer_loss(spec)
+        tokens = jnp.asarray(wl.transformer_tokens(spec))
+        yield _tfm_name(label, spec), loss, params, (rest, tokens)
+
+
+def _tfm_name(label, spec):
+    return (
+        f"NNX transformer {label} (width {spec.width}, depth {spec.depth}, "
+        f"{spec.num_seq}x{spec.seq} tokens)"
+    )
 
 
 def workloads(small: bool):
@@ -176,10 +226,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="benchmarks/RESULTS_gpu_scale.md")
     parser.add_argument("--small", action="store_true", help="a small wide model (CPU check)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes everywhere (a CPU check in minutes)"
+    )
+    parser.add_argument("--no-transformer", action="store_true", help="the MLP rows only")
     opts = parser.parse_args()
     t0 = time.perf_counter()
     with jax.default_matmul_precision("highest"):
-        rows = [measure(*w) for w in workloads(opts.small)]
+        rows = [measure(*w) for w in workloads(opts.small or opts.smoke)]
+        if not opts.no_transformer:
+            rows += [measure(*w) for w in transformer_workloads(opts.smoke)]
     text = report(rows, time.perf_counter() - t0)
     with open(opts.output, "w") as fh:
         fh.write(text)

@@ -491,3 +491,161 @@ def transformer(dtype=jnp.float32, softmax_dtype=None, seed: int = 0) -> Problem
         return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
 
     return Problem(loss, params, (tokens,))
+
+
+# ---------------------------------------------------------------------------
+# A Flax NNX causal transformer on structured synthetic tokens (issue 21):
+# the transformer benchmark (transformer.py), its scale rows (scale_gpu.py)
+# and tests/test_transformer.py
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSpec:
+    """A pre-norm decoder (GPT-style): token and position embeddings, ``depth``
+    blocks of causal multi-head attention and a GELU MLP (``4 * width``),
+    a final LayerNorm, and the output tied to the token embedding."""
+
+    vocab: int
+    seq: int  # tokens per sequence (inputs; the data holds seq + 1)
+    width: int
+    depth: int
+    heads: int
+    num_seq: int  # sequences in the (full) batch
+    adam_steps: int
+    lr: float = 3e-3
+    seed: int = 0
+
+
+TRANSFORMERS = {
+    # the benchmark workload, n = 163,520
+    "TFM": TransformerSpec(
+        vocab=64, seq=32, width=80, depth=2, heads=4, num_seq=32, adam_steps=300
+    ),
+    # small enough for a dense float64 Hessian in a test, n = 2,148
+    "TFM-tiny": TransformerSpec(
+        vocab=12, seq=8, width=12, depth=1, heads=2, num_seq=16, adam_steps=100
+    ),
+}
+
+
+def transformer_n(spec: TransformerSpec) -> int:
+    w = spec.width
+    block = 4 * (w * w + w) + (w * 4 * w + 4 * w) + (4 * w * w + w) + 4 * w
+    return spec.vocab * w + spec.seq * w + spec.depth * block + 2 * w
+
+
+def transformer_module(spec: TransformerSpec, dtype=jnp.float32):
+    """The NNX module, initialised from ``spec.seed`` (param_dtype ``dtype``)."""
+    from flax import nnx
+
+    w = spec.width
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.norm1 = nnx.LayerNorm(w, param_dtype=dtype, dtype=dtype, rngs=rngs)
+            self.attn = nnx.MultiHeadAttention(
+                num_heads=spec.heads, in_features=w, decode=False,
+                param_dtype=dtype, dtype=dtype, rngs=rngs,
+            )  # fmt: skip
+            self.norm2 = nnx.LayerNorm(w, param_dtype=dtype, dtype=dtype, rngs=rngs)
+            self.mlp_in = nnx.Linear(w, 4 * w, param_dtype=dtype, dtype=dtype, rngs=rngs)
+            self.mlp_out = nnx.Linear(4 * w, w, param_dtype=dtype, dtype=dtype, rngs=rngs)
+
+        def __call__(self, h, mask):
+            h = h + self.attn(self.norm1(h), mask=mask)
+            return h + self.mlp_out(nnx.gelu(self.mlp_in(self.norm2(h))))
+
+    class Transformer(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(spec.vocab, w, param_dtype=dtype, dtype=dtype, rngs=rngs)
+            self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (spec.seq, w), dtype))
+            self.blocks = nnx.List([Block(rngs) for _ in range(spec.depth)])
+            self.norm = nnx.LayerNorm(w, param_dtype=dtype, dtype=dtype, rngs=rngs)
+
+        def __call__(self, tokens):
+            h = self.embed(tokens) + self.pos[...][None, : tokens.shape[-1]]
+            mask = nnx.make_causal_mask(tokens)
+            for block in self.blocks:
+                h = block(h, mask)
+            return self.embed.attend(self.norm(h))
+
+    return Transformer(nnx.Rngs(spec.seed))
+
+
+def transformer_tokens(spec: TransformerSpec) -> np.ndarray:
+    """(num_seq, seq + 1) int32 tokens with structure a model can learn:
+    each sequence counts up from a random start by a random stride (1-3)
+    modulo the vocabulary, and 10% of the tokens are replaced by random
+    ones (so the loss has a floor and the Hessian no exact zero curvature
+    from a perfect fit)."""
+    rng = np.random.default_rng(1000 + spec.seed)
+    start = rng.integers(0, spec.vocab, (spec.num_seq, 1))
+    stride = rng.integers(1, 4, (spec.num_seq, 1))
+    tokens = (start + stride * np.arange(spec.seq + 1)) % spec.vocab
+    noise = rng.random(tokens.shape) < 0.1
+    tokens[noise] = rng.integers(0, spec.vocab, int(noise.sum()))
+    return tokens.astype(np.int32)
+
+
+def transformer_loss(spec: TransformerSpec, dtype=jnp.float32) -> tuple[Callable, object, object]:
+    """``(loss, params, rest)``: ``loss(params, rest, tokens)`` is the mean
+    next-token cross-entropy; params are the NNX ``Param`` state (initial
+    values), rest everything else."""
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(transformer_module(spec, dtype), nnx.Param, ...)
+
+    def loss(params, rest, tokens):
+        logits = nnx.merge(graphdef, params, rest)(tokens[:, :-1])
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], -1))
+
+    return loss, params, rest
+
+
+def transformer_path(name: str) -> str:
+    s = TRANSFORMERS[name]
+    tag = f"v{s.vocab}_t{s.seq}_w{s.width}_d{s.depth}_h{s.heads}_b{s.num_seq}"
+    return os.path.join(
+        cache_dir(), f"params_nnx-tfm_{tag}_adam{s.adam_steps}_lr{s.lr:g}_seed{s.seed}.npz"
+    )
+
+
+def transformer_problem(name: str, dtype=jnp.float32, *, cache: bool = True) -> Problem:
+    """The transformer workload near a minimum: ``spec.adam_steps`` full-batch
+    Adam steps from the NNX init (trained in float32 and cached by the leaf
+    key paths; cast to ``dtype`` after, so every dtype sees the same point)."""
+    spec = TRANSFORMERS[name]
+    loss, params, rest = transformer_loss(spec, jnp.float32)
+    tokens = jnp.asarray(transformer_tokens(spec))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [jax.tree_util.keystr(path) for path, _ in leaves]
+    path = transformer_path(name)
+    if cache and os.path.exists(path):
+        with np.load(path) as z:
+            values = [z[f"a{i}"] for i in range(len(names))]
+    else:
+        trained, _ = adam(
+            lambda p, a: (loss(p, rest, tokens), a), params, (), spec.adam_steps, spec.lr
+        )
+        values = [np.asarray(a, np.float32) for a in jax.tree.leaves(trained)]
+        if cache:
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, **{f"a{i}": v for i, v in enumerate(values)})
+            os.replace(tmp, path)
+    params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v, dtype) for v in values])
+    if dtype != jnp.float32:
+        loss, _, rest = transformer_loss(spec, dtype)
+    return Problem(loss, params, (rest, tokens))
+
+
+#: key-path patterns of the transformer's parameter roles (Zhang et al. 2024)
+TRANSFORMER_ROLES = {
+    "embeddings": r"\['embed'\]|\['pos'\]",
+    "Q": r"\['query'\]",
+    "K": r"\['key'\]",
+    "V": r"\['value'\]",
+    "O": r"\['out'\]",
+    "MLP": r"mlp_",
+    "norms": r"norm",
+}

@@ -19,6 +19,8 @@ ORDER = (
     "plot_reparameterisation_trick.py",
     "plot_landscape.py",
     "plot_edge_of_stability.py",
+    "plot_adam_edge_of_stability.py",
+    "plot_sharpness_penalty.py",
     "plot_sharpness_generalisation.py",
     "plot_low_rank_attention.py",
 )
