@@ -142,7 +142,7 @@ def product_floor(coeffs: jax.Array, cols: Any, norm: Any, n: int) -> jax.Array:
     low = jnp.where(jnp.tril(valid[:, None] & valid[None, :]), c, 0)
     col_norm = jnp.sqrt(jnp.sum(low**2 + jnp.tril(low, -1).T ** 2) / jnp.maximum(cols, 1))
     scale = jnp.where(col_norm > 0, jnp.maximum(norm, col_norm) / jnp.maximum(col_norm, 1e-300), 1)
-    return jnp.where(cols >= 2, 4 * np.sqrt(n) * rms * scale, 0.0)
+    return jnp.where(cols >= 2, 4 * jnp.sqrt(n).astype(rms.dtype) * rms * scale, 0.0)
 
 
 def verdict(values, bounds, floor, norm, rtol, atol, dtype) -> tuple[np.ndarray, str | None]:
@@ -209,7 +209,10 @@ def check_steps(used: int, n: int, k: int) -> int:
     (a copy inside a cluster at the wanted end, 1e-4 from the one found,
     took 6 steps from a fresh vector to show up; 3 found nothing), at most
     20 and at most ``n - k``."""
-    return int(max(0, min(n - k, max(6, min(20, -(-15 * int(used) // 100))))))
+    return int(max(0, min(n - k, max(6, min(_MAX_CHECK_STEPS, -(-15 * int(used) // 100))))))
+
+
+_MAX_CHECK_STEPS = 20
 
 
 def completeness(lm, vectors, key, breakdown_tol, *, steps: int, acc: Any):
@@ -228,7 +231,12 @@ def completeness(lm, vectors, key, breakdown_tol, *, steps: int, acc: Any):
     """
     mv, prepare = _projected(lm.matvec, lm.prepare)
     projected = dataclasses.replace(lm, matvec=mv, prepare=prepare, operands=(lm.operands, vectors))
-    return drive(_complete, projected, key, breakdown_tol, steps=steps, acc=acc)
+    # the step count is data and the basis holds the most steps ever taken,
+    # so one compiled check serves every solve (every block) of an operator
+    k = jax.tree.leaves(vectors)[0].shape[0]
+    capacity = max(int(steps), min(_MAX_CHECK_STEPS, int(lm.dim) - k))
+    count = jnp.asarray(steps, jnp.int32)
+    return drive(_complete, projected, key, breakdown_tol, count, capacity=capacity, acc=acc)
 
 
 def _project(q: Any, v: Any) -> Any:
@@ -274,10 +282,11 @@ def _extremes(state: _krylov.State):
     return theta[0], theta[cols - 1], _krylov.ritz_vectors(state, u[:, ends])
 
 
-def _complete(drv, key, breakdown_tol, *, steps: int, acc: Any):
+def _complete(drv, key, breakdown_tol, steps, *, capacity: int, acc: Any):
     """The check on the loop driver (``_driver``): a compiled loop, or
-    compiled steps for products slow in compiled loops."""
-    state = drv.call(_fresh_start, drv.lm, key, num_columns=steps, acc=acc)
+    compiled steps for products slow in compiled loops; ``steps`` (traced)
+    products in a basis of ``capacity`` vectors."""
+    state = drv.call(_fresh_start, drv.lm, key, num_columns=capacity, acc=acc)
     state = drv.run(state, steps, acc=acc, breakdown_tol=breakdown_tol)
     return drv.call(_extremes, state)
 
@@ -312,7 +321,7 @@ def certified(lm, out, run, key, cfg, rtol, atol, bd_tol) -> tuple[dict, dict]:
     k, which = cfg.k, cfg.which
     spent, extra, complete = int(out["num_matvecs"]), 0, None
     for attempt in range(2):
-        steps = check_steps(int(out["num_matvecs"]), lm.n, k)
+        steps = check_steps(int(out["num_matvecs"]), int(lm.dim), k)
         if not bool(out["converged"]) or steps == 0:
             break
         key, sub = jax.random.split(key)

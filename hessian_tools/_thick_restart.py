@@ -50,11 +50,14 @@ __all__ = [
 class Criterion(NamedTuple):
     """When a Ritz pair is accepted: its error bound is at most
     ``max(rtol |theta|, atol, 3 (floor ||A|| + measured floor))``, ``||A||``
-    estimated by the largest |Ritz value| seen (arrays, traced)."""
+    estimated by the largest |Ritz value| seen (arrays, traced). ``dim`` is
+    the operator's dimension (``LinearMap.dim``: a block's size is data, so
+    every block reuses the compiled solve)."""
 
     rtol: Any
     atol: Any
     floor: Any
+    dim: Any
 
 
 def wanted_positions(cols: Any, k: int, which: str) -> jax.Array:
@@ -108,7 +111,7 @@ class _Loop(NamedTuple):
     done: jax.Array
 
 
-def _restart(s: _krylov.State, theta, u, key, *, keep: int, which: str, acc: Any):
+def _restart(s: _krylov.State, theta, u, key, project, *, keep: int, which: str, acc: Any):
     """The basis and arrowhead after a thick restart that keeps ``keep``
     Ritz pairs (all of them after a breakdown, room permitting)."""
     m = s.coeffs.shape[1]
@@ -131,6 +134,7 @@ def _restart(s: _krylov.State, theta, u, key, *, keep: int, which: str, acc: Any
         treedef,
         [jax.random.normal(kk, x.shape[1:], x.dtype) for kk, x in zip(keys, leaves, strict=True)],
     )
+    fresh = project(fresh)  # in the operator's block (stored form)
     fresh, _ = _krylov.gram_schmidt(basis, fresh)
     fresh, _ = _krylov.unit(fresh, acc)
     basis = lax.cond(broken, lambda b: set_row(b, kept, fresh), lambda b: b, basis)
@@ -151,7 +155,7 @@ class Config(NamedTuple):
     m: int  # basis size
     budget: int  # products
     acc: Any  # dtype of the projected matrix
-    n: int
+    n: int  # the operator's dimension, capped at m + 1: only m < n matters here
     dtype: Any  # the operator's
 
     @property
@@ -167,12 +171,12 @@ def _monitor(cfg: Config) -> Callable:
     accepted after this step? One object per configuration (a static
     argument of compiled steps)."""
 
-    def monitor(s, norm0, rtol, atol, floor):
+    def monitor(s, norm0, rtol, atol, floor, dim):
         theta, _, res = _krylov.ritz(s)
         cols = s.num_columns
         norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
-        crit = Criterion(rtol, atol, floor)
-        measured = _floor(s, norm, cfg.n)
+        crit = Criterion(rtol, atol, floor, dim)
+        measured = _floor(s, norm, dim)
         return _accepted(theta, res, cols, norm, cfg.k, cfg.which, crit, cfg.dtype, measured)
 
     return monitor
@@ -184,7 +188,7 @@ def _begin(lm, v0, key, cfg: Config) -> _Loop:
     return _Loop(state, zero, zero, jnp.zeros((), cfg.acc), key, jnp.asarray(False))
 
 
-def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, cfg: Config) -> _Loop:
+def _end_cycle(lm, s: _krylov.State, loop: _Loop, start, crit: tuple, cfg: Config) -> _Loop:
     """After a cycle's steps: accept, or restart keeping ``cfg.keep`` pairs."""
     used = loop.used + s.num_columns - start
     theta, u, res = _krylov.ritz(s)
@@ -192,15 +196,20 @@ def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, cfg: Config) -
     norm = jnp.maximum(loop.norm, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
     crit_ = Criterion(*crit)
     ok = _accepted(
-        theta, res, cols, norm, cfg.k, cfg.which, crit_, cfg.dtype, _floor(s, norm, cfg.n)
+        theta, res, cols, norm, cfg.k, cfg.which, crit_, cfg.dtype, _floor(s, norm, crit_.dim)
     )
     broken = s.status == _krylov.BREAKDOWN
-    done = ok | (used >= cfg.budget) | (broken & (cols >= cfg.n)) | (s.status == _krylov.NONFINITE)
+    spanned = broken & (cols >= crit_.dim)
+    done = ok | (used >= cfg.budget) | spanned | (s.status == _krylov.NONFINITE)
     key, sub = jax.random.split(loop.key)
+
+    def project(stored):  # a stored-form vector, into the operator's block
+        return lm.layout.flatten_leaves(lm.project(lm.layout.unflatten_leaves(stored)))
+
     s = lax.cond(
         done,
         lambda s: s,
-        lambda s: _restart(s, theta, u, sub, keep=cfg.keep, which=cfg.which, acc=cfg.acc),
+        lambda s: _restart(s, theta, u, sub, project, keep=cfg.keep, which=cfg.which, acc=cfg.acc),
         s,
     )
     return _Loop(s, used, loop.restarts + (~done), norm, key, done)
@@ -228,12 +237,13 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
         res = res.at[pos].set(jnp.sqrt(sum(squares)).astype(res.dtype))
         used = used + k
     criterion = Criterion(*crit)
-    floor = _floor(s, loop.norm, cfg.n)
+    floor = _floor(s, loop.norm, criterion.dim)
     rounding = _rounding(loop.norm, cfg.dtype)
     min_cols = _certify.min_columns(k)
     bounds = error_bounds(theta, res, cols, rounding, min_cols=min_cols, floor=floor)[pos]
     converged = _accepted(theta, res, cols, loop.norm, k, cfg.which, criterion, cfg.dtype, floor)
-    converged = converged | ((cols >= cfg.n) & (s.status == _krylov.BREAKDOWN) & (cols >= k))
+    spanned = (cols >= criterion.dim) & (s.status == _krylov.BREAKDOWN) & (cols >= k)
+    converged = converged | spanned
     return {
         "values": values,
         "vectors": _krylov.as_vectors(vectors, lm.layout),
@@ -252,7 +262,7 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
 def _solve(drv, v0, key, crit, breakdown_tol, *, cfg: Config, true_residuals: bool) -> dict:
     """Thick-restart Lanczos from ``v0`` on the driver ``drv`` (``_driver``):
     cycles of kernel steps, each ended by ``_end_cycle`` (accept or
-    restart). ``crit`` holds the criterion's arrays ``(rtol, atol, floor)``.
+    restart). ``crit`` holds the criterion's arrays ``(rtol, atol, floor, dim)``.
     Returns the dict of ``_finish``."""
 
     def cycle(loop: _Loop) -> _Loop:
@@ -266,7 +276,7 @@ def _solve(drv, v0, key, crit, breakdown_tol, *, cfg: Config, true_residuals: bo
             monitor_args=(loop.norm, *crit),
         )
         # the loop's old basis was consumed by the steps (donated on the host)
-        return drv.call(_end_cycle, s, loop._replace(krylov=None), start, crit, cfg=cfg)
+        return drv.call(_end_cycle, drv.lm, s, loop._replace(krylov=None), start, crit, cfg=cfg)
 
     loop = drv.call(_begin, drv.lm, v0, key, cfg=cfg)
     loop = drv.while_loop(lambda c: ~c.done, cycle, loop)
@@ -330,7 +340,7 @@ def lanczos_eigenpairs(
         FloatingPointError: a product returned NaN or inf.
         RuntimeError: fewer than k Ritz pairs when the budget ran out.
     """
-    n = lm.n
+    n = int(lm.dim)  # a block's size (its map acts on all the variables)
     if k >= n:
         raise ValueError(
             f"k must be < n = {n} for Lanczos, which finds a few extreme eigenpairs; got "
@@ -346,8 +356,8 @@ def lanczos_eigenpairs(
     key, sub = jax.random.split(as_key(key))
     start = _krylov.start_vector(lm, sub if v0 is None else None, v0)
     rtol = default_rtol(lm.dtype) if rtol is None else rtol
-    cfg = Config(k, which, m, budget, acc, n, jnp.dtype(lm.dtype))
-    crit = tuple(jnp.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype)))
+    cfg = Config(k, which, m, budget, acc, min(n, m + 1), jnp.dtype(lm.dtype))
+    crit = tuple(jnp.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype), n))
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
     traced = is_traced(start, lm.operands)
 
