@@ -392,7 +392,12 @@ class HessianOperator(CurvatureOperator):
             fixed: a pytree of booleans shaped like params (or a prefix of
             it, e.g. ``{"layer1": True, "layer2": False}``), or a predicate
             on key paths (``lambda path: "layer1" in path``, the path as
-            ``jax.tree_util.keystr`` writes it).
+            ``jax.tree_util.keystr`` writes it). ``n``, vectors and
+            eigenvectors are the block's; the solvers see the Hessian of all
+            the floating leaves with the block as a traced mask, so every
+            block of one loss and shapes reuses the compiled code (each
+            product costs a full HVP). ``op.block(wrt)`` gives another
+            block of the same point without new checks.
 
     Params may be any pytree (an ``eqx.Module``, an NNX ``State``): its
     floating-point array leaves are the variables and every other leaf is
