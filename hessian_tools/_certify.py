@@ -142,7 +142,7 @@ def product_floor(coeffs: jax.Array, cols: Any, norm: Any, n: int) -> jax.Array:
     low = jnp.where(jnp.tril(valid[:, None] & valid[None, :]), c, 0)
     col_norm = jnp.sqrt(jnp.sum(low**2 + jnp.tril(low, -1).T ** 2) / jnp.maximum(cols, 1))
     scale = jnp.where(col_norm > 0, jnp.maximum(norm, col_norm) / jnp.maximum(col_norm, 1e-300), 1)
-    return jnp.where(cols >= 2, 4 * np.sqrt(n) * rms * scale, 0.0)
+    return jnp.where(cols >= 2, 4 * jnp.sqrt(n).astype(rms.dtype) * rms * scale, 0.0)
 
 
 def verdict(values, bounds, floor, norm, rtol, atol, dtype) -> tuple[np.ndarray, str | None]:
@@ -209,7 +209,10 @@ def check_steps(used: int, n: int, k: int) -> int:
     (a copy inside a cluster at the wanted end, 1e-4 from the one found,
     took 6 steps from a fresh vector to show up; 3 found nothing), at most
     20 and at most ``n - k``."""
-    return int(max(0, min(n - k, max(6, min(20, -(-15 * int(used) // 100))))))
+    return int(max(0, min(n - k, max(6, min(_MAX_CHECK_STEPS, -(-15 * int(used) // 100))))))
+
+
+_MAX_CHECK_STEPS = 20
 
 
 def deflated(lm, locked: Any):
@@ -288,7 +291,7 @@ def certified(lm, out, run, cfg, budget, rtol, atol) -> tuple[dict, dict]:
     k, which = cfg.k, cfg.which
     spent, extra, complete = int(out["num_matvecs"]), 0, None
     for attempt in range(2):
-        steps = check_steps(int(out["num_matvecs"]), lm.n, k)
+        steps = check_steps(int(out["num_matvecs"]), int(lm.dim), k)
         if not bool(out["converged"]) or steps == 0:
             break
         # from a fresh random vector, drawn in the program from the solve's key

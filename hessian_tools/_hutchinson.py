@@ -64,9 +64,10 @@ class Products:
         self.chunk = check_int("chunk_size", chunk_size, low=1)
 
     def probes(self, key: jax.Array, k: int) -> Any:
-        """k Rademacher probes as a stack (flat draw, one key per probe)."""
+        """k Rademacher probes as a stack (flat draw, one key per probe), in
+        the operator's block (``LinearMap.project``)."""
         rows = _rademacher_rows(jax.random.split(key, k), self.lm.n, self.lm.dtype)
-        return self.layout.unravel(rows)
+        return self.lm.project(self.layout.unravel(rows))
 
     def __call__(self, z: Any) -> Any:
         """``A z_i`` for a stack of vectors, chunk by chunk (``_chunks``)."""
@@ -217,7 +218,24 @@ def sequential(
 
 
 def exact_diagonal(products: Products) -> jax.Array:
+    """The diagonal from basis vectors, one product each: (n,). For a block
+    (a masked map) only the block's coordinates are multiplied, in chunks of
+    power-of-two sizes (a few compiled shapes serve every block), and the
+    rest of the diagonal is 0."""
     out, n, layout = [], products.lm.n, products.layout
+    within = products.lm.block_indices()
+    if within is not None:
+        diag = np.zeros((n,), np.dtype(products.lm.dtype))
+        start = 0
+        while start < within.size:
+            size = 1 << int(np.log2(min(products.chunk, within.size - start)))
+            idx = within[start : start + size]
+            basis = np.zeros((size, n), np.dtype(products.lm.dtype))
+            basis[np.arange(size), idx] = 1
+            rows = np.asarray(layout.ravel(products(layout.unravel(jnp.asarray(basis)))))
+            diag[idx] = rows[np.arange(size), idx]
+            start += size
+        return jnp.asarray(diag)
     for start in range(0, n, products.chunk):
         idx = start + np.arange(min(products.chunk, n - start))
         basis = jnp.asarray(idx[:, None] == np.arange(n)[None, :], dtype=products.lm.dtype)

@@ -326,8 +326,10 @@ def flat_product(lm: LinearMap) -> Callable:
 
 def start(lm: LinearMap, v0: PyTree, num_columns: int, acc: Any) -> State:
     """The initial state for the stacked start vectors ``v0`` (leaves
-    ``(b, *leaf.shape)``, in the operator's layout)."""
-    return init(lm.layout.flatten_leaves(lm.conform(v0, lead=1)), num_columns, acc)
+    ``(b, *leaf.shape)``, in the operator's layout), projected onto the
+    operator's block (``LinearMap.project``) so that the Krylov space stays
+    in it."""
+    return init(lm.layout.flatten_leaves(lm.conform(lm.project(v0), lead=1)), num_columns, acc)
 
 
 def as_vectors(stack: PyTree, layout: Layout) -> PyTree:

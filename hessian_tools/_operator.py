@@ -18,6 +18,14 @@ operands, so it is passed *into* jitted solvers: the same loss and shapes
 
 The dense-versus-iterative decision lives here too, in one cost rule on
 predicted time (``dense_is_cheaper``).
+
+A block of the Hessian (``wrt=``) is data too: its ``LinearMap`` is the
+one of all the variables with a ``mask`` (one 0/1 per leaf, traced), the
+product ``v -> m * A(m * v)``, and the solvers draw their start vectors
+and probes through ``project`` so that every Krylov space stays in the
+block: the masked-out coordinates stay exact zeros, and the zero
+eigenvalues of the masked-out subspace never enter a result. Every block
+of one loss and shapes so runs the same compiled solvers.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ __all__ = [
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["operands", "template"],
+    data_fields=["operands", "template", "mask", "block_size"],
     meta_fields=["matvec", "layout", "batching", "prepare", "loop"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +80,13 @@ class LinearMap:
             (``schedule``).
         template: optional vector (the parameters) whose leaves carry the
             shardings that vectors must have; ``conform`` gives them those.
+        mask: optional block selection, a pytree like a vector with one 0-d
+            array per leaf (1: in the block, 0: held fixed). The product is
+            then ``m * A(m * v)`` and ``project`` zeroes the other leaves.
+            Data, not a static setting: every block reuses the compiled
+            solvers.
+        block_size: the number of coordinates in the block (``dim``); an
+            int outside compiled code, traced inside it.
     """
 
     matvec: Callable
@@ -81,10 +96,49 @@ class LinearMap:
     prepare: Callable | None = None
     loop: str = "device"
     template: Any = None
+    mask: Any = None
+    block_size: Any = None
 
     @property
     def n(self) -> int:
+        """The length of a vector (of all the variables, for a block)."""
         return self.layout.n
+
+    @property
+    def dim(self) -> Any:
+        """The operator's dimension: ``n``, or the block's size for a masked
+        map (the number of eigenvalues; a start vector's Krylov space has at
+        most this many vectors)."""
+        return self.n if self.block_size is None else self.block_size
+
+    def project(self, v: PyTree) -> PyTree:
+        """``v`` (a vector or a stack of them) with the leaves outside the
+        block set to zero; ``v`` itself without a mask. Every random start
+        vector and probe goes through it."""
+        if self.mask is None:
+            return v
+        return jax.tree.map(lambda m, x: x * m.astype(x.dtype), self.mask, v)
+
+    def stop_gradient(self) -> LinearMap:
+        """The map with its operands (and template) out of differentiation;
+        the block's mask and size stay as they are (concrete under
+        ``jax.jit``, where the size chooses static settings)."""
+        return dataclasses.replace(
+            self,
+            operands=jax.lax.stop_gradient(self.operands),
+            template=jax.lax.stop_gradient(self.template),
+        )
+
+    def block_indices(self) -> np.ndarray | None:
+        """The block's coordinates in the flat (n,) view, ascending (host
+        side, from a concrete mask); None without a mask."""
+        if self.mask is None:
+            return None
+        starts = np.cumsum((0, *self.layout.sizes))
+        keep = [bool(np.asarray(m)) for m in jax.tree.leaves(self.mask)]
+        bounds = zip(starts[:-1], starts[1:], keep, strict=True)
+        parts = [np.arange(a, b) for a, b, k in bounds if k]
+        return np.concatenate(parts) if parts else np.zeros((0,), np.int64)
 
     @property
     def dtype(self) -> Any:
@@ -96,8 +150,12 @@ class LinearMap:
         given the parameters' shardings (``conform``)."""
         mv = self.prepare(*self.operands) if self.prepare is not None else None
         if mv is None:
-            return lambda v: self.matvec(self.conform(v), *self.operands)
-        return lambda v: mv(self.conform(v))
+            plain = lambda v: self.matvec(self.conform(v), *self.operands)
+        else:
+            plain = lambda v: mv(self.conform(v))
+        if self.mask is None:
+            return plain
+        return lambda v: self.project(plain(self.project(v)))
 
     def conform(self, v: PyTree, lead: int = 0) -> PyTree:
         """``v`` (a vector, or a stack with ``lead`` leading axes) with the

@@ -21,6 +21,13 @@ whole of params is given instead, its variable leaves are taken.
 ``Partition`` is static and hashable (tree structure, the kind of every
 leaf, the non-array leaves themselves), so a product compiled for one
 checkpoint is reused at the next: only the arrays are traced arguments.
+
+A block is data, not a new program: every block of params lies in the
+space of *all* its floating leaves (``Partition.everything``), and
+``Partition.within`` gives the block's per-leaf selection in that space,
+which a ``HessianOperator(..., wrt=...)`` passes to the compiled solvers as
+a traced mask (``hessian_tools._operator.LinearMap``). ``take`` and ``put``
+move vectors between a block and that space.
 """
 
 from __future__ import annotations
@@ -206,6 +213,42 @@ class Partition:
         if held:
             _warn_model_state(held, kinds.count(VAR))
         return cls(treedef, tuple(kinds), tuple(static))
+
+    @classmethod
+    def everything(cls, params: PyTree) -> Partition:
+        """Every floating-point array leaf of params a variable, model state
+        included (and no warning): the space that holds every block of
+        params, whatever ``wrt`` selects."""
+        return cls.of(params, lambda path: True)
+
+    def within(self, space: Partition) -> tuple[bool, ...]:
+        """One bool per variable of ``space``: whether it is a variable of
+        this partition (a block's selection in the space of all variables)."""
+        return tuple(k == VAR for k, s in zip(self.kinds, space.kinds, strict=True) if s == VAR)
+
+    def take(self, space: Partition, vector: PyTree) -> PyTree:
+        """This partition's leaves of a vector (or stack of vectors) of
+        ``space``'s variables: the others become None. No array work."""
+        leaves = iter(jax.tree.leaves(vector))
+        picked = []
+        for k, s in zip(self.kinds, space.kinds, strict=True):
+            x = next(leaves) if s == VAR else None
+            picked.append(x if k == VAR else None)
+        return jax.tree.unflatten(self.treedef, picked)
+
+    def put(self, space: Partition, vector: PyTree, fill: list) -> PyTree:
+        """A vector (or stack) of ``space``'s variables: this partition's
+        leaves from ``vector``, ``fill[i]`` for space's i-th variable
+        elsewhere (zeros, say)."""
+        leaves, fills = iter(jax.tree.leaves(vector)), iter(fill)
+        out = []
+        for k, s in zip(self.kinds, space.kinds, strict=True):
+            if s != VAR:
+                out.append(None)
+                continue
+            z = next(fills)
+            out.append(next(leaves) if k == VAR else z)
+        return jax.tree.unflatten(self.treedef, out)
 
     @property
     def trivial(self) -> bool:

@@ -50,14 +50,17 @@ __all__ = [
 class Criterion(NamedTuple):
     """When a Ritz pair is accepted: its error bound is at most
     ``max(rtol |theta|, atol, 3 (floor ||A|| + measured floor))``, ``||A||``
-    estimated by the largest |Ritz value| seen (arrays, traced). ``check``
-    (a bool array): a completeness check's run (``_certify``), which
-    accepts nothing and stops at a breakdown, so that it spends its budget
-    exploring the deflated operator."""
+    estimated by the largest |Ritz value| seen (arrays, traced). ``dim`` is
+    the operator's dimension (``LinearMap.dim``: a block's size is data, so
+    every block reuses the compiled solve). ``check`` (a bool array): a
+    completeness check's run (``_certify``), which accepts nothing and stops
+    at a breakdown, so that it spends its budget exploring the deflated
+    operator."""
 
     rtol: Any
     atol: Any
     floor: Any
+    dim: Any
     check: Any = False
 
 
@@ -112,7 +115,7 @@ class _Loop(NamedTuple):
     done: jax.Array
 
 
-def _restart(s: _krylov.State, theta, u, key, *, keep: int, which: str, acc: Any):
+def _restart(s: _krylov.State, theta, u, key, project, *, keep: int, which: str, acc: Any):
     """The basis and arrowhead after a thick restart that keeps ``keep``
     Ritz pairs (all of them after a breakdown, room permitting)."""
     m = s.coeffs.shape[1]
@@ -135,6 +138,7 @@ def _restart(s: _krylov.State, theta, u, key, *, keep: int, which: str, acc: Any
         treedef,
         [jax.random.normal(kk, x.shape[1:], x.dtype) for kk, x in zip(keys, leaves, strict=True)],
     )
+    fresh = project(fresh)  # in the operator's block (stored form)
     fresh, _ = _krylov.gram_schmidt(basis, fresh)
     fresh, _ = _krylov.unit(fresh, acc)
     basis = lax.cond(broken, lambda b: set_row(b, kept, fresh), lambda b: b, basis)
@@ -155,7 +159,7 @@ class Config(NamedTuple):
     which: str
     m: int  # basis size
     acc: Any  # dtype of the projected matrix
-    n: int
+    n: int  # the operator's dimension, capped at m + 1: only m < n matters here
     dtype: Any  # the operator's
 
     @property
@@ -178,7 +182,7 @@ def _monitor(cfg: Config) -> Callable:
             theta, _, res = _krylov.ritz(s)
             cols = s.num_columns
             norm = jnp.maximum(norm0, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
-            measured = _floor(s, norm, cfg.n)
+            measured = _floor(s, norm, crit.dim)
             return _accepted(theta, res, cols, norm, cfg.k, cfg.which, crit, cfg.dtype, measured)
 
         # a completeness check accepts nothing: skip the test's eigh per step
@@ -205,7 +209,7 @@ def _begin(lm, v0, key, draw, cfg: Config) -> _Loop:
     return _Loop(state, zero, zero, jnp.zeros((), cfg.acc), key, jnp.asarray(False))
 
 
-def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, budget, cfg: Config) -> _Loop:
+def _end_cycle(lm, s: _krylov.State, loop: _Loop, start, crit: tuple, budget, cfg: Config):
     """After a cycle's steps: accept, or restart keeping ``cfg.keep`` pairs
     (a completeness check stops at a breakdown instead)."""
     used = loop.used + s.num_columns - start
@@ -214,16 +218,21 @@ def _end_cycle(s: _krylov.State, loop: _Loop, start, crit: tuple, budget, cfg: C
     norm = jnp.maximum(loop.norm, jnp.maximum(jnp.abs(theta[0]), jnp.abs(theta[cols - 1])))
     crit_ = Criterion(*crit)
     ok = _accepted(
-        theta, res, cols, norm, cfg.k, cfg.which, crit_, cfg.dtype, _floor(s, norm, cfg.n)
+        theta, res, cols, norm, cfg.k, cfg.which, crit_, cfg.dtype, _floor(s, norm, crit_.dim)
     )
     broken = s.status == _krylov.BREAKDOWN
-    done = ok | (used >= budget) | (broken & (cols >= cfg.n)) | (s.status == _krylov.NONFINITE)
+    spanned = broken & (cols >= crit_.dim)
+    done = ok | (used >= budget) | spanned | (s.status == _krylov.NONFINITE)
     done = done | (broken & jnp.asarray(crit_.check))
     key, sub = jax.random.split(loop.key)
+
+    def project(stored):  # a stored-form vector, into the operator's block
+        return lm.layout.flatten_leaves(lm.project(lm.layout.unflatten_leaves(stored)))
+
     s = lax.cond(
         done,
         lambda s: s,
-        lambda s: _restart(s, theta, u, sub, keep=cfg.keep, which=cfg.which, acc=cfg.acc),
+        lambda s: _restart(s, theta, u, sub, project, keep=cfg.keep, which=cfg.which, acc=cfg.acc),
         s,
     )
     return _Loop(s, used, loop.restarts + (~done), norm, key, done)
@@ -256,12 +265,13 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
         check = jnp.asarray(criterion.check)
         res = lax.cond(check, lambda r: r, recomputed, res)
         used = used + jnp.where(check, 0, k)
-    floor = _floor(s, loop.norm, cfg.n)
+    floor = _floor(s, loop.norm, criterion.dim)
     rounding = _rounding(loop.norm, cfg.dtype)
     min_cols = _certify.min_columns(k)
     bounds = error_bounds(theta, res, cols, rounding, min_cols=min_cols, floor=floor)[pos]
     converged = _accepted(theta, res, cols, loop.norm, k, cfg.which, criterion, cfg.dtype, floor)
-    converged = converged | ((cols >= cfg.n) & (s.status == _krylov.BREAKDOWN) & (cols >= k))
+    spanned = (cols >= criterion.dim) & (s.status == _krylov.BREAKDOWN) & (cols >= k)
+    converged = converged | spanned
     ends = jnp.stack([jnp.zeros_like(cols), jnp.maximum(cols, 1) - 1])
     return {
         "values": values,
@@ -305,7 +315,9 @@ def _solve(drv, v0, key, draw, crit, breakdown_tol, budget, *, cfg: Config, true
             monitor_args=(loop.norm, *crit),
         )
         # the loop's old basis was consumed by the steps (donated on the host)
-        return drv.call(_end_cycle, s, loop._replace(krylov=None), start, crit, budget, cfg=cfg)
+        return drv.call(
+            _end_cycle, drv.lm, s, loop._replace(krylov=None), start, crit, budget, cfg=cfg
+        )
 
     loop = drv.call(_begin, drv.lm, v0, key, draw, cfg=cfg)
     loop = drv.while_loop(lambda c: ~c.done, cycle, loop)
@@ -369,7 +381,7 @@ def lanczos_eigenpairs(
         FloatingPointError: a product returned NaN or inf.
         RuntimeError: fewer than k Ritz pairs when the budget ran out.
     """
-    n = lm.n
+    n = int(lm.dim)  # a block's size (its map acts on all the variables)
     if k >= n:
         raise ValueError(
             f"k must be < n = {n} for Lanczos, which finds a few extreme eigenpairs; got "
@@ -385,8 +397,8 @@ def lanczos_eigenpairs(
     key = as_key(key)
     start = None if v0 is None else _krylov.start_vector(lm, None, v0)
     rtol = default_rtol(lm.dtype) if rtol is None else rtol
-    cfg = Config(k, which, m, acc, n, jnp.dtype(lm.dtype))
-    crit = tuple(np.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype)))
+    cfg = Config(k, which, m, acc, min(n, m + 1), jnp.dtype(lm.dtype))
+    crit = tuple(np.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype), n))
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
     traced = is_traced(start, key, lm.operands)
     # numpy zeros (no eager jax programs): nothing locked in a solve (the

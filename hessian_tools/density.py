@@ -266,7 +266,7 @@ def spectral_density(
         FloatingPointError: a product returned NaN or inf (names the probe).
     """
     lm = as_linear_map(op, linearize=linearize)
-    n, dtype = lm.n, lm.dtype
+    n, dtype = int(lm.dim), lm.dtype  # a block's size (its map acts on all the variables)
     num_probes = check_int("num_probes", num_probes, low=1)
     if num_steps is None:
         total = check_int("num_matvecs", num_matvecs, low=num_probes)
@@ -280,9 +280,11 @@ def spectral_density(
     sigma = check_positive("sigma", sigma)
     acc = check_accumulate_dtype(accumulate_dtype, dtype)
     bd_tol = _krylov.default_breakdown_tol(n, dtype)
-    probes = lm.layout.unravel(rademacher_probes(as_key(key), num_probes, n, dtype))
+    # probes in the operator's block, whose Krylov spaces stay there
+    probes = lm.project(lm.layout.unravel(rademacher_probes(as_key(key), num_probes, lm.n, dtype)))
     if chunk_size is None:  # vectorised: the Lanczos bases of a chunk in about 256 MB
-        bases = fit((m + 1) * n * jnp.dtype(dtype).itemsize, cap=num_probes, budget=4 * CHUNK_BYTES)
+        item = (m + 1) * lm.n * jnp.dtype(dtype).itemsize
+        bases = fit(item, cap=num_probes, budget=4 * CHUNK_BYTES)
         chunk_size = num_probes if lm.batching == "map" else bases
     chunk = check_int("chunk_size", chunk_size, low=1)
     results = []

@@ -350,12 +350,15 @@ def eigenpairs(
             )
         return result
     lm = as_linear_map(op, linearize=linearize)
+    # a block's map acts on all the variables (a mask): v0 and the vectors
+    # move between the block's layout and that one (operators.to_space)
+    to_space, from_space = getattr(op, "to_space", None), getattr(op, "from_space", None)
     out = _thick_restart.lanczos_eigenpairs(
-        jax.lax.stop_gradient(lm),  # the loops are never differentiated: see attach
+        lm.stop_gradient(),  # the loops are never differentiated: see attach
         k,
         which,
         key=key,
-        v0=v0,
+        v0=v0 if v0 is None or to_space is None else to_space(v0),
         rtol=rtol,
         atol=float(atol),
         max_matvecs=max_matvecs,
@@ -368,7 +371,7 @@ def eigenpairs(
     values = attach(lm, out["values"], out["vectors"], out["bounds"], out["complete"])
     return Eigenpairs(
         values,
-        out["vectors"],
+        out["vectors"] if from_space is None else from_space(out["vectors"]),
         out["residuals"],
         out["bounds"],
         out["converged"],
@@ -377,6 +380,6 @@ def eigenpairs(
         out["num_restarts"],
         out["floor"],
         out["complete"],
-        lm.layout,
+        lm.layout if from_space is None else op.layout,
         False,
     )

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hessian_tools import _deflation, _krylov
 from hessian_tools._checks import as_key, check_choice, check_int, check_positive, is_traced
@@ -261,7 +262,7 @@ def trace(
     lm = as_linear_map(op)
     with progress_bar(m, f"trace ({method})", progress) as bar:
         products = Products(lm, chunk_size, bar)
-        if m >= lm.n:
+        if m >= int(lm.dim):  # a block's size (its map acts on all the variables)
             diag = exact_diagonal(products)
             return Estimate(jnp.sum(diag), jnp.zeros((), diag.dtype), products.count, "exact")
         if method == "xtrace":
@@ -343,8 +344,8 @@ def diagonal(
     layout = lm.layout
     with progress_bar(m, f"diagonal ({method})", progress) as bar:
         products = Products(lm, chunk_size, bar)
-        if m >= lm.n:
-            diag = exact_diagonal(products)
+        if m >= int(lm.dim):  # a block's size (its map acts on all the variables)
+            diag = _in_block(lm, exact_diagonal(products))
             return Estimate(diag, jnp.zeros_like(diag), products.count, "exact")
         norm = jnp.linalg.norm
 
@@ -354,7 +355,7 @@ def diagonal(
         if method == "hutchinson":
             zero = jnp.zeros((lm.n,), lm.dtype)
             value, err = sequential(products, key, m, Samples(plain), zero, rtol, norm)
-            return Estimate(value, err, products.count, method)
+            return Estimate(_in_block(lm, value), _in_block(lm, err), products.count, method)
         k1, k2 = jax.random.split(key)
         v, low, g = _deflate(products, k1, m, method, "diagonal")
 
@@ -363,4 +364,11 @@ def diagonal(
             return layout.ravel(z) * layout.ravel(project_out(v, az, layout))
 
         value, err = sequential(products, k2, g, Samples(sample), low, rtol, norm)
-        return Estimate(value, err, products.count, method)
+        return Estimate(_in_block(lm, value), _in_block(lm, err), products.count, method)
+
+
+def _in_block(lm: Any, flat: jax.Array) -> jax.Array:
+    """A diagonal of all the variables restricted to the operator's block
+    (itself without one)."""
+    within = lm.block_indices()
+    return flat if within is None else jnp.asarray(np.asarray(flat)[within])

@@ -162,7 +162,7 @@ def lanczos(
         FloatingPointError: a product returned NaN or inf (names the step).
     """
     lm = as_linear_map(op, linearize=linearize)
-    n = lm.n
+    n = int(lm.dim)  # a block's size (its map acts on all the variables)
     m = check_int("num_matvecs", num_matvecs, low=1)
     if m > n:
         raise ValueError(
@@ -171,6 +171,9 @@ def lanczos(
         )
     acc = check_accumulate_dtype(accumulate_dtype, lm.dtype)
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype) if breakdown_tol is None else breakdown_tol
+    to_space, from_space = getattr(op, "to_space", None), getattr(op, "from_space", None)
+    if v0 is not None and to_space is not None:  # a block: its map acts on all the variables
+        v0 = to_space(v0)
     v0 = _krylov.start_vector(lm, key, v0)
     state = drive(_run, lm, v0, bd_tol, num_steps=m, acc=acc, reorthogonalize=bool(reorthogonalize))
     steps = state.num_columns
@@ -184,4 +187,9 @@ def lanczos(
     broken = state.status == _krylov.BREAKDOWN
     if not is_traced(steps):
         steps, broken = int(steps), bool(broken)
+    if from_space is not None and lm.mask is not None:  # back to the block's leaves
+        basis, nxt = from_space(basis), from_space(jax.tree.map(lambda x: x[None], nxt))
+        return LanczosResult(
+            alphas, betas, basis, jax.tree.map(lambda x: x[0], nxt), steps, broken, op.layout
+        )
     return LanczosResult(alphas, betas, basis, nxt, steps, broken, lm.layout)

@@ -17,6 +17,7 @@ reuses the compiled code.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -141,6 +142,24 @@ def _apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
     return lm.layout.ravel(out)
 
 
+def _stack_lead(layout: Layout, v: Any) -> tuple[int, ...]:
+    """``(k,)`` when ``v`` is a stack of k vectors of ``layout`` (leaves
+    ``(k, *shape)``), else ``()``."""
+    leaves = jax.tree.leaves(v)
+    if layout.is_flat(v) or jax.tree.structure(v) != layout.treedef:
+        return ()
+    if len(leaves) != len(layout.shapes):
+        return ()
+    if all(
+        np.ndim(x) == len(s) + 1 and tuple(np.shape(x)[1:]) == s
+        for x, s in zip(leaves, layout.shapes, strict=True)
+    ):
+        leads = {np.shape(x)[0] for x in leaves}
+        if len(leads) == 1:
+            return (leads.pop(),)
+    return ()
+
+
 # --------------------------------------------------------------------------
 # Operators
 
@@ -227,7 +246,7 @@ class CurvatureOperator:
             return self.matmat(v)
         flat = self.layout.is_flat(v)
         tree = self.vector(v, name="v")
-        out = _apply(self.linear_map(linearize=False), tree)
+        out = self.from_space(_apply(self.linear_map(linearize=False), self.to_space(tree)))
         return self.layout.ravel(out) if flat else out
 
     __matmul__ = matvec
@@ -250,8 +269,39 @@ class CurvatureOperator:
     def _rows(self, rows: jax.Array) -> jax.Array:
         """``A r`` for the rows of ``rows`` (k, n), chunk by chunk (``_chunks``)."""
         lm, k = self.linear_map(), rows.shape[0]
+        idx = lm.block_indices()
+        if idx is not None:  # a block: the products of the space of all variables
+            return jnp.asarray(self._block_rows(lm, idx, np.asarray(rows)))
         out = [_apply_flat(lm, c)[:take] for _, take, c in chunks(rows, self._chunk(k))]
         return jnp.concatenate(out) if len(out) > 1 else out[0]
+
+    def _block_rows(self, lm: LinearMap, idx: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``A r`` for a block's flat rows (k, n_block), through the masked
+        map of all the variables (n wide): rows placed at the block's
+        coordinates on the host, applied in chunks of power-of-two sizes (so
+        that every block reuses a few compiled shapes), read back there."""
+        k, out = rows.shape[0], np.empty(rows.shape, np.dtype(lm.dtype))
+        cap = self.chunk_size or fit(lm.n * jnp.dtype(lm.dtype).itemsize)
+        start = 0
+        while start < k:
+            size = 1 << int(np.log2(max(1, min(cap, k - start))))
+            wide = np.zeros((size, lm.n), np.dtype(lm.dtype))
+            wide[:, idx] = rows[start : start + size]
+            out[start : start + size] = np.asarray(_apply_flat(lm, jnp.asarray(wide)))[:, idx]
+            start += size
+        return out
+
+    def to_space(self, v: Any) -> Any:
+        """``v`` (a vector, or a stack of them with a leading axis, or an
+        (n, k) flat array) in the layout of the operator's ``linear_map``:
+        itself, except for a block of a ``HessianOperator``, whose map acts
+        on all the variables (zeros outside the block)."""
+        return v
+
+    def from_space(self, stack: PyTree) -> PyTree:
+        """Inverse of ``to_space`` for a stack of vectors of the map's layout
+        (an ``Eigenpairs``' ``tree_vectors``): the block's leaves."""
+        return stack
 
     def to_dense(self, progress: bool = False) -> jax.Array:
         """The (n, n) matrix, built from n HVPs against basis vectors in
@@ -275,13 +325,18 @@ class CurvatureOperator:
 
         n, chunk = self.n, self._chunk(self.n)
         lm = self.linear_map()
+        within = lm.block_indices()  # a block: products of the masked map
         dense = np.empty((n, n), dtype=np.dtype(self.dtype))
         with progress_bar(n, "dense Hessian", progress) as bar:
             for start in range(0, n, chunk):
                 idx = start + np.arange(chunk)
-                basis = jnp.asarray(idx[:, None] == np.arange(n)[None, :], dtype=self.dtype)
                 stop = min(start + chunk, n)
-                block = np.asarray(_apply_flat(lm, basis)[: stop - start])
+                if within is not None:
+                    basis = np.asarray(idx[: stop - start, None] == np.arange(n)[None, :])
+                    block = self._block_rows(lm, within, basis.astype(np.dtype(self.dtype)))
+                else:
+                    basis = jnp.asarray(idx[:, None] == np.arange(n)[None, :], dtype=self.dtype)
+                    block = np.asarray(_apply_flat(lm, basis)[: stop - start])
                 if not np.all(np.isfinite(block)):
                     row, col = np.argwhere(~np.isfinite(block))[0]
                     raise FloatingPointError(
@@ -347,7 +402,12 @@ class HessianOperator(CurvatureOperator):
             fixed: a pytree of booleans shaped like params (or a prefix of
             it, e.g. ``{"layer1": True, "layer2": False}``), or a predicate
             on key paths (``lambda path: "layer1" in path``, the path as
-            ``jax.tree_util.keystr`` writes it).
+            ``jax.tree_util.keystr`` writes it). ``n``, vectors and
+            eigenvectors are the block's; the solvers see the Hessian of all
+            the floating leaves with the block as a traced mask, so every
+            block of one loss and shapes reuses the compiled code (each
+            product costs a full HVP). ``op.block(wrt)`` gives another
+            block of the same point without new checks.
 
     Params may be any pytree (an ``eqx.Module``, an NNX ``State``): its
     floating-point array leaves are the variables and every other leaf is
@@ -360,7 +420,9 @@ class HessianOperator(CurvatureOperator):
     Raises:
         ValueError: a non-scalar loss; an empty batch collection or batch.
         TypeError: non-floating params; a one-shot iterator as ``batches``.
-        FloatingPointError: the loss or gradient is not finite at params.
+        FloatingPointError: the loss or gradient is not finite at params (for
+            a block: the gradient in all the variables, which its products
+            go through).
     """
 
     def __init__(
@@ -375,11 +437,48 @@ class HessianOperator(CurvatureOperator):
         super().__init__(params, wrt)
         self.f = f
         self.data = Data.create(args, batches)
-        check_scalar_loss(f, params, self.data.example_args(), self.partition, batches)
+        self._select(wrt)
+        check_scalar_loss(
+            f, params, self.data.example_args(), self._space or self.partition, batches
+        )
         if check_finite and not is_traced(self.variables, self.data):
             with explain_nnx_errors("f"):  # e.g. a merge without copy=True
-                value, grad = self.value_and_grad()
+                value, grad = self._value_and_grad()  # a block's: of all the variables
             _require_finite(("loss", value), ("gradient", grad))
+
+    def _select(self, wrt: Any) -> None:
+        """For a block: the space of all the variables it lies in, and its
+        mask there (``linear_map``)."""
+        self._space = None
+        if wrt is None:
+            return
+        space = Partition.everything(self.params)
+        if space == self.partition:
+            return
+        self._space = space
+        self._space_variables, self._space_fixed = space.split(self.params)
+        self._space_layout = Layout.of(self._space_variables)
+        dtypes = self._space_layout.dtypes
+        within = self.partition.within(space)
+        self._mask = jax.tree.unflatten(
+            self._space_layout.treedef,
+            [np.asarray(s, d) for s, d in zip(within, dtypes, strict=True)],
+        )
+
+    def block(self, wrt: Any) -> HessianOperator:
+        """The Hessian block of the variables ``wrt`` selects (as in the
+        constructor), at the same point and data, the others held fixed.
+        No new checks (no gradient), and the same compiled solvers as every
+        other block of this loss and shapes (``linear_map``).
+
+        Raises:
+            ValueError: ``wrt`` selects no variable (the message lists the
+                key paths) or does not match params.
+        """
+        new = copy.copy(self)
+        CurvatureOperator.__init__(new, self.params, wrt)
+        new._select(wrt)
+        return new
 
     @property
     def args(self) -> tuple:
@@ -391,13 +490,65 @@ class HessianOperator(CurvatureOperator):
         return self.data.num_batches
 
     def linear_map(self, linearize: bool = True) -> LinearMap:
+        """The operator in normal form. For a block (``wrt=``), the Hessian
+        in all the floating leaves of params with the block's mask
+        (``hessian_tools._operator``): every block of one loss and shapes
+        runs the same compiled solvers (``compact_linear_map`` is the map
+        in the block's own variables)."""
+        if self._space is None:
+            return self.compact_linear_map(linearize)
+        matvec, prepare = hessian_products(self.f, self._space)
+        share = prepare if linearize and not self.data.batched else None
+        operands = (self._space_variables, self._space_fixed, self.data)
+        batching, loop = schedule(matvec, operands, self._space_layout)
+        batching, loop = self.batching or batching, self.loop or loop
+        template = self._space_variables if _sharded(self._space_variables) else None
+        return LinearMap(
+            matvec, operands, self._space_layout, batching, share, loop, template,
+            mask=self._mask, block_size=self.n,
+        )  # fmt: skip
+
+    def compact_linear_map(self, linearize: bool = True) -> LinearMap:
+        """The map in the operator's own variables (for a block, compiled
+        for that block; for wrappers that change the product)."""
         matvec, prepare = hessian_products(self.f, self.partition)
         share = prepare if linearize and not self.data.batched else None
         return self._linear_map(matvec, (self.variables, self.fixed, self.data), share)
 
+    def to_space(self, v: Any) -> Any:
+        if self._space is None:
+            return v
+        if self.layout.is_flat(v) and np.ndim(v) == 2:  # (n, k) columns
+            wide = np.zeros((self._space_layout.n, np.shape(v)[1]), np.dtype(self.dtype))
+            wide[self.linear_map(False).block_indices()] = np.asarray(v)  # host only
+            return jnp.asarray(wide)
+        lead = _stack_lead(self.layout, v)
+        tree = self.layout.cast(v) if lead else self.vector(v, name="v0")
+        fill = [
+            np.zeros(lead + s, d)
+            for s, d in zip(self._space_layout.shapes, self._space_layout.dtypes, strict=True)
+        ]
+        return self.partition.put(self._space, tree, fill)
+
+    def from_space(self, stack: PyTree) -> PyTree:
+        if self._space is None:
+            return stack
+        return self.partition.take(self._space, stack)
+
     def value_and_grad(self) -> tuple[jax.Array, PyTree]:
         """Loss (the batch-weighted mean) and its gradient with respect to
         the variables, at params."""
+        value, grad = self._value_and_grad()
+        return value, self.from_space(grad)
+
+    def _value_and_grad(self) -> tuple[jax.Array, PyTree]:
+        """Loss and gradient in the map's space: for a block, the gradient in
+        all the variables (one compiled program for every block; the block's
+        masked products need all of it finite)."""
+        if self._space is not None:
+            return value_and_grad(
+                self.f, self._space, self._space_variables, self._space_fixed, self.data
+            )
         return value_and_grad(self.f, self.partition, self.variables, self.fixed, self.data)
 
 

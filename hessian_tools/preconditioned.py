@@ -102,7 +102,8 @@ class PreconditionedOperator(CurvatureOperator):
         self.scale = jax.tree.map(lambda x: 1 / jnp.sqrt(x), p)  # P^-1/2
 
     def linear_map(self, linearize: bool = True) -> LinearMap:
-        inner = self.op.linear_map(linearize)
+        # a block's map in its own variables, where p and the scaling live
+        inner = getattr(self.op, "compact_linear_map", self.op.linear_map)(linearize)
         matvec, prepare = _scaled(inner.matvec, inner.prepare)
         return LinearMap(
             matvec,

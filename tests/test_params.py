@@ -47,6 +47,31 @@ def test_linen_batch_stats_are_held_fixed_and_named():
     # selected on purpose with wrt=: curvature in the statistics too, no warning
     with_stats = ht.HessianOperator(loss, variables, X, Y, wrt=lambda path: True)
     assert with_stats.n == ravel_pytree(variables)[0].size
+    # a block beside model state: the masked map of all the floating leaves
+    # (statistics included, masked out) is the sub-block of the full Hessian
+    block = ht.HessianOperator(loss, variables, X, Y, wrt=lambda path: "Dense_0" in path)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables)]
+    sizes = [x.size for x in jax.tree.leaves(variables)]
+    edges = np.cumsum([0, *sizes])
+    idx = np.concatenate(
+        [np.arange(edges[i], edges[i + 1]) for i, p in enumerate(paths) if "Dense_0" in p]
+    )
+    assert block.n == idx.size == 16
+    np.testing.assert_allclose(
+        block.to_dense(), with_stats.to_dense()[np.ix_(idx, idx)], rtol=1e-10, atol=1e-13
+    )
+
+
+def test_a_block_moves_between_its_leaves_and_all_the_variables():
+    params = {"a": jnp.ones(3), "b": (jnp.zeros((2, 2)), 7), "c": jnp.arange(4.0)}
+    space = ht._params.Partition.everything(params)
+    block = ht._params.Partition.of(params, wrt=lambda path: "c" in path or "b" in path)
+    assert block.within(space) == (False, True, True)
+    vector = {"a": jnp.full(3, 1.0), "b": (jnp.full((2, 2), 2.0), None), "c": jnp.full(4, 3.0)}
+    taken = block.take(space, vector)
+    assert taken["a"] is None and taken["b"][0] is vector["b"][0] and taken["c"] is vector["c"]
+    back = block.put(space, taken, [np.zeros(3), None, None])
+    assert back["b"][1] is None and np.all(back["a"] == 0) and back["c"] is vector["c"]
 
 
 def test_nnx_batch_stat_variables_are_held_fixed():
