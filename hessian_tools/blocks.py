@@ -95,6 +95,7 @@ def block_spectra(
     density_matvecs: int = 256,
     key: Any = None,
     rtol: float | None = None,
+    method: str = "auto",
     batches: Iterable | None = None,
 ) -> list[BlockSpectrum]:
     """Top eigenvalues, trace and (optionally) spectral density of each
@@ -121,6 +122,10 @@ def block_spectra(
         key: PRNG key for the estimators and start vectors (an int, a
             typed or a uint32 key; default 0).
         rtol: accuracy of the eigenvalues (as in ``eigenpairs``).
+        method: ``eigenpairs``' method for each block: ``"auto"`` (the dense
+            path where its predicted time is lower: small blocks; each new
+            size of a dense block compiles its own ``eigh``), ``"dense"`` or
+            ``"lanczos"`` (one compiled solver for every block).
         batches: as in ``HessianOperator``.
 
     Returns:
@@ -149,7 +154,7 @@ def block_spectra(
     for i, (name, wrt) in enumerate(blocks.items()):
         k_eig, k_trace, k_density = jax.random.split(jax.random.fold_in(key, i), 3)
         op = everything.block(_selection(wrt))
-        ep = eigenpairs(op, min(k, op.n), key=k_eig, rtol=rtol)
+        ep = eigenpairs(op, min(k, op.n), key=k_eig, rtol=rtol, method=method)
         est = trace(op, key=k_trace, num_matvecs=max(4, min(trace_matvecs, op.n)))
         spent = int(ep.num_matvecs) + est.num_matvecs
         dens = None
