@@ -15,6 +15,10 @@ import hessian_tools as ht
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import workloads as wl
 
+# ~70 s on a loaded 2-core machine: a float64 dense Hessian (n = 2,148) and
+# eigenpairs' compilation for a Flax NNX model
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny():
