@@ -163,18 +163,6 @@ def child_compiles(problem: str, first: int, then: int) -> dict:
     return {"first": c1, "then": handler.count - c1, "blocks": [b[0] for b in blocks]}
 
 
-def _median_time(fn, reps=15):
-    import jax
-
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _hvp_time(f, params, args, wrt):
     import functools
 
@@ -185,7 +173,9 @@ def _hvp_time(f, params, args, wrt):
     op = ht.HessianOperator(f, params, *args, wrt=wrt)
     v = op.unravel(jax.random.normal(jax.random.PRNGKey(3), (op.n,), op.dtype))
     fn = jax.jit(functools.partial(ht.hvp, f, wrt=wrt))
-    return _median_time(lambda: fn(params, v, *args))
+    from _timing import timed
+
+    return timed(lambda: fn(params, v, *args), reps=15)
 
 
 def child_cost(problem: str) -> dict:

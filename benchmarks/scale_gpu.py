@@ -37,7 +37,6 @@ import datetime
 import itertools
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -49,6 +48,7 @@ import hessian_tools as ht
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads as wl
+from _timing import timed
 
 #: the transformer's scale variants (random init), by name
 TRANSFORMER_SCALE = {
@@ -127,16 +127,6 @@ def workloads(small: bool):
     ys = jax.nn.one_hot(jax.random.randint(ky, (samples,), 0, 10), 10, dtype=jnp.float32)
     name = f"wide MLP {'-'.join(map(str, sizes))} GELU (synthetic, {samples} samples)"
     yield name, make_loss(jax.nn.gelu), mlp(kp, sizes), (xs, ys)
-
-
-def timed(fn, reps=5):
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def peak_bytes() -> float | None:

@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -43,19 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import workloads as wl
 from _rss import peak_rss_mb
+from _timing import timed
 
 import hessian_tools as ht
-
-
-def timed(fn, reps=5) -> float:
-    """Median seconds of ``fn()`` (its result blocked on), after one warm-up call."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def hvp_vs_grad(problem, reps=5) -> tuple[float, float]:
