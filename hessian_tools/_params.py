@@ -33,6 +33,7 @@ move vectors between a block and that space.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -114,6 +115,9 @@ def _mask(params: PyTree, wrt: Any) -> list[bool]:
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if wrt is None:
         return [True] * len(leaves)
+    if isinstance(wrt, str):  # a key-path pattern, as block_spectra's blocks
+        pattern = _compile_pattern(wrt)
+        return [pattern.search(jax.tree_util.keystr(path)) is not None for path, _ in leaves]
     if callable(wrt):
         return [bool(wrt(jax.tree_util.keystr(path))) for path, _ in leaves]
     try:
@@ -125,6 +129,18 @@ def _mask(params: PyTree, wrt: Any) -> list[bool]:
             f"that does not match params ({err})."
         ) from None
     return [bool(m) for m in jax.tree.leaves(full)]
+
+
+def _compile_pattern(wrt: str) -> re.Pattern:
+    """A ``wrt`` string as the regular expression it is searched as."""
+    try:
+        return re.compile(wrt)
+    except re.error as err:
+        raise ValueError(
+            f"wrt={wrt!r} is read as a key-path pattern (a regular expression searched in "
+            f'each leaf\'s key path, e.g. "layer1" or "attn.*kernel") and does not '
+            f"compile: {err}."
+        ) from None
 
 
 def _available_paths(params: PyTree, shown: int = 20) -> str:

@@ -17,7 +17,6 @@ blocks of a transformer far more heterogeneous than those of a CNN).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -153,7 +152,7 @@ def block_spectra(
     out = []
     for i, (name, wrt) in enumerate(blocks.items()):
         k_eig, k_trace, k_density = jax.random.split(jax.random.fold_in(key, i), 3)
-        op = everything.block(_selection(wrt))
+        op = everything.block(wrt)
         ep = eigenpairs(op, min(k, op.n), key=k_eig, rtol=rtol, method=method)
         est = trace(op, key=k_trace, num_matvecs=max(4, min(trace_matvecs, op.n)))
         spent = int(ep.num_matvecs) + est.num_matvecs
@@ -164,14 +163,6 @@ def block_spectra(
             spent += int(dens.num_matvecs)
         out.append(BlockSpectrum(name, op.n, ep.values, ep.error_bounds, est, spent, dens))
     return out
-
-
-def _selection(wrt: Any) -> Any:
-    """A key-path pattern as a predicate; any other ``wrt`` as it is."""
-    if isinstance(wrt, str):
-        pattern = re.compile(wrt)
-        return lambda path: pattern.search(path) is not None
-    return wrt
 
 
 def block_heterogeneity(

@@ -68,8 +68,10 @@ def hvp(f: Loss, params: PyTree, v: PyTree, *args: Any, wrt: Any = None) -> PyTr
             None where a leaf is not a variable) or shaped like the whole of
             params (its variable leaves are used); cast to the params' dtypes.
         *args: further arguments of ``f`` (data), passed through unchanged.
-        wrt: restrict the variables to a block: a pytree of booleans shaped
-            like params (or a prefix), or a predicate on key paths.
+        wrt: restrict the variables to a block: a key-path pattern (a
+            regular expression searched in each leaf's key path, e.g.
+            ``"layer1"``), a pytree of booleans shaped like params (or a
+            prefix), or a predicate on key paths.
 
     Returns:
         A pytree of the variables (like ``params`` for a plain pytree of
@@ -399,10 +401,12 @@ class HessianOperator(CurvatureOperator):
             raise ``FloatingPointError`` if either is NaN or inf (skipped
             inside ``jax.jit``).
         wrt: the Hessian block of some variables only, the others held
-            fixed: a pytree of booleans shaped like params (or a prefix of
-            it, e.g. ``{"layer1": True, "layer2": False}``), or a predicate
-            on key paths (``lambda path: "layer1" in path``, the path as
-            ``jax.tree_util.keystr`` writes it). ``n``, vectors and
+            fixed: a key-path pattern (a regular expression searched in
+            each leaf's key path as ``jax.tree_util.keystr`` writes it,
+            e.g. ``"layer1"`` or ``"attn.*kernel"``), a pytree of booleans
+            shaped like params (or a prefix of it, e.g.
+            ``{"layer1": True, "layer2": False}``), or a predicate on key
+            paths (``lambda path: "layer1" in path``). ``n``, vectors and
             eigenvectors are the block's; the solvers see the Hessian of all
             the floating leaves with the block as a traced mask, so every
             block of one loss and shapes reuses the compiled code (each

@@ -89,3 +89,18 @@ def test_nnx_batch_stat_variables_are_held_fixed():
         op = ht.HessianOperator(loss, state, X.astype(jnp.float32), Y.astype(jnp.float32))
     params = nnx.split(model, nnx.Param, ...)[1]
     assert op.n == ravel_pytree(params)[0].size
+
+
+def test_a_string_wrt_is_a_key_path_pattern():
+    # before: a string was a pytree prefix, bool("a") is True, and
+    # wrt="a" silently selected every variable
+    params = {"attn": {"query": jnp.ones(3), "key": jnp.ones(2)}, "mlp": jnp.ones(4)}
+    by_pattern = ht._params.Partition.of(params, wrt="query|mlp")
+    by_predicate = ht._params.Partition.of(params, wrt=lambda p: "query" in p or "mlp" in p)
+    assert by_pattern == by_predicate
+    assert by_pattern.kinds.count(ht._params.VAR) == 2
+    # a typo selects nothing: the message lists the key paths to choose from
+    with pytest.raises(ValueError, match=r"selected by wrt.*\['attn'\]\['query'\]"):
+        ht._params.Partition.of(params, wrt="qeury")
+    with pytest.raises(ValueError, match="key-path pattern.*does not compile"):
+        ht._params.Partition.of(params, wrt="attn[")
