@@ -102,5 +102,5 @@ def test_a_string_wrt_is_a_key_path_pattern():
     # a typo selects nothing: the message lists the key paths to choose from
     with pytest.raises(ValueError, match=r"selected by wrt.*\['attn'\]\['query'\]"):
         ht._params.Partition.of(params, wrt="qeury")
-    with pytest.raises(ValueError, match="key-path pattern.*does not compile"):
+    with pytest.raises(ValueError, match=r"key-path pattern.*does not compile"):
         ht._params.Partition.of(params, wrt="attn[")
