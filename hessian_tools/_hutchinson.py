@@ -32,7 +32,7 @@ import numpy as np
 
 from hessian_tools._checks import check_int, is_traced
 from hessian_tools._chunks import chunks, fit
-from hessian_tools._operator import LinearMap, apply_linear_map
+from hessian_tools._operator import LinearMap, apply_linear_map, block_rows
 from hessian_tools._tree import Layout, basis_combine, stack_dot
 
 __all__ = [
@@ -224,18 +224,17 @@ def exact_diagonal(products: Products) -> jax.Array:
     rest of the diagonal is 0."""
     out, n, layout = [], products.lm.n, products.layout
     within = products.lm.block_indices()
-    if within is not None:
-        diag = np.zeros((n,), np.dtype(products.lm.dtype))
-        start = 0
-        while start < within.size:
-            size = 1 << int(np.log2(min(products.chunk, within.size - start)))
-            idx = within[start : start + size]
-            basis = np.zeros((size, n), np.dtype(products.lm.dtype))
-            basis[np.arange(size), idx] = 1
-            rows = np.asarray(layout.ravel(products(layout.unravel(jnp.asarray(basis)))))
-            diag[idx] = rows[np.arange(size), idx]
-            start += size
-        return jnp.asarray(diag)
+    if within is not None:  # numpy on the host: no program per chunk size
+        diag, k = np.zeros((n,), np.dtype(products.lm.dtype)), within.size
+        for start in range(0, k, products.chunk):
+            rows = np.arange(start, min(start + products.chunk, k))
+            basis = np.zeros((rows.size, k), diag.dtype)
+            basis[np.arange(rows.size), rows] = 1
+            got = block_rows(products.lm, within, basis, products.chunk)
+            diag[within[rows]] = got[np.arange(rows.size), rows]
+            products.count += rows.size
+            products.bar.update(rows.size)
+        return jax.device_put(diag)
     for start in range(0, n, products.chunk):
         idx = start + np.arange(min(products.chunk, n - start))
         basis = jnp.asarray(idx[:, None] == np.arange(n)[None, :], dtype=products.lm.dtype)

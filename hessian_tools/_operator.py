@@ -190,6 +190,40 @@ def apply_linear_map(lm: LinearMap, vectors: PyTree) -> PyTree:
     return apply_batched(lm.bind(), vectors, lm.batching)
 
 
+@jax.jit
+def apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
+    """``A v`` for the flat rows (k, n) of ``vs``: one program per operator
+    type and k."""
+    return lm.layout.ravel(apply_batched(lm.bind(), lm.layout.unravel(vs), lm.batching))
+
+
+def block_rows(lm: LinearMap, idx: np.ndarray, rows: np.ndarray, cap: int) -> np.ndarray:
+    """``A r`` for a block's flat rows (k, n_block) on the host, through the
+    masked map of all the variables (n wide): the rows are placed at the
+    block's coordinates ``idx`` on the host and applied in chunks of
+    power-of-two sizes at most ``cap``, so that every block, whatever its
+    size, reuses a few compiled programs (and the host work compiles none).
+
+    Raises:
+        FloatingPointError: a product returned NaN or inf.
+    """
+    k, out = rows.shape[0], np.empty(rows.shape, np.dtype(lm.dtype))
+    start = 0
+    while start < k:
+        size = 1 << int(np.log2(max(1, min(cap, k - start))))
+        wide = np.zeros((size, lm.n), np.dtype(lm.dtype))
+        wide[:, idx] = rows[start : start + size]
+        part = np.asarray(apply_flat(lm, jax.device_put(wide)))[:, idx]
+        if not np.all(np.isfinite(part)):
+            raise FloatingPointError(
+                f"an operator product returned NaN or inf (products {start + 1} to "
+                f"{start + size} of the block); check the loss and params."
+            )
+        out[start : start + size] = part
+        start += size
+    return out
+
+
 def default_batching() -> str:
     """How blocks of products are applied when nothing else is known:
     ``lax.map`` on CPU, where a sequential map of a linearised MLP HVP was

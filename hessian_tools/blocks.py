@@ -177,8 +177,15 @@ def block_heterogeneity(
     width) on one grid spanning every block's nodes, then normalised. The
     distance is the square root of the Jensen-Shannon divergence in bits:
     0 for equal densities, 1 for disjoint ones. The eigenvalues are
-    compared as they are, not rescaled: blocks of different curvature
-    scales differ, as in Zhang et al.
+    compared as they are, not rescaled, on a linear grid: blocks whose
+    spectra lie within one smoothing width of 0 (small curvature beside a
+    block with large eigenvalues) become one spike at 0 and compare as
+    nearly equal, so differences in scale below 1% of the pooled width are
+    not seen; compare the blocks' top eigenvalues for those. Measured on
+    small models (a 2-layer transformer against a CNN with BatchNorm, 3
+    seeds), this measure did not separate the two, while the spread of the
+    blocks' top eigenvalues under GPT-2's initialisation (5.5 decades
+    against 0.7) did.
 
     Args:
         spectra: ``block_spectra(..., density=True)``'s result (two blocks

@@ -141,19 +141,38 @@ def select(w: Any, k: int, which: str) -> np.ndarray:
 
 
 def dense_eigenpairs(matrix: jax.Array, k: int, which: str, num_matvecs: int) -> Eigenpairs:
-    """Exact eigenpairs of a dense symmetric matrix via ``jnp.linalg.eigh``."""
-    w, v = jnp.linalg.eigh(matrix)
+    """Exact eigenpairs of a dense symmetric matrix via LAPACK's ``syevd``:
+    numpy's on the host for a concrete matrix held by CPU devices (no
+    program to compile, so a new size, e.g. each block of
+    ``block_spectra``, costs no compilation), ``jnp.linalg.eigh`` for a
+    traced one or one on an accelerator."""
+    xp = np if _on_host(matrix) else jnp
+    a = np.asarray(matrix) if xp is np else matrix
+    w, v = xp.linalg.eigh(a)
     idx = select(w, k, which)
     values, vectors = w[idx], v[:, idx]
-    residuals = jnp.linalg.norm(matrix @ vectors - vectors * values[None, :], axis=0)
-    scale = jnp.max(jnp.abs(w))
+    residuals = xp.linalg.norm(a @ vectors - vectors * values[None, :], axis=0)
+    scale = xp.max(xp.abs(w))
     # eigh is backward stable: each eigenvalue within ~n eps ||A|| of the truth
-    bounds = jnp.maximum(residuals, matrix.shape[0] * jnp.finfo(w.dtype).eps * scale)
-    layout = Layout.of(jax.ShapeDtypeStruct((matrix.shape[0],), matrix.dtype))
-    floor = matrix.shape[0] * jnp.finfo(w.dtype).eps * scale
-    return Eigenpairs(
-        values, vectors.T, residuals, bounds, True, num_matvecs, scale, 0, floor, True, layout, True
+    floor = a.shape[0] * np.finfo(w.dtype).eps * scale
+    bounds = xp.maximum(residuals, floor)
+    values, vectors, residuals, bounds, scale, floor = (
+        jax.device_put(x) for x in (values, vectors.T, residuals, bounds, scale, floor)
     )
+    layout = Layout.of(jax.ShapeDtypeStruct((a.shape[0],), a.dtype))
+    return Eigenpairs(
+        values, vectors, residuals, bounds, True, num_matvecs, scale, 0, floor, True, layout, True
+    )
+
+
+def _on_host(matrix: Any) -> bool:
+    """A numpy array, or a concrete jax array whose devices are all CPUs."""
+    if isinstance(matrix, np.ndarray):
+        return True
+    if is_traced(matrix):
+        return False
+    devices = getattr(matrix, "devices", None)
+    return devices is not None and all(d.platform == "cpu" for d in devices())
 
 
 # --------------------------------------------------------------------------

@@ -371,4 +371,4 @@ def _in_block(lm: Any, flat: jax.Array) -> jax.Array:
     """A diagonal of all the variables restricted to the operator's block
     (itself without one)."""
     within = lm.block_indices()
-    return flat if within is None else jnp.asarray(np.asarray(flat)[within])
+    return flat if within is None else jax.device_put(np.asarray(flat)[within])

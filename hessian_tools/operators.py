@@ -42,7 +42,7 @@ from hessian_tools._hessian import (
     value_and_grad,
     wrapped_loss,
 )
-from hessian_tools._operator import LinearMap, apply_batched, schedule
+from hessian_tools._operator import LinearMap, apply_flat, block_rows, schedule
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
 
@@ -135,13 +135,6 @@ def _require_finite(*named: tuple[str, PyTree]) -> None:
 @jax.jit
 def _apply(lm: LinearMap, v: PyTree) -> PyTree:
     return lm.bind()(v)
-
-
-@jax.jit
-def _apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
-    # vs: (k, n) flat rows
-    out = apply_batched(lm.bind(), lm.layout.unravel(vs), lm.batching)
-    return lm.layout.ravel(out)
 
 
 def _stack_lead(layout: Layout, v: Any) -> tuple[int, ...]:
@@ -268,30 +261,19 @@ class CurvatureOperator:
         # chunk_size for very large models
         return min(k, fit(self.n * jnp.dtype(self.dtype).itemsize))
 
+    def _block_cap(self, lm: LinearMap) -> int:
+        """The largest chunk of a block's products: ``chunk_size``, or what
+        fits for the n-wide vectors of all the variables."""
+        return self.chunk_size or fit(lm.n * jnp.dtype(lm.dtype).itemsize)
+
     def _rows(self, rows: jax.Array) -> jax.Array:
         """``A r`` for the rows of ``rows`` (k, n), chunk by chunk (``_chunks``)."""
         lm, k = self.linear_map(), rows.shape[0]
         idx = lm.block_indices()
         if idx is not None:  # a block: the products of the space of all variables
-            return jnp.asarray(self._block_rows(lm, idx, np.asarray(rows)))
-        out = [_apply_flat(lm, c)[:take] for _, take, c in chunks(rows, self._chunk(k))]
+            return jax.device_put(block_rows(lm, idx, np.asarray(rows), self._block_cap(lm)))
+        out = [apply_flat(lm, c)[:take] for _, take, c in chunks(rows, self._chunk(k))]
         return jnp.concatenate(out) if len(out) > 1 else out[0]
-
-    def _block_rows(self, lm: LinearMap, idx: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``A r`` for a block's flat rows (k, n_block), through the masked
-        map of all the variables (n wide): rows placed at the block's
-        coordinates on the host, applied in chunks of power-of-two sizes (so
-        that every block reuses a few compiled shapes), read back there."""
-        k, out = rows.shape[0], np.empty(rows.shape, np.dtype(lm.dtype))
-        cap = self.chunk_size or fit(lm.n * jnp.dtype(lm.dtype).itemsize)
-        start = 0
-        while start < k:
-            size = 1 << int(np.log2(max(1, min(cap, k - start))))
-            wide = np.zeros((size, lm.n), np.dtype(lm.dtype))
-            wide[:, idx] = rows[start : start + size]
-            out[start : start + size] = np.asarray(_apply_flat(lm, jnp.asarray(wide)))[:, idx]
-            start += size
-        return out
 
     def to_space(self, v: Any) -> Any:
         """``v`` (a vector, or a stack of them with a leading axis, or an
@@ -335,10 +317,12 @@ class CurvatureOperator:
                 stop = min(start + chunk, n)
                 if within is not None:
                     basis = np.asarray(idx[: stop - start, None] == np.arange(n)[None, :])
-                    block = self._block_rows(lm, within, basis.astype(np.dtype(self.dtype)))
+                    block = block_rows(
+                        lm, within, basis.astype(np.dtype(self.dtype)), self._block_cap(lm)
+                    )
                 else:
                     basis = jnp.asarray(idx[:, None] == np.arange(n)[None, :], dtype=self.dtype)
-                    block = np.asarray(_apply_flat(lm, basis)[: stop - start])
+                    block = np.asarray(apply_flat(lm, basis)[: stop - start])
                 if not np.all(np.isfinite(block)):
                     row, col = np.argwhere(~np.isfinite(block))[0]
                     raise FloatingPointError(
