@@ -32,3 +32,16 @@ def _free_compiled_programs():
     """
     yield
     jax.clear_caches()
+
+
+def pytest_collection_finish(session):
+    """Start the subprocess checks the selected tests need (``_background``)."""
+    import _background
+
+    _background.start(_background.needed([item.nodeid for item in session.items]))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import _background
+
+    _background.stop_all()

@@ -16,6 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import _background
 import numpy as np
 import pytest
 from _util import grid_starts, inside
@@ -472,10 +473,10 @@ def test_demo_points_equal_find_critical_points(demo, name):
 
 
 @pytest.mark.slow  # ~1-2 min on 2 cores: compiling every solver for a 2,410-parameter MLP
-def test_demo_digits_mlp_analysed_before_and_after_training(tmp_path):
-    argv = ["demo", "--out", str(tmp_path), "--x64", "--skip", "toy,autoencoder", "--quiet"]
-    status, _, err = _main([*argv, "--steps", "20", "--grid", "5"])
-    assert status == 0, err
+def test_demo_digits_mlp_analysed_before_and_after_training():
+    # `hessian-tools demo --skip toy,autoencoder --steps 20 --grid 5`, run in
+    # a subprocess started when the tests were collected (_background)
+    _, tmp_path, _ = _background.result("digits-demo")
     digits = json.loads((tmp_path / "summary.json").read_text())["digits"]
     init, trained = digits["init"], digits["trained"]
     assert init["num_params"] == trained["num_params"] == 64 * 32 + 32 + 32 * 10 + 10

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import _background
 import numpy as np
 import pytest
 
@@ -23,9 +24,7 @@ def _run(args, timeout=900, **kw):
 
 @pytest.fixture(scope="module")
 def sharded():
-    proc = _run(["_sharded_check.py"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _background.result("sharded")[0]  # started when the tests were collected
 
 
 @pytest.mark.slow
@@ -92,8 +91,6 @@ def test_two_processes_each_with_half_the_data():
     assert lead.returncode == 0, lead.stderr[-3000:]
     assert worker.returncode == 0, worker_err[-3000:]
     got = json.loads(lead.stdout.strip().splitlines()[-1])
-    single = _run(["_multiprocess_check.py", "reference"], timeout=300)  # one process, all data
-    assert single.returncode == 0, single.stderr[-3000:]
-    ref = json.loads(single.stdout.strip().splitlines()[-1])
+    ref = _background.result("multiprocess-reference")[0]  # one process, all data
     for name in ("top", "trace", "slice"):
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-10, err_msg=name)
