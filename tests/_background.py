@@ -4,11 +4,16 @@ run on one (most of the suite is single-threaded XLA compilation). Each
 check starts only when a collected test needs it (``conftest.py``), and a
 test that asks for one that was not started starts it then, so running a
 single test works the same. Nothing is skipped: a check that fails fails
-its tests, with its stderr.
+its tests, with its output.
 
-On the 2-core machine this takes the sharded-mesh check (about 145 s of
-subprocess time), the two-process reference and the digits demo off the
-suite's wall time.
+Two kinds:
+
+* ``CHECKS``: scripts of their own (the sharded meshes, the two-process
+  reference, the digits demo through the CLI as a user runs it).
+* ``DEFAULT_XLA``: the tests marked ``default_xla`` (the miscompilation
+  guards), run by a pytest of their own at XLA's default optimisation
+  level, since the suite's process compiles with the backend's
+  optimisations off (``conftest.py``) and a miscompilation may need them.
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # every check's own folder: its output, and the CLI's compilation cache
 ROOT = Path(tempfile.mkdtemp(prefix="ht-background-"))
+# the suite's XLA flag (conftest.py), left out of the default_xla run
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+DEFAULT_XLA = "default-xla"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,25 +76,41 @@ class _Running:
 _running: dict[str, _Running] = {}
 
 
+def _start(name: str, argv: list[str], cwd: Path, timeout: float, env: dict) -> None:
+    folder = ROOT / name
+    out = folder / "out"
+    out.mkdir(parents=True)
+    stdout, stderr = folder / "stdout", folder / "stderr"
+    env = {
+        **os.environ,
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "XDG_CACHE_HOME": str(folder / "cache"),
+        **env,
+    }
+    argv = [sys.executable, *(a.format(out=out) for a in argv)]
+    with open(stdout, "w") as o, open(stderr, "w") as e:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=o, stderr=e, text=True)
+    _running[name] = _Running(proc, out, stdout, stderr, timeout)
+
+
 def start(names: list[str]) -> None:
-    """Start each named check unless it runs already."""
+    """Start each named check of ``CHECKS`` unless it runs already."""
     for name in names:
-        if name in _running:
-            continue
-        check, folder = CHECKS[name], ROOT / name
-        out = folder / "out"
-        out.mkdir(parents=True)
-        stdout, stderr = folder / "stdout", folder / "stderr"
-        env = {
-            **os.environ,
-            "MPLBACKEND": "Agg",
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "XDG_CACHE_HOME": str(folder / "cache"),
-        }
-        argv = [sys.executable, *(a.format(out=out) for a in check.argv)]
-        with open(stdout, "w") as o, open(stderr, "w") as e:
-            proc = subprocess.Popen(argv, cwd=HERE, env=env, stdout=o, stderr=e, text=True)
-        _running[name] = _Running(proc, out, stdout, stderr, check.timeout)
+        if name not in _running:
+            check = CHECKS[name]
+            _start(name, list(check.argv), HERE, check.timeout, {})
+
+
+def start_default_xla(nodeids: list[str]) -> None:
+    """Run these tests (node ids relative to the repository) in one pytest
+    at XLA's default optimisation level."""
+    if DEFAULT_XLA in _running or not nodeids:
+        return
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f != FAST_COMPILE)
+    argv = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml={out}/junit.xml"]
+    env = {"XLA_FLAGS": flags, "HT_TEST_DEFAULT_XLA": "1"}
+    _start(DEFAULT_XLA, [*argv, *nodeids], REPO, 1800, env)
 
 
 def needed(nodeids: list[str]) -> list[str]:
@@ -94,20 +119,25 @@ def needed(nodeids: list[str]) -> list[str]:
     return [n for n, c in CHECKS.items() if any(i.startswith(c.needed_by) for i in bare)]
 
 
-def result(name: str) -> tuple[dict | None, Path, str]:
-    """Wait for a check: (the JSON its last stdout line holds, or None; its
-    output folder; its stdout). Starts it if nobody did.
-
-    Raises:
-        AssertionError: the check failed (with the end of its stderr).
-    """
-    start([name])
+def _wait(name: str) -> _Running:
     run = _running[name]
     try:
         run.proc.wait(timeout=run.timeout)
     except subprocess.TimeoutExpired:
         run.proc.kill()
         raise AssertionError(f"{name} ran past {run.timeout} s") from None
+    return run
+
+
+def result(name: str) -> tuple[dict | None, Path, str]:
+    """Wait for a check of ``CHECKS``: (the JSON its last stdout line holds,
+    or None; its output folder; its stdout). Starts it if nobody did.
+
+    Raises:
+        AssertionError: the check failed (with the end of its stderr).
+    """
+    start([name])
+    run = _wait(name)
     printed = run.stdout.read_text()
     assert run.proc.returncode == 0, run.stderr.read_text()[-3000:]
     last = printed.strip().splitlines()[-1] if printed.strip() else ""
@@ -116,6 +146,31 @@ def result(name: str) -> tuple[dict | None, Path, str]:
     except json.JSONDecodeError:
         value = None
     return value, run.out, printed
+
+
+def default_xla_outcome(nodeid: str) -> None:
+    """Wait for the default_xla run and raise if the test ``nodeid`` did not
+    pass there (with its failure text); starts the run if nobody did.
+
+    Raises:
+        AssertionError: the test failed, errored or did not run there.
+    """
+    start_default_xla([nodeid])
+    run = _wait(DEFAULT_XLA)
+    report = run.out / "junit.xml"
+    assert report.exists(), run.stderr.read_text()[-3000:] + run.stdout.read_text()[-3000:]
+    module, _, name = nodeid.partition("::")
+    classname = module.removesuffix(".py").replace("/", ".")
+    for case in ET.parse(report).iter("testcase"):
+        if case.get("classname") == classname and case.get("name") == name:
+            bad = [c for c in case if c.tag in ("failure", "error", "skipped")]
+            assert not bad, (
+                f"at XLA's default optimisation level: {bad[0].get('message')}\n{bad[0].text}"
+            )
+            return
+    raise AssertionError(
+        f"{nodeid} did not run in the default_xla pytest:\n{run.stdout.read_text()}"
+    )
 
 
 def stop_all() -> None:

@@ -9,7 +9,9 @@ python _multiprocess_check.py reference (one process, all the data).
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+).strip()  # the suite's own flags kept
 
 import json
 

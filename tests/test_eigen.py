@@ -1,6 +1,7 @@
 """eigenpairs(): exact dense path and thick-restart Lanczos against float64
 eigh, certified error bounds, warm starts, jit, and the method rule."""
 
+import functools
 import warnings
 
 import jax
@@ -284,6 +285,16 @@ def test_k_out_of_range():
 # The bounds on a network Hessian (the 2,410-parameter digits-shaped MLP)
 
 
+@functools.cache
+def _mlp_spectrum(dtype) -> np.ndarray:
+    """eigvalsh of the dense float64 Hessian at the MLP's point in ``dtype``
+    (the float32 point, rounded, is another point): shared by both ends."""
+    as64 = jax.tree.map(
+        lambda t: t.astype(jnp.float64), mlp_problem((64, 32, 10), dtype=jnp.dtype(dtype))
+    )
+    return np.linalg.eigvalsh(np.asarray(HessianOperator(mlp_loss, *as64).to_dense()))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize("which,k", [("largest", 10), ("smallest", 5)])
@@ -291,8 +302,7 @@ def test_error_bounds_hold_on_an_mlp(dtype, which, k):
     params, x, y = mlp_problem((64, 32, 10), dtype=dtype)
     op = HessianOperator(mlp_loss, params, x, y)
     assert op.n == 2410
-    as64 = jax.tree.map(lambda t: t.astype(jnp.float64), (params, x, y))
-    exact = np.linalg.eigvalsh(np.asarray(HessianOperator(mlp_loss, *as64).to_dense()))
+    exact = _mlp_spectrum(jnp.dtype(dtype).name)
     r = eigenpairs(op, k, which=which, method="lanczos")
     err = np.abs(np.asarray(r.values, np.float64) - select_reference(exact, k, which))
     # the bounds are on the operator as evaluated: its HVPs (a mean over 1,797

@@ -429,6 +429,7 @@ def test_bad_input_raises_clear_errors():
 
 
 @pytest.mark.slow
+@pytest.mark.default_xla  # a miscompilation guard
 def test_trace_on_85k_mlp_matches_python_loop_of_hvps():
     params, x, y = mlp_problem()
     op = HessianOperator(mlp_loss, params, x, y)

@@ -200,6 +200,7 @@ def test_bad_input():
 
 
 @pytest.mark.slow
+@pytest.mark.default_xla  # a miscompilation guard
 @pytest.mark.parametrize("linearize", [False, True])
 def test_jitted_loop_alphas_match_python_loop_on_85k_mlp(linearize):
     params, x, y = mlp_problem()
