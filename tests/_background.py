@@ -9,7 +9,7 @@ its tests, with its output.
 Two kinds:
 
 * ``CHECKS``: scripts of their own (the sharded meshes, the two-process
-  reference, the digits demo through the CLI as a user runs it).
+  reference, the CLI's demo and compilation cache as a user runs them).
 * ``DEFAULT_XLA``: the tests marked ``default_xla`` (the miscompilation
   guards), run by a pytest of their own at XLA's default optimisation
   level, since the suite's process compiles with the backend's
@@ -61,6 +61,18 @@ CHECKS = {
         ("test_cli.py::test_demo_digits",),
         600,
     ),
+    # the toy part of the demo (float64), shared by test_cli.py's demo tests
+    "toy-demo": Check(
+        tuple(
+            "-m hessian_tools demo --out {out} --x64 --problems himmelblau,saddle --starts 8 "
+            "--skip digits --no-compile-cache".split()
+        ),
+        ("test_cli.py::test_demo_writes", "test_cli.py::test_demo_points"),
+        600,
+    ),
+    "cli-cache": Check(
+        ("_cli_cache_check.py", "{out}"), ("test_cli.py::test_the_cli_caches",), 900
+    ),
 }
 
 
@@ -74,10 +86,6 @@ class _Running:
 
 
 _running: dict[str, _Running] = {}
-
-
-def _nice() -> None:
-    os.nice(10)
 
 
 def _start(name: str, argv: list[str], cwd: Path, timeout: float, env: dict) -> None:
@@ -94,10 +102,13 @@ def _start(name: str, argv: list[str], cwd: Path, timeout: float, env: dict) -> 
     }
     argv = [sys.executable, *(a.format(out=out) for a in argv)]
     with open(stdout, "w") as o, open(stderr, "w") as e:
-        # niced: the suite's own process keeps a core; these take what is left
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=o, stderr=e, text=True, preexec_fn=_nice
-        )
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=o, stderr=e, text=True)
+    if hasattr(os, "setpriority"):  # niced: the suite's own process keeps its core
+        # (set from here: a preexec_fn would fork, which JAX warns against)
+        try:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 10)
+        except OSError:
+            pass
     _running[name] = _Running(proc, out, stdout, stderr, timeout)
 
 

@@ -414,13 +414,15 @@ def test_the_report_in_a_real_browser(toy_report, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo():
     """One run of the toy part of the demo (float64), shared by the tests
-    below: its exit status, its output folder and what it printed."""
-    out = tmp_path_factory.mktemp("demo")
-    argv = ["demo", "--out", str(out), "--x64", "--problems", ",".join(PROBLEMS)]
-    status, printed, _ = _main([*argv, "--starts", str(STARTS), "--skip", "digits"])
-    return status, out, printed
+    below: its exit status, its output folder and what it printed.
+    `hessian-tools demo --x64 --problems himmelblau,saddle --starts 8 --skip
+    digits` in a subprocess started when the tests were collected
+    (_background; it fails the tests unless it exits with 0)."""
+    assert ",".join(PROBLEMS) == "himmelblau,saddle" and STARTS == 8  # _background's argv
+    _, out, printed = _background.result("toy-demo")
+    return 0, out, printed
 
 
 @pytest.mark.slow  # ~12 s: the linear autoencoder section always runs (256 starts)
@@ -507,24 +509,20 @@ def test_unknown_problem_exits_non_zero_naming_the_known_ones(tmp_path):
 # The persistent compilation cache (an application's choice, so the CLI's)
 
 
-def test_the_cli_caches_compiled_programs_and_a_second_run_loads_them(tmp_path):
-    cache = tmp_path / "cache"
-    argv = ["analyze", TOY, "--parts", "point,trace", "--quiet", *OPTIONS]
-    first = _cli(*argv, "--out", str(tmp_path / "a"), "--compile-cache", str(cache), timeout=180)
-    assert first.returncode == 0, first.stderr
-    entries = {p.name for p in cache.iterdir()}
+def test_the_cli_caches_compiled_programs_and_a_second_run_loads_them():
+    # five runs of `hessian-tools analyze` (tests/_cli_cache_check.py), in
+    # the background (_background)
+    got, _, _ = _background.result("cli-cache")
+    status, stderr = got["status"], got["stderr"]
+    assert status["first"] == 0, stderr["first"]
+    entries = set(got["entries"])
     assert entries, "nothing was cached"
-    second = _cli(*argv, "--out", str(tmp_path / "b"), "--compile-cache", str(cache), timeout=180)
-    assert second.returncode == 0
+    assert status["second"] == 0, stderr["second"]
     # the programs were loaded, not compiled again: at most a few new entries
     # (a small program near the 0.1 s threshold may cross it on a loaded machine)
-    new = {p.name for p in cache.iterdir()} - entries
+    new = set(got["after"]) - entries
     assert len(new) <= max(2, len(entries) // 10), sorted(new)
-    off = _cli(*argv, "--out", str(tmp_path / "c"), "--no-compile-cache", timeout=180)
-    assert off.returncode == 0
-    blocked = tmp_path / "file"
-    blocked.write_text("")  # a file where the folder should be: not writable as a folder
-    warned = _cli(*argv, "--out", str(tmp_path / "d"), "--compile-cache", str(blocked / "x"))
-    assert warned.returncode == 0 and "cannot be written" in warned.stderr
-    both = _cli("analyze", TOY, "--compile-cache", "x", "--no-compile-cache", timeout=60)
-    assert both.returncode == 2 and "not allowed with" in both.stderr
+    assert status["off"] == 0, stderr["off"]
+    # a file where the cache folder should be: a warning, and a run without it
+    assert status["warned"] == 0 and "cannot be written" in stderr["warned"]
+    assert status["both"] == 2 and "not allowed with" in stderr["both"]
