@@ -8,8 +8,9 @@ its tests, with its output.
 
 Two kinds:
 
-* ``CHECKS``: scripts of their own (the sharded meshes, the two-process
-  reference, the CLI's demo and compilation cache as a user runs them).
+* ``CHECKS``: scripts of their own (the sharded meshes, the two processes
+  and their one-process reference, the CLI's demo and compilation cache as
+  a user runs them).
 * ``DEFAULT_XLA``: the tests marked ``default_xla`` (the miscompilation
   guards), run by a pytest of their own at XLA's default optimisation
   level, since the suite's process compiles with the backend's
@@ -48,6 +49,9 @@ CHECKS = {
     "sharded": Check(
         ("_sharded_check.py",),
         ("test_scaling.py::test_sharded", "test_scaling.py::test_data_parallel"),
+    ),
+    "multiprocess-pair": Check(
+        ("_multiprocess_check.py", "pair"), ("test_scaling.py::test_two_processes",), 900
     ),
     "multiprocess-reference": Check(
         ("_multiprocess_check.py", "reference"), ("test_scaling.py::test_two_processes",), 300

@@ -2,8 +2,10 @@
 of the data; run by tests/test_scaling.py. Process 0 prints the top-5
 eigenvalues, the trace and a 2-D slice as JSON.
 
-Usage: python _multiprocess_check.py PROCESS_ID PORT, or
-python _multiprocess_check.py reference (one process, all the data).
+Usage: python _multiprocess_check.py PROCESS_ID PORT; python
+_multiprocess_check.py pair (both processes on a free port, process 0's
+output and both statuses); or python _multiprocess_check.py reference (one
+process, all the data).
 """
 
 import os
@@ -72,8 +74,35 @@ def main(pid: int, port: int) -> None:
     jax.distributed.shutdown()
 
 
+def pair() -> dict:
+    """Both processes on a free port: process 0's output and both statuses."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    me = [sys.executable, os.path.abspath(__file__)]
+    run = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with subprocess.Popen([*me, "1", port], **run) as worker:
+        try:
+            lead = subprocess.run([*me, "0", port], timeout=600, **run)
+            _, worker_err = worker.communicate(timeout=120)
+        finally:
+            worker.kill()
+    lines = lead.stdout.strip().splitlines()
+    return {
+        "lead": lead.returncode,
+        "worker": worker.returncode,
+        "stderr": lead.stderr[-3000:] + worker_err[-3000:],
+        "result": json.loads(lines[-1]) if lead.returncode == 0 and lines else None,
+    }
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "reference":
         print(json.dumps(measure(*problem())), flush=True)
+    elif sys.argv[1] == "pair":
+        print(json.dumps(pair()), flush=True)
     else:
         main(int(sys.argv[1]), int(sys.argv[2]))

@@ -3,23 +3,9 @@
 meshes, an uneven sample count), and two processes on 127.0.0.1 with gloo
 collectives, each holding half of the data."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
-
 import _background
 import numpy as np
 import pytest
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _run(args, timeout=900, **kw):
-    return subprocess.run(
-        [sys.executable, *args], cwd=HERE, capture_output=True, text=True, timeout=timeout, **kw
-    )
 
 
 @pytest.fixture(scope="module")
@@ -67,30 +53,11 @@ def test_sharded_parameters_keep_their_sharding_in_the_basis(sharded):
         assert info["dense_spec"] in ("P('d', None)", "P(('d',), None)", "P('d',)"), info
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_each_with_half_the_data():
-    port = str(_free_port())
-    with subprocess.Popen(
-        [sys.executable, "_multiprocess_check.py", "1", port],
-        cwd=HERE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as worker:
-        try:
-            lead = _run(["_multiprocess_check.py", "0", port], timeout=600)
-            _, worker_err = worker.communicate(timeout=120)
-        finally:
-            worker.kill()
-    assert lead.returncode == 0, lead.stderr[-3000:]
-    assert worker.returncode == 0, worker_err[-3000:]
-    got = json.loads(lead.stdout.strip().splitlines()[-1])
+    pair = _background.result("multiprocess-pair")[0]  # both processes, a free port
+    assert pair["lead"] == 0 and pair["worker"] == 0, pair["stderr"]
+    got = pair["result"]
     ref = _background.result("multiprocess-reference")[0]  # one process, all data
     for name in ("top", "trace", "slice"):
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-10, err_msg=name)

@@ -102,7 +102,9 @@ def enable_compile_cache(folder: Path | None) -> Path | None:
 
     jax.config.update("jax_compilation_cache_dir", str(folder))
     # the solvers compile in 0.1-3 s each: cache all of them, not only > 1 s
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    # (JAX's own environment variable, where set, wins)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
 
