@@ -40,8 +40,8 @@ def cross_entropy(logits, y):
 def dense_ggn(params, x, y):
     flat, unravel = ravel_pytree(params)
     out = mlp(params, x)
-    jac = jax.jacobian(lambda f: mlp(unravel(f), x).reshape(-1))(flat)
-    h_out = jax.hessian(lambda o: cross_entropy(o.reshape(out.shape), y))(out.reshape(-1))
+    jac = jax.jit(jax.jacobian(lambda f: mlp(unravel(f), x).reshape(-1)))(flat)
+    h_out = jax.jit(jax.hessian(lambda o: cross_entropy(o.reshape(out.shape), y)))(out.reshape(-1))
     return jac.T @ h_out @ jac
 
 

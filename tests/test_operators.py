@@ -179,7 +179,7 @@ def test_batches_given_as_lists():
 
 
 def _dense_of(loss_of_flat, flat):
-    return np.asarray(jax.hessian(loss_of_flat)(flat))
+    return np.asarray(jax.jit(jax.hessian(loss_of_flat))(flat))
 
 
 def test_flax_nnx_cnn_with_batchnorm_against_jax_hessian():
