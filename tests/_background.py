@@ -11,10 +11,16 @@ Two kinds:
 * ``CHECKS``: scripts of their own (the sharded meshes, the two processes
   and their one-process reference, the CLI's demo and compilation cache as
   a user runs them).
-* ``DEFAULT_XLA``: the tests marked ``default_xla`` (the miscompilation
-  guards), run by a pytest of their own at XLA's default optimisation
-  level, since the suite's process compiles with the backend's
-  optimisations off (``conftest.py``) and a miscompilation may need them.
+* ``WORKERS``: a pytest of their own for the tests of a marker, whose
+  outcomes the suite's session reports as its own (``conftest.py``):
+
+  * ``default_xla`` (the miscompilation guards), at XLA's default
+    optimisation level, since the suite's process compiles with the
+    backend's optimisations off (``conftest.py``) and a miscompilation may
+    need them;
+  * ``other_core`` (whole modules that need nothing of the others: the
+    certificates on transformers, the eigenvalue gradients, TFM-tiny), at
+    the suite's own flags, so that the two cores share the suite.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ REPO = HERE.parent
 ROOT = Path(tempfile.mkdtemp(prefix="ht-background-"))
 # the suite's XLA flag (conftest.py), left out of the default_xla run
 FAST_COMPILE = "--xla_backend_optimization_level=0"
-DEFAULT_XLA = "default-xla"
+# marker -> whether its pytest keeps the suite's XLA flags
+WORKERS = {"default_xla": False, "other_core": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,15 +131,22 @@ def start(names: list[str]) -> None:
             _start(name, list(check.argv), HERE, check.timeout, {})
 
 
-def start_default_xla(nodeids: list[str]) -> None:
-    """Run these tests (node ids relative to the repository) in one pytest
-    at XLA's default optimisation level."""
-    if DEFAULT_XLA in _running or not nodeids:
+def start_worker(marker: str, nodeids: list[str]) -> None:
+    """Run these tests (node ids relative to the repository) in one pytest,
+    the worker of ``marker`` (``WORKERS``)."""
+    if marker in _running or not nodeids:
         return
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f != FAST_COMPILE)
+    env = {"HT_TEST_WORKER": marker}
+    if not WORKERS[marker]:
+        flags = os.environ.get("XLA_FLAGS", "").split()
+        env["XLA_FLAGS"] = " ".join(f for f in flags if f != FAST_COMPILE)
     argv = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml={out}/junit.xml"]
-    env = {"XLA_FLAGS": flags, "HT_TEST_DEFAULT_XLA": "1"}
-    _start(DEFAULT_XLA, [*argv, *nodeids], REPO, 1800, env)
+    _start(marker, [*argv, *nodeids], REPO, 1800, env)
+
+
+def started() -> list[str]:
+    """The checks and workers started in this process."""
+    return list(_running)
 
 
 def needed(nodeids: list[str]) -> list[str]:
@@ -170,29 +184,33 @@ def result(name: str) -> tuple[dict | None, Path, str]:
     return value, run.out, printed
 
 
-def default_xla_outcome(nodeid: str) -> None:
-    """Wait for the default_xla run and raise if the test ``nodeid`` did not
-    pass there (with its failure text); starts the run if nobody did.
+def worker_outcome(marker: str, nodeid: str) -> None:
+    """Wait for the worker of ``marker`` and raise unless the test
+    ``nodeid`` passed there (its failure text, or its skip); starts the
+    worker if nobody did.
 
     Raises:
         AssertionError: the test failed, errored or did not run there.
+        pytest.skip.Exception: it was skipped there (with the reason).
     """
-    start_default_xla([nodeid])
-    run = _wait(DEFAULT_XLA)
+    import pytest
+
+    start_worker(marker, [nodeid])
+    run = _wait(marker)
     report = run.out / "junit.xml"
     assert report.exists(), run.stderr.read_text()[-3000:] + run.stdout.read_text()[-3000:]
     module, _, name = nodeid.partition("::")
     classname = module.removesuffix(".py").replace("/", ".")
+    where = "at XLA's default optimisation level" if marker == "default_xla" else "in its worker"
     for case in ET.parse(report).iter("testcase"):
         if case.get("classname") == classname and case.get("name") == name:
-            bad = [c for c in case if c.tag in ("failure", "error", "skipped")]
-            assert not bad, (
-                f"at XLA's default optimisation level: {bad[0].get('message')}\n{bad[0].text}"
-            )
+            skipped = [c for c in case if c.tag == "skipped"]
+            bad = [c for c in case if c.tag in ("failure", "error")]
+            assert not bad, f"{where} ({marker}): {bad[0].get('message')}\n{bad[0].text}"
+            if skipped:
+                pytest.skip(f"{where} ({marker}): {skipped[0].get('message')}")
             return
-    raise AssertionError(
-        f"{nodeid} did not run in the default_xla pytest:\n{run.stdout.read_text()}"
-    )
+    raise AssertionError(f"{nodeid} did not run in the {marker} pytest:\n{run.stdout.read_text()}")
 
 
 def stop_all() -> None:

@@ -16,6 +16,9 @@ from hypothesis import strategies as st
 
 import hessian_tools as ht
 
+# a pytest of its own on the other core (tests/_background.py)
+pytestmark = pytest.mark.other_core
+
 
 def _nearest_errors(values, exact):
     values = np.asarray(values, np.float64)

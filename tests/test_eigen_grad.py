@@ -9,6 +9,9 @@ from _util import dense_reference, mlp_loss, mlp_problem
 
 import hessian_tools as ht
 
+# a pytest of its own on the other core (tests/_background.py)
+pytestmark = pytest.mark.other_core
+
 
 @pytest.fixture(scope="module")
 def problem():

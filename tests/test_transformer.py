@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import workloads as wl
 
 # ~70 s on a loaded 2-core machine: a float64 dense Hessian (n = 2,148) and
-# eigenpairs' compilation for a Flax NNX model
-pytestmark = pytest.mark.slow
+# eigenpairs' compilation for a Flax NNX model; a pytest of its own on the
+# other core (tests/_background.py)
+pytestmark = [pytest.mark.slow, pytest.mark.other_core]
 
 
 @pytest.fixture(scope="module")
