@@ -197,12 +197,36 @@ def apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
     return lm.layout.ravel(apply_batched(lm.bind(), lm.layout.unravel(vs), lm.batching))
 
 
+# rows per product program of a block under lax.map (block_rows): a padded
+# row costs no product there, so one width serves every block
+_MAP_ROWS = 32
+
+
+@jax.jit
+def _apply_first(lm: LinearMap, vs: jax.Array, count: jax.Array) -> jax.Array:
+    """``A v`` for the first ``count`` flat rows of ``vs`` (k, n), zeros for
+    the rest, mapped row by row (``lax.map``) with the product skipped
+    (``lax.cond``) past ``count``: one program per operator type and k,
+    whatever the count."""
+    mv = lm.bind()
+
+    def row(args):
+        i, v = args
+        product = lambda u: lm.layout.ravel(mv(lm.layout.unravel(u)))
+        return jax.lax.cond(i < count, product, jnp.zeros_like, v)
+
+    return jax.lax.map(row, (jnp.arange(vs.shape[0]), vs))
+
+
 def block_rows(lm: LinearMap, idx: np.ndarray, rows: np.ndarray, cap: int) -> np.ndarray:
     """``A r`` for a block's flat rows (k, n_block) on the host, through the
     masked map of all the variables (n wide): the rows are placed at the
-    block's coordinates ``idx`` on the host and applied in chunks of
-    power-of-two sizes at most ``cap``, so that every block, whatever its
-    size, reuses a few compiled programs (and the host work compiles none).
+    block's coordinates ``idx`` on the host, so that every block, whatever
+    its size, reuses the same compiled programs (and the host work compiles
+    none). A map applied by ``lax.map`` takes chunks of 32 rows, the last
+    one padded and its padding skipped (``_apply_first``: one program); by
+    ``vmap``, where padding costs products, chunks of power-of-two sizes at
+    most ``cap`` (a few programs).
 
     Raises:
         FloatingPointError: a product returned NaN or inf.
@@ -210,17 +234,25 @@ def block_rows(lm: LinearMap, idx: np.ndarray, rows: np.ndarray, cap: int) -> np
     k, out = rows.shape[0], np.empty(rows.shape, np.dtype(lm.dtype))
     start = 0
     while start < k:
-        size = 1 << int(np.log2(max(1, min(cap, k - start))))
+        if lm.batching == "map":
+            size = min(_MAP_ROWS, cap)
+            take = min(size, k - start)
+        else:
+            size = take = 1 << int(np.log2(max(1, min(cap, k - start))))
         wide = np.zeros((size, lm.n), np.dtype(lm.dtype))
-        wide[:, idx] = rows[start : start + size]
-        part = np.asarray(apply_flat(lm, jax.device_put(wide)))[:, idx]
+        wide[:take, idx] = rows[start : start + take]
+        if lm.batching == "map":
+            part = _apply_first(lm, jax.device_put(wide), np.int32(take))
+        else:
+            part = apply_flat(lm, jax.device_put(wide))
+        part = np.asarray(part)[:take, idx]
         if not np.all(np.isfinite(part)):
             raise FloatingPointError(
                 f"an operator product returned NaN or inf (products {start + 1} to "
-                f"{start + size} of the block); check the loss and params."
+                f"{start + take} of the block); check the loss and params."
             )
-        out[start : start + size] = part
-        start += size
+        out[start : start + take] = part
+        start += take
     return out
 
 

@@ -67,15 +67,17 @@ class Criterion(NamedTuple):
 def wanted_positions(cols: Any, k: int, which: str) -> jax.Array:
     """Indices of the wanted Ritz values among ``cols`` ascending valid ones,
     in the result's order: descending for "largest", ascending otherwise
-    ("both": floor(k/2) from the bottom, then ceil(k/2) from the top)."""
-    ar = jnp.arange(k)
+    ("both": floor(k/2) from the bottom, then ceil(k/2) from the top).
+    Numpy for a concrete count (the dense path: no program per size)."""
+    xp = np if isinstance(cols, (int, np.integer)) else jnp
+    ar = xp.arange(k)
     if which == "largest":
         pos = cols - 1 - ar
     elif which == "smallest":
         pos = ar
     else:
-        pos = jnp.where(ar < k // 2, ar, cols - k + ar)
-    return jnp.clip(pos, 0, jnp.maximum(cols - 1, 0))
+        pos = xp.where(ar < k // 2, ar, cols - k + ar)
+    return xp.clip(pos, 0, xp.maximum(cols - 1, 0))
 
 
 def _rounding(norm: Any, dtype: Any) -> Any:

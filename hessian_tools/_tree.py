@@ -305,9 +305,18 @@ class Layout:
         return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
     def unravel(self, flat: jax.Array) -> PyTree:
-        """Inverse of ``ravel``: ``(n,)`` to a vector, ``(k, n)`` to a stack."""
+        """Inverse of ``ravel``: ``(n,)`` to a vector, ``(k, n)`` to a stack.
+        A numpy array is cut on the host and its leaves put on the device
+        (no program per shape, unlike ``jnp``'s eager split and reshape)."""
         lead = flat.shape[:-1]
         cuts = np.cumsum(self.sizes)[:-1]
+        if isinstance(flat, np.ndarray):
+            parts = np.split(flat, cuts, axis=-1) if cuts.size else [flat]
+            leaves = [
+                jax.device_put(np.reshape(p, lead + s).astype(d))
+                for p, s, d in zip(parts, self.shapes, self.dtypes, strict=True)
+            ]
+            return jax.tree.unflatten(self.treedef, leaves)
         parts = jnp.split(flat, cuts, axis=-1) if cuts.size else [flat]
         leaves = [
             jnp.reshape(p, lead + s).astype(d)

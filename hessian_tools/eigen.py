@@ -370,8 +370,10 @@ def eigenpairs(
             matrix, spent = op.to_dense(progress=progress), n
         result = dense_eigenpairs(matrix, k, which, spent + extra)
         if not explicit:
+            vectors = result.tree_vectors  # cut on the host when it is there
+            vectors = np.asarray(vectors) if _on_host(vectors) else vectors
             result = dataclasses.replace(
-                result, layout=op.layout, tree_vectors=op.layout.unravel(result.tree_vectors)
+                result, layout=op.layout, tree_vectors=op.layout.unravel(vectors)
             )
         return result
     lm = as_linear_map(op, linearize=linearize)
