@@ -184,7 +184,6 @@ def child_cost(problem: str) -> dict:
     import jax
 
     import hessian_tools as ht
-    from hessian_tools.blocks import _selection
 
     f, params, args = PROBLEMS[problem]()
     blocks = list(_blocks(problem, params).items())
@@ -197,7 +196,7 @@ def child_cost(problem: str) -> dict:
         elapsed = time.perf_counter() - t0
         if i == 0:
             continue
-        t_block = _hvp_time(f, params, args, _selection(sel))
+        t_block = _hvp_time(f, params, args, sel)
         hvps = out[0].num_matvecs
         rows.append(
             {

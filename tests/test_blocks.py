@@ -152,12 +152,25 @@ def test_blocks_reuse_the_compiled_solvers(compilations):
         method="lanczos",
     )
     assert compilations.count - before == two  # 6 blocks: no more than 2
+    # small blocks on the dense path (and exact traces): after the first, a
+    # block of a new size compiles nothing either (no eigh, reshape or
+    # chunk program per size)
+    biases = {"b0": r"^\[0\]\[1\]", "b1": r"^\[1\]\[1\]", "b2": r"^\[2\]\[1\]"}
+    small = ht.block_spectra(mlp_loss, params, x, y, blocks={"b0": biases["b0"]}, k=2)
+    after_first = compilations.count
+    small += ht.block_spectra(
+        mlp_loss, params, x, y, blocks={k: biases[k] for k in ("b1", "b2")}, k=2
+    )
+    assert compilations.count == after_first
+    assert [b.n for b in small] == [10, 12, 9]
+    assert all(b.trace.method == "exact" for b in small)
     assert [b.n for b in first + rest] == [80, 120, 108, 90, 132, 188]
     full = dense_reference(mlp_loss, params, x, y)
     sizes = [leaf.size for leaf in jax.tree.leaves(params)]
     edges = np.cumsum([0, *sizes])
     spans = {"w0": [0], "w1": [2], "w2": [4], "layer0": [0, 1], "layer1": [2, 3], "w0+w2": [0, 4]}
-    for b in first + rest:
+    spans.update(b0=[1], b1=[3], b2=[5])
+    for b in first + rest + small:
         idx = np.concatenate([np.arange(edges[i], edges[i + 1]) for i in spans[b.name]])
         top = np.linalg.eigvalsh(full[np.ix_(idx, idx)])[-1]
         assert abs(float(b.values[0]) - top) <= float(b.error_bounds[0]) + 1e-10 * abs(top)
