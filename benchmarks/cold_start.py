@@ -2,12 +2,14 @@
 
 ``python benchmarks/cold_start.py`` times whole fresh processes (interpreter,
 imports, loading the trained workload, building the operator, one top-1
-call), alternating between
+call; ``--task top10`` or ``trace`` for a top-10 or a 100-HVP trace
+instead), alternating between
 
 * ours with no persistent compilation cache,
 * ours with JAX's persistent compilation cache already filled (the CLI's
   default; one line for API users, see docs/guide.md "Speed"),
-* PyHessian's ``hessian(...).eigenvalues(top_n=1)`` (in ``.venv-bench``),
+* PyHessian's ``hessian(...).eigenvalues(top_n=1)`` (``top_n=10``; its
+  ``trace()``, up to 100 Hutchinson samples) (in ``.venv-bench``),
 * with ``--before TREE``: the same two of ours with the package of another
   checkout (say a worktree of the previous commit), so that before and after
   are measured in one session, alternating,
@@ -17,7 +19,7 @@ and prints a markdown table of the medians, then a second table of where
 our processes spent their time: ``import`` (JAX and the package), ``load``
 (the workload: data, model, parameters), ``operator`` (building the
 ``HessianOperator``, its finiteness check included), ``first call`` (the
-first ``eigenpairs(op, 1)``: tracing, compiling, solving) and ``warm`` (a
+first call of the task: tracing, compiling, solving) and ``warm`` (a
 second call in the same process, another start vector: the warm time). The
 trained workloads come from the benchmark cache (``make bench`` or
 ``benchmarks/run.py`` trains them). ``child`` runs one of ours in this
@@ -49,8 +51,31 @@ WORKLOADS = ("W-mid", "CNN", "eqx-MLP")
 PHASES = ("import", "load", "operator", "first call", "warm")
 
 
-def child(name: str, cache: str) -> None:
-    """One fresh-process top-1 of ours (``cache``: a folder, or "" for none)."""
+#: the first calls timed (``--task``): ours (called with the operator and a
+#: key), and PyHessian's call of the same job (Python source for its process)
+OURS = {
+    "top1": lambda ht, op, key: ht.eigenpairs(op, 1, key=key),
+    "top10": lambda ht, op, key: ht.eigenpairs(op, 10, key=key),
+    "trace": lambda ht, op, key: ht.trace(op, key=key, num_matvecs=100),
+}
+PYHESSIAN = {
+    "top1": "hessian(model, crit, data=(xs, ys), cuda=False).eigenvalues(top_n=1)[0][0]",
+    "top10": "hessian(model, crit, data=(xs, ys), cuda=False).eigenvalues(top_n=10)[0][0]",
+    # its Hutchinson samples (at most 100, until the mean settles to 1e-3)
+    "trace": "np.mean(hessian(model, crit, data=(xs, ys), cuda=False).trace())",
+}
+
+
+def _first_value(task: str, res) -> tuple[float, int]:
+    """The printed value (top eigenvalue, or trace) and its HVPs."""
+    if task == "trace":
+        return float(res.value), int(res.num_matvecs)
+    return float(res.values[0]), int(res.num_matvecs)
+
+
+def child(name: str, cache: str, task: str = "top1") -> None:
+    """One fresh-process first call of ours (``task``: ``OURS``; ``cache``:
+    a folder, or "" for none)."""
     t0 = time.perf_counter()
     import jax
 
@@ -68,15 +93,16 @@ def child(name: str, cache: str) -> None:
     t2 = time.perf_counter()
     op = ht.HessianOperator(p.loss, p.params, *p.args)
     t3 = time.perf_counter()
-    top = ht.eigenpairs(op, 1)
-    jax.block_until_ready(top.values)
+    top = OURS[task](ht, op, 0)  # the first call
+    jax.block_until_ready(top)
     t4 = time.perf_counter()
-    again = ht.eigenpairs(op, 1, key=1)
-    jax.block_until_ready(again.values)
+    again = OURS[task](ht, op, 1)  # warm: another key
+    jax.block_until_ready(again)
     t5 = time.perf_counter()
     phases = dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True))
     print(json.dumps({"package": ht.__file__, "phases": phases}))
-    print(f"{float(top.values[0]):.6g} {int(top.num_matvecs)}")
+    value, hvps = _first_value(task, top)
+    print(f"{value:.6g} {hvps}")
 
 
 def warm(name: str, reps: int) -> None:
@@ -136,13 +162,13 @@ def warm(name: str, reps: int) -> None:
 PEER = """
 import sys, time
 sys.path.insert(0, {here!r})
+import numpy as np
 import torch
 from pyhessian import hessian
 import peers
 model, crit, xs, ys = peers._load({name!r})
 torch.manual_seed(0)
-vals, _ = hessian(model, crit, data=(xs, ys), cuda=False).eigenvalues(top_n=1)
-print(f"{{float(vals[0]):.6g}}")
+print(f"{{float({call}):.6g}}")
 """
 
 
@@ -204,9 +230,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--before", default="", help="another checkout to time beside this one")
+    parser.add_argument("--task", default="top1", choices=sorted(OURS), help="the first call")
     a = parser.parse_args()
     if a.mode == "child":
-        child(a.name, a.cache)
+        child(a.name, a.cache, a.task)
         return
     if a.mode == "warm-child":
         warm(a.name, a.reps)
@@ -214,7 +241,7 @@ def main() -> None:
     if a.mode == "warm":
         warm_table(a)
         return
-    me = [sys.executable, os.path.abspath(__file__), "child"]
+    me = [sys.executable, os.path.abspath(__file__), "child", "--task", a.task]
     trees = {"": ROOT} | ({"before ": os.path.abspath(a.before)} if a.before else {})
     variants = [(f"{t}{c}", tree, c) for t, tree in trees.items() for c in ("none", "filled")]
     rows, phase_rows = [], []
@@ -232,7 +259,8 @@ def main() -> None:
                 times[v].append(t)
                 phases[v].append(ph)
             if os.path.exists(PEER_PY):
-                peer_cmd = [PEER_PY, "-c", PEER.format(here=HERE, name=name)]
+                script = PEER.format(here=HERE, name=name, call=PYHESSIAN[a.task])
+                peer_cmd = [PEER_PY, "-c", script]
                 t, out["pyhessian"], _ = _timed(peer_cmd)
                 times["pyhessian"].append(t)
         med = {k: statistics.median(v) for k, v in times.items() if v}
@@ -259,7 +287,7 @@ def main() -> None:
         f"\nFresh processes, medians of {a.reps} alternating runs each [min-max], "
         f"{platform.node()} ({os.cpu_count()} cores), python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"`python benchmarks/cold_start.py --reps {a.reps}"
+        f"`python benchmarks/cold_start.py --task {a.task} --reps {a.reps}"
         f"{' --before ' + a.before if a.before else ''}`.\n"
     )
     label = {"none": "no cache", "filled": "filled cache"}
@@ -267,7 +295,8 @@ def main() -> None:
         f"{'before' if v.startswith('before') else 'ours'}, {label[c]} (÷ PyHessian) [min-max]"
         for v, _, c in variants
     )
-    print(f"| workload | {head} | PyHessian | λ_max, HVPs (ours) / λ_max (PyHessian) |")
+    what = "trace" if a.task == "trace" else "λ_max"
+    print(f"| workload | {head} | PyHessian | {what}, HVPs (ours) / {what} (PyHessian) |")
     print("|---" * (len(variants) + 3) + "|")
     print("\n".join(rows))
     print("\nWhere our processes spent their time (seconds, medians):\n")
