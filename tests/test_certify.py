@@ -140,3 +140,34 @@ def test_transformer_bounds_hold(transformer, variant, which):
         assert r.rounding_floor > 1e-9 * np.max(np.abs(exact))
     else:
         assert r.converged and r.complete and not caught
+
+
+def _mixed_loss(p, x):
+    h = jnp.tanh(x @ p["a"].astype(jnp.float64))  # a float32 layer in a float64 model
+    return jnp.sum(h**2) * jnp.sum(p["b"] ** 2) + jnp.sum(jnp.sin(p["c"]) * jnp.sum(h))
+
+
+def test_dense_bounds_hold_with_a_float32_part():
+    # the dense path's matrix is built from products: a float32 layer puts
+    # ~1e-7 relative errors in it, which the eigensolver's residuals (1e-13)
+    # cannot see; the bounds add the products' error (their asymmetry)
+    rng = np.random.default_rng(0)
+    p = {
+        "a": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=7)),
+        "c": jnp.asarray(rng.normal(size=40)),
+    }
+    x = jnp.asarray(rng.normal(size=(9, 5)))
+    exact = np.asarray(ht.hessian(_mixed_loss, jax.tree.map(lambda a: a.astype(jnp.float64), p), x))
+    r = ht.eigenpairs(ht.HessianOperator(_mixed_loss, p, x), 4, method="dense")
+    w = np.linalg.eigvalsh(exact)[::-1][:4]
+    assert np.max(np.abs(np.asarray(r.values) - w)) > 1e-9  # the float32 layer shows
+    assert np.all(np.abs(np.asarray(r.values) - w) <= np.asarray(r.error_bounds))
+    # the same for a block of both kinds of leaves (block_spectra's dense path)
+    (block,) = ht.block_spectra(_mixed_loss, p, x, blocks={"ab": "'a'|'b'"}, k=2)
+    w_ab = np.linalg.eigvalsh(exact[:22, :22])[::-1][:2]
+    assert np.all(np.abs(np.asarray(block.values) - w_ab) <= np.asarray(block.error_bounds))
+    # float64 products: the bounds stay at the dtype's rounding
+    p64 = jax.tree.map(lambda a: a.astype(jnp.float64), p)
+    r64 = ht.eigenpairs(ht.HessianOperator(_mixed_loss, p64, x), 4, method="dense")
+    assert np.all(np.asarray(r64.error_bounds) <= 1e-12 * np.max(np.abs(w)))
