@@ -347,8 +347,8 @@ class CurvatureOperator:
         for size, dtype in zip(self.layout.sizes, self.layout.dtypes, strict=True):
             leaf_eps = np.finfo(np.dtype(dtype)).eps if jnp.issubdtype(dtype, jnp.inexact) else 0
             if leaf_eps > eps:  # rows rounded to the leaf's precision
-                rows = dense[start : start + size].astype(np.float64)
-                low += float(leaf_eps**2 * np.sum(rows**2))
+                rows = dense[start : start + size]  # (the matrix is the wider dtype)
+                low += float(leaf_eps**2 * np.vdot(rows, rows))
             start += size
         squares = 0.0  # of the antisymmetric part, (H - H^T) / 2
         for i in range(0, n, chunk):  # in place, one block pair at a time
