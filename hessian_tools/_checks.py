@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "all_finite",
     "as_key",
     "check_accumulate_dtype",
     "check_choice",
@@ -124,6 +125,24 @@ def as_key(key: Any, name: str = "key") -> jax.Array:
 def is_traced(*values: Any) -> bool:
     """True when any leaf of ``values`` is a JAX tracer (inside jit/vmap/grad)."""
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(values))
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every entry of a concrete pytree of arrays is finite: with
+    numpy for arrays held by CPU devices (an eager ``jnp.isfinite`` compiles
+    programs per leaf shape: 0.8 s of a fresh process's first call on the
+    6-leaf W-mid MLP; a jitted check of a transformer's 25 leaves took 0.7 s
+    to compile), one compiled reduction for arrays on accelerators (no copy
+    to the host)."""
+    leaves = jax.tree.leaves(tree)
+    if all(d.platform == "cpu" for x in leaves for d in getattr(x, "devices", set)()):
+        return all(bool(np.isfinite(np.asarray(x)).all()) for x in leaves)
+    return bool(_all_finite_compiled(leaves))
+
+
+@jax.jit
+def _all_finite_compiled(leaves: list) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def require_finite(name: str, value: Any, where: str = "at params") -> None:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import check_int, is_traced
+from hessian_tools._checks import all_finite, check_int, is_traced
 from hessian_tools._chunks import chunks, fit
 from hessian_tools._operator import LinearMap, apply_linear_map, block_rows
 from hessian_tools._tree import Layout, basis_combine, stack_dot
@@ -58,21 +58,6 @@ def _rademacher(keys: jax.Array, lm: LinearMap, project: bool) -> Any:
     return lm.project(z) if project else z
 
 
-def _all_finite(tree: Any) -> bool:
-    """Whether every entry is finite: numpy's for arrays held by CPU devices
-    (nothing to compile; a jitted check of a transformer's 25 leaves took
-    0.7 s to compile), one compiled reduction otherwise."""
-    leaves = jax.tree.leaves(tree)
-    if all(d.platform == "cpu" for x in leaves for d in x.devices()):
-        return all(bool(np.isfinite(np.asarray(x)).all()) for x in leaves)
-    return bool(_all_finite_compiled(leaves))
-
-
-@jax.jit
-def _all_finite_compiled(leaves: list) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
 class Products:
     """Applies the operator to stacks of probes in chunks, counting HVPs and
     refusing non-finite products."""
@@ -95,7 +80,7 @@ class Products:
             res = apply_linear_map(self.lm, chunk)
             if take < jax.tree.leaves(res)[0].shape[0]:
                 res = jax.tree.map(lambda x, t=take: x[:t], res)
-            if not is_traced(res) and not _all_finite(res):
+            if not is_traced(res) and not all_finite(res):
                 raise FloatingPointError(
                     f"an operator product returned NaN or inf (products {self.count + 1} to "
                     f"{self.count + take}); check the loss and params."
