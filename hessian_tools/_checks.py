@@ -150,10 +150,10 @@ def require_finite(name: str, value: Any, where: str = "at params") -> None:
 
     Needs concrete values: under tracing (inside ``jax.jit``) it does nothing.
     """
-    if is_traced(value):
+    if is_traced(value) or all_finite(value):
         return
     for path, leaf in jax.tree_util.tree_leaves_with_path(value):
-        if not bool(jnp.all(jnp.isfinite(leaf))):
+        if not all_finite(leaf):
             loc = jax.tree_util.keystr(path)
             raise FloatingPointError(
                 f"the {name}{' ' + loc if loc else ''} is not finite (NaN or inf) {where}."

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._checks import (
-    all_finite,
     explain_nnx_errors,
     is_traced,
     require_finite,
@@ -124,11 +123,9 @@ def _dense_sharding(tree: PyTree, n: int) -> Any:
 
 
 def _require_finite(*named: tuple[str, PyTree]) -> None:
-    """``FloatingPointError`` naming the first non-finite ``(name, tree)``
-    (``all_finite``: no program per leaf shape)."""
+    """``FloatingPointError`` naming the first non-finite ``(name, tree)``."""
     for name, tree in named:
-        if not all_finite(tree):
-            require_finite(name, tree)  # raises, naming the leaf
+        require_finite(name, tree)
 
 
 @jax.jit
