@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessian_tools._compile import jit
+
 __all__ = [
     "all_finite",
     "as_key",
@@ -140,7 +142,7 @@ def all_finite(tree: Any) -> bool:
     return bool(_all_finite_compiled(leaves))
 
 
-@jax.jit
+@jit
 def _all_finite_compiled(leaves: list) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from hessian_tools import _krylov
+from hessian_tools._compile import jit
 from hessian_tools._driver import drive
 from hessian_tools._tree import basis_combine, get_rows
 
@@ -87,7 +88,7 @@ def _basis_parts(lm, state: _krylov.State, diagonal: bool):
     return basis, state.num_columns, state.status, jnp.trace(t), diag
 
 
-@jax.jit
+@jit
 def xtrace_estimates(om, y, q, r, z):
     """XTrace's k leave-one-out estimates, their mean and stderr, from
     Omega, Y = A Omega = QR and Z = A Q, all flat (n, k) (Epperly, Tropp &

@@ -44,6 +44,7 @@ from jax import lax
 
 from hessian_tools import _krylov
 from hessian_tools._checks import is_traced
+from hessian_tools._compile import jit
 from hessian_tools._operator import LinearMap, apply_batched
 
 __all__ = ["drive"]
@@ -182,7 +183,7 @@ def _active(status: Any, stop_on_breakdown: bool) -> Any:
 
 @functools.cache
 def _jitted(fn: Callable, static: tuple) -> Callable:
-    return jax.jit(fn, static_argnames=static)
+    return jit(fn, static_argnames=static)
 
 
 @functools.cache
@@ -190,7 +191,7 @@ def _vmapped(fn: Callable) -> Callable:
     return jax.vmap(fn)
 
 
-@functools.partial(jax.jit, static_argnames=("options", "batched"), donate_argnums=(1,))
+@functools.partial(jit, static_argnames=("options", "batched"), donate_argnums=(1,))
 def _host_step(lm, state, arrays: tuple, *, options: _Steps, batched: bool):
     """One compiled kernel step (product, insertion, monitor), the state
     donated so that the basis is updated in place; vmapped over the runs of
@@ -219,7 +220,7 @@ def _host_step(lm, state, arrays: tuple, *, options: _Steps, batched: bool):
     return jax.vmap(masked)(state)
 
 
-@functools.partial(jax.jit, static_argnames=("algorithm", "static", "progress"))
+@functools.partial(jit, static_argnames=("algorithm", "static", "progress"))
 def _compiled(lm, args, token, *, algorithm, static, progress):
     drv = _Device(lm, token if progress else None)
     return algorithm(drv, *args, **dict(static))

@@ -32,6 +32,7 @@ import numpy as np
 
 from hessian_tools._checks import all_finite, check_int, is_traced
 from hessian_tools._chunks import chunks, fit
+from hessian_tools._compile import jit
 from hessian_tools._operator import LinearMap, apply_linear_map, block_rows
 from hessian_tools._tree import Layout, basis_combine, stack_dot
 
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@functools.partial(jit, static_argnums=2)
 def _rademacher(keys: jax.Array, lm: LinearMap, project: bool) -> Any:
     """A stack of Rademacher probes in the map's layout, one key per probe
     (so the probes do not depend on how they are chunked), drawn flat; in
@@ -100,7 +101,7 @@ def quad(z: Any, az: Any) -> jax.Array:
     return sum(parts[1:], parts[0])
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@functools.partial(jit, static_argnums=2)
 def project_out(basis: Any, z: Any, layout: Layout) -> Any:
     """``z_i - V V^T z_i`` for each vector of the stack z (leaves
     ``(k, *leaf.shape)``); the basis V is stacked in the
@@ -132,7 +133,7 @@ class Samples:
         return mean_stderr(jnp.concatenate(self.rows))
 
 
-@functools.partial(jax.jit, static_argnums=4)
+@functools.partial(jit, static_argnums=4)
 def _deflated_chunk(basis, z, p, ap, layout):
     """``p_i . A p_i``, and the mean and centred sum of squares over the chunk
     of ``d_i = z_i * B z_i`` with ``B z_i = (I - VV^T) A p_i`` (flat (n,))."""
@@ -141,7 +142,7 @@ def _deflated_chunk(basis, z, p, ap, layout):
     return quad(p, ap), mean, jnp.sum(jnp.square(d - mean[None]), axis=0)
 
 
-@jax.jit
+@jit
 def _merge(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
     # Chan et al.'s pairwise update of (mean, sum of squared deviations)
     count = count_a + count_b

@@ -27,6 +27,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from hessian_tools._compile import jit
 from hessian_tools._minres import minres
 
 PyTree = Any
@@ -42,7 +43,7 @@ def _dense_step(hess: jax.Array, g: jax.Array) -> jax.Array:
     return -v @ (inv * (v.T @ g))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6))
+@functools.partial(jit, static_argnums=(0, 3, 4, 5, 6))
 def newton_mr(
     flat_loss: Callable,
     z0: jax.Array,

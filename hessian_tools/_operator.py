@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._checks import is_traced
+from hessian_tools._compile import jit
 from hessian_tools._tree import Layout
 
 PyTree = Any
@@ -183,14 +184,14 @@ def apply_batched(mv: Callable, vectors: PyTree, batching: str) -> PyTree:
     return jax.lax.map(mv, vectors)
 
 
-@jax.jit
+@jit
 def apply_linear_map(lm: LinearMap, vectors: PyTree) -> PyTree:
     """``A v`` for each vector of a stack, compiled once per operator type and
     shapes (one ``prepare`` shared by the stack)."""
     return apply_batched(lm.bind(), vectors, lm.batching)
 
 
-@jax.jit
+@jit
 def apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
     """``A v`` for the flat rows (k, n) of ``vs``: one program per operator
     type and k."""
@@ -202,7 +203,7 @@ def apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
 _MAP_ROWS = 32
 
 
-@jax.jit
+@jit
 def _apply_first(lm: LinearMap, vs: jax.Array, count: jax.Array) -> jax.Array:
     """``A v`` for the first ``count`` flat rows of ``vs`` (k, n), zeros for
     the rest, mapped row by row (``lax.map``) with the product skipped

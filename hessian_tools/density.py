@@ -30,6 +30,7 @@ from hessian_tools._checks import (
     is_traced,
 )
 from hessian_tools._chunks import CHUNK_BYTES, chunks, fit
+from hessian_tools._compile import jit
 from hessian_tools._driver import drive
 from hessian_tools._operator import as_linear_map
 from hessian_tools._progress import progress_bar
@@ -187,7 +188,7 @@ def _smooth(nodes: jax.Array, weights: jax.Array, grid: jax.Array, sigma: jax.Ar
     return total * scale / probes
 
 
-@functools.partial(jax.jit, static_argnames=("grid_size",))
+@functools.partial(jit, static_argnames=("grid_size",))
 def _density(alphas, betas, steps, sigma, grid, *, grid_size):
     """Nodes, weights, sigma, grid and the smoothed density (see
     ``spectral_density``); ``sigma``/``grid`` None for the defaults."""

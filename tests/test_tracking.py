@@ -61,6 +61,9 @@ def test_track_spectrum_under_jit():
     values, bounds, tr, nodes = measure(params, x, y)
     eager = ht.track_spectrum(mlp_loss, params, x, y, k=2, trace_matvecs=10, density_matvecs=24)
     np.testing.assert_allclose(values, eager.values, rtol=1e-10)
-    np.testing.assert_allclose(bounds, eager.error_bounds, rtol=1e-6)
+    # the bounds' measured product error rounds differently in a user's jit
+    # (compiled without the library's options, _compile): eps ||A|| apart
+    slack = 100 * np.finfo(np.float64).eps * np.max(np.abs(eager.values))
+    np.testing.assert_allclose(bounds, eager.error_bounds, rtol=1e-6, atol=slack)
     np.testing.assert_allclose(tr, eager.trace.value, rtol=1e-10)
     np.testing.assert_allclose(nodes, eager.density.nodes, rtol=1e-8, atol=1e-12)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._checks import as_key, check_choice, require_finite
+from hessian_tools._compile import jit
 from hessian_tools._data import Data
 from hessian_tools._hessian import as_vector, value_and_grad
 from hessian_tools._params import Partition
@@ -82,7 +83,7 @@ def _check_leaves_1d(leaves_1d: str) -> None:
     check_choice("leaves_1d", leaves_1d, ("zero", "keep"))
 
 
-@jax.jit
+@jit
 def _gaussian_like(key, variables):
     leaves, treedef = jax.tree.flatten(variables)
     keys = jax.random.split(key, len(leaves))

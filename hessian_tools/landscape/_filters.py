@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hessian_tools._compile import jit
 from hessian_tools._tree import norm
 
 __all__ = ["BIAS", "BIAS_NAMES", "leaf_axes", "leaf_name", "normalize"]
@@ -130,7 +131,7 @@ def _filter_normalize(d: jax.Array, p: jax.Array, axes: tuple) -> jax.Array:
     return _rescale(d, p_norm, d_norm)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+@functools.partial(jit, static_argnums=(2, 3, 4))
 def normalize(direction, params, normalization, axes: tuple, leaves_1d):
     """The direction rescaled leaf by leaf (see ``normalize_direction``);
     ``axes`` from ``leaf_axes``. One compiled program per layout."""

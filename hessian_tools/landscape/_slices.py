@@ -34,6 +34,7 @@ import numpy as np
 from hessian_tools._checkpoint import load_slice_checkpoint, save_slice_checkpoint
 from hessian_tools._checks import check_scalar_output
 from hessian_tools._chunks import chunks, fit
+from hessian_tools._compile import jit
 from hessian_tools._data import Data
 from hessian_tools._hessian import wrapped_loss
 from hessian_tools._params import Partition
@@ -118,7 +119,7 @@ def _check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable
 _CHUNK, _GROUP = 4, 256
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(jit, static_argnums=(0, 1))
 def _eval_points(fns, partition, variables, fixed, directions, coeffs, data: Data):
     """(g, c, len(fns)) values of each fn at params + sum_k coeffs[..., k] d_k
     (the directions move the variables; fixed leaves stay), averaged over
@@ -231,7 +232,7 @@ class _Evaluator:
         return h.hexdigest()
 
 
-@jax.jit
+@jit
 def _digest(x: jax.Array) -> jax.Array:
     """Four weighted sums of the bits of ``x`` (modulo 2^32), computed where
     ``x`` lives: a fingerprint of its values that never gathers the array to

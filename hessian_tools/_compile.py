@@ -1,0 +1,99 @@
+"""``jit``: ``jax.jit`` with the library's compiler options, for its own programs only.
+
+A fresh process's first call is mostly XLA compiling the solver's one
+program (DESIGN.md, "Performance rules"). On XLA's CPU backend the default
+fusion emitters (MLIR-based, jaxlib 0.10) compile these programs about 1.6x
+slower than the backend's other emitters, which run them as fast. The
+compilation of a first top-1 call took 3.1-3.9 s against 1.8-2.4 s on W-mid,
+3.0-3.5 s against 1.7-2.0 s on the CNN, 2.4-2.6 s against 1.6 s on the
+Equinox MLP and 4.3-4.8 s against 2.6 s on the transformer (alternating
+fresh processes, 2-3 each); the solver's own code (a diagonal operator) 1.88 s
+against 1.17 s. Warm times: benchmarks/RESULTS.md, "Cold start".
+
+The options are passed per program (``jax.jit(..., compiler_options=...)``),
+never as a process-wide flag: a user's own programs compile as they always
+did. They are chosen at a function's first call, for the default backend:
+none off CPU (the GPU's compiler has other costs), and none where this
+jaxlib does not know the option (checked once by compiling a one-line
+program, about 10 ms).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["CPU_OPTIONS", "compiler_options", "jit"]
+
+#: per-program XLA options on CPU: the older emitters, which compile the
+#: solvers' many small fusions faster (see the module docstring)
+CPU_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+
+
+@functools.cache
+def compiler_options() -> dict[str, Any]:
+    """The options the library's programs compile with on this process's
+    default backend ({} where none apply or this jaxlib refuses them)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(_probe, compiler_options=CPU_OPTIONS).lower(np.float32(0)).compile()
+    except Exception:  # an option this jaxlib does not have: compile as jax does
+        return {}
+    return dict(CPU_OPTIONS)
+
+
+def _probe(x: Any) -> Any:
+    return x + 1
+
+
+class _Jitted:
+    """``jax.jit`` of ``fun``, made at its first use (so that importing the
+    package touches no backend): with the library's compiler options at the
+    top level, without them inside another trace (JAX takes compiler options
+    on top-level programs only)."""
+
+    def __init__(self, fun: Callable, kwargs: dict[str, Any]):
+        self._fun, self._kwargs = fun, kwargs
+        self._top: Any = None
+        self._nested: Any = None
+        functools.update_wrapper(self, fun)
+
+    def _get(self) -> Any:
+        if self._top is None:
+            options = compiler_options() or None
+            self._top = jax.jit(self._fun, compiler_options=options, **self._kwargs)
+            self._nested = self._top if options is None else jax.jit(self._fun, **self._kwargs)
+        return self._top
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        top = self._get()
+        if top is self._nested or _traced(args, kwargs):
+            return self._nested(*args, **kwargs)
+        try:
+            return top(*args, **kwargs)
+        except ValueError as exc:  # inside a trace, called with concrete arguments only
+            if "compiler_options" not in str(exc):
+                raise
+            return self._nested(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # lower, trace, clear_cache, ...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+
+def _traced(*values: Any) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(values))
+
+
+def jit(fun: Callable | None = None, **kwargs: Any) -> Any:
+    """``jax.jit(fun, **kwargs)`` compiled with ``compiler_options()``; as
+    ``jax.jit``, usable as ``@jit`` and ``functools.partial(jit, ...)``."""
+    if fun is None:
+        return functools.partial(jit, **kwargs)
+    return _Jitted(fun, kwargs)
