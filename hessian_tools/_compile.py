@@ -2,13 +2,21 @@
 
 A fresh process's first call is mostly XLA compiling the solver's one
 program (DESIGN.md, "Performance rules"). On XLA's CPU backend the default
-fusion emitters (MLIR-based, jaxlib 0.10) compile these programs about 1.6x
-slower than the backend's other emitters, which run them as fast. The
-compilation of a first top-1 call took 3.1-3.9 s against 1.8-2.4 s on W-mid,
-3.0-3.5 s against 1.7-2.0 s on the CNN, 2.4-2.6 s against 1.6 s on the
-Equinox MLP and 4.3-4.8 s against 2.6 s on the transformer (alternating
-fresh processes, 2-3 each); the solver's own code (a diagonal operator) 1.88 s
-against 1.17 s. Warm times: benchmarks/RESULTS.md, "Cold start".
+fusion emitters (MLIR-based, jaxlib 0.10) compile the solvers' programs,
+many small fusions of bookkeeping around the products, about 1.6x slower
+than the backend's other emitters. The compilation of a first top-1 call
+took 3.1-3.9 s against 1.8-2.4 s on W-mid, 3.0-3.5 s against 1.7-2.0 s on
+the CNN, 2.4-2.6 s against 1.6 s on the Equinox MLP and 4.3-4.8 s against
+2.6 s on the transformer (alternating fresh processes, 2-3 each); the
+solver's own code (a diagonal operator) 1.88 s against 1.17 s.
+
+The solvers' programs use ``jit``. Programs that are products and little
+else (``op @ v``, stacks of products, the loss and gradient, loss
+evaluations) keep ``jax.jit`` and its defaults: they compile in a fraction of
+a second, and there the other emitters ran slower (a standalone HVP 9%
+slower on W-mid, 13% on the Equinox MLP, 7% on the CNN; the solvers' warm
+top-1 and top-10 calls within 5% either way, except the Equinox MLP's top-1,
+whose HVP costs 1 ms: 12%; one process, the two programs alternating).
 
 The options are passed per program (``jax.jit(..., compiler_options=...)``),
 never as a process-wide flag: a user's own programs compile as they always

@@ -19,7 +19,6 @@ from typing import Any
 import jax
 
 from hessian_tools._checks import check_scalar_output, explain_loss_errors
-from hessian_tools._compile import jit
 from hessian_tools._data import Data
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
@@ -103,7 +102,7 @@ def hessian_products(f: Loss, partition: Partition) -> tuple[Callable, Callable]
     return matvec, prepare
 
 
-@functools.partial(jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=(0, 1))  # a product: _compile
 def value_and_grad(f: Loss, partition: Partition, variables: PyTree, fixed: tuple, data: Data):
     fv = wrapped_loss(f, partition)
     return data.mean(lambda *args: jax.value_and_grad(fv)(variables, fixed, *args))

@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools._checks import is_traced
-from hessian_tools._compile import jit
 from hessian_tools._tree import Layout
 
 PyTree = Any
@@ -184,14 +183,14 @@ def apply_batched(mv: Callable, vectors: PyTree, batching: str) -> PyTree:
     return jax.lax.map(mv, vectors)
 
 
-@jit
+@jax.jit  # products: jax's own options (_compile)
 def apply_linear_map(lm: LinearMap, vectors: PyTree) -> PyTree:
     """``A v`` for each vector of a stack, compiled once per operator type and
     shapes (one ``prepare`` shared by the stack)."""
     return apply_batched(lm.bind(), vectors, lm.batching)
 
 
-@jit
+@jax.jit
 def apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
     """``A v`` for the flat rows (k, n) of ``vs``: one program per operator
     type and k."""
@@ -203,7 +202,7 @@ def apply_flat(lm: LinearMap, vs: jax.Array) -> jax.Array:
 _MAP_ROWS = 32
 
 
-@jit
+@jax.jit
 def _apply_first(lm: LinearMap, vs: jax.Array, count: jax.Array) -> jax.Array:
     """``A v`` for the first ``count`` flat rows of ``vs`` (k, n), zeros for
     the rest, mapped row by row (``lax.map``) with the product skipped

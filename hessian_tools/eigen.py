@@ -30,7 +30,6 @@ from hessian_tools._checks import (
     check_positive,
     is_traced,
 )
-from hessian_tools._compile import jit
 from hessian_tools._eigen_grad import attach
 from hessian_tools._operator import (
     LinearMap,
@@ -199,7 +198,7 @@ def _on_host(matrix: Any) -> bool:
 # Randomised symmetry check
 
 
-@jit
+@jax.jit  # products: jax's own options (_compile)
 def _two_products(lm: LinearMap, key: jax.Array):
     u, v = (lm.layout.unravel(x) for x in jax.random.normal(key, (2, lm.n), lm.dtype))
     mv = lm.bind()

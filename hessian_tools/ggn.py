@@ -28,7 +28,6 @@ from typing import Any
 import jax
 
 from hessian_tools._checks import check_scalar_output, is_traced, require_finite
-from hessian_tools._compile import jit
 from hessian_tools._data import Data
 from hessian_tools._hessian import PyTree, wrapped_loss
 from hessian_tools._operator import LinearMap
@@ -99,7 +98,7 @@ def _composed(model: Model, loss: OutputLoss) -> Callable:
     return lambda params, x, y: loss(model(params, x), y)
 
 
-@functools.partial(jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)  # a loss: _compile
 def _mean_loss(composed, variables, fixed, data):
     return data.mean(lambda x, y: composed(variables, fixed, x, y))
 

@@ -31,7 +31,6 @@ from hessian_tools._checks import (
     require_finite,
 )
 from hessian_tools._chunks import chunks, fit
-from hessian_tools._compile import jit
 from hessian_tools._data import Data
 from hessian_tools._hessian import (
     Loss,
@@ -129,7 +128,7 @@ def _require_finite(*named: tuple[str, PyTree]) -> None:
         require_finite(name, tree)
 
 
-@jit
+@jax.jit  # a product: jax's own options (_compile)
 def _apply(lm: LinearMap, v: PyTree) -> PyTree:
     return lm.bind()(v)
 

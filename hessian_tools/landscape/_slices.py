@@ -119,7 +119,7 @@ def _check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable
 _CHUNK, _GROUP = 4, 256
 
 
-@functools.partial(jit, static_argnums=(0, 1))
+@functools.partial(jax.jit, static_argnums=(0, 1))  # losses: _compile
 def _eval_points(fns, partition, variables, fixed, directions, coeffs, data: Data):
     """(g, c, len(fns)) values of each fn at params + sum_k coeffs[..., k] d_k
     (the directions move the variables; fixed leaves stay), averaged over
