@@ -30,6 +30,11 @@ imported, which the parent checks.
 figures beside them (``warm``): per-HVP cost of top-1 and top-10 over a
 standalone HVP (the solvers' target: at most 1.3x) and top-1's fixed cost,
 also for the small transformer (``--workloads W-mid,CNN,eqx-MLP,transformer``).
+
+``cold_row(name, prelude, call)`` gives the cold column of every time row of
+ours in benchmarks/RESULTS.md (``run.py``): the first ``call`` (Python
+source, after the untimed ``prelude``) in fresh processes that have loaded
+the workload, with no compilation cache and with a filled one.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,6 +165,58 @@ def warm(name: str, reps: int) -> None:
     print("ok")
 
 
+def row_child(name: str, prelude: str, call: str, cache: str) -> None:
+    """One fresh-process first call of a RESULTS.md row (``cold_row``):
+    prints its seconds. Names for the sources: ht, jax, jnp, np, ours, wl,
+    w (the workload), p (its problem)."""
+    import jax
+
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    sys.path.insert(0, HERE)
+    import jax.numpy as jnp
+    import numpy as np
+    import ours
+    import workloads as wl
+
+    import hessian_tools as ht
+
+    w = wl.get_workload(name)
+    ns = {"ht": ht, "jax": jax, "jnp": jnp, "np": np, "ours": ours, "wl": wl, "w": w}
+    ns["p"] = wl.problem(w)
+    exec(prelude, ns)
+    t0 = time.perf_counter()
+    ours._block(eval(call, ns))
+    print(json.dumps({"package": ht.__file__, "seconds": time.perf_counter() - t0}))
+
+
+def cold_row(name: str, prelude: str, call: str, reps: int = 1) -> dict:
+    """Medians of ``reps`` fresh-process first calls of ``call`` on workload
+    ``name`` (``row_child``), alternating: no compilation cache ("none"),
+    and a cache filled by one more process first ("filled")."""
+    cache = tempfile.mkdtemp(prefix="ht-cold-row-")
+    me = [sys.executable, os.path.abspath(__file__), "row-child", "--name", name]
+    me += ["--prelude", prelude, "--call", call, "--cache"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+
+    def once(c: str) -> float:
+        proc = subprocess.run([*me, c], capture_output=True, text=True, env=env, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cold {name} {call!r} failed: {proc.stderr[-600:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+
+    try:
+        once(cache)  # fills it
+        times: dict[str, list[float]] = {"none": [], "filled": []}
+        for _ in range(reps):
+            times["none"].append(once(""))
+            times["filled"].append(once(cache))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 PEER = """
 import sys, time
 sys.path.insert(0, {here!r})
@@ -231,7 +289,12 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--before", default="", help="another checkout to time beside this one")
     parser.add_argument("--task", default="top1", choices=sorted(OURS), help="the first call")
+    parser.add_argument("--prelude", default="", help="row-child: untimed source")
+    parser.add_argument("--call", default="", help="row-child: the timed first call")
     a = parser.parse_args()
+    if a.mode == "row-child":
+        row_child(a.name, a.prelude, a.call, a.cache)
+        return
     if a.mode == "child":
         child(a.name, a.cache, a.task)
         return

@@ -146,21 +146,7 @@ def hvp_times(w: wl.Workload, reps: int, loop: int = 20) -> list[dict]:
     rows.append({"impl": "ours: op @ v, jvp-of-grad (same operator)", "hvps": 1, **h_only})
     if loop and hasattr(op, "linear_map"):
         for linearize in (False, True):
-            lm = op.linear_map(linearize=linearize)
-
-            @jax.jit
-            def power(lm, v0):
-                mv = lm.bind()
-
-                def body(_, u):
-                    hu = mv(u)
-                    scale = jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(hu)))
-                    return jax.tree.map(lambda x: x / scale, hu)
-
-                return jax.lax.fori_loop(0, loop, body, v0)
-
-            v_tree = op.unravel(v)
-            r = timed_calls(lambda p=power, o=lm, u=v_tree: _block(p(o, u)), reps)
+            r = timed_calls(power_loop(op, linearize, loop), reps)
             r["per_call"] = r["seconds"] / loop
             name = "linearized once" if linearize else "jvp-of-grad"
             rows.append({"impl": f"ours: {loop} HVPs in a jitted loop, {name}", "hvps": loop, **r})
@@ -168,6 +154,26 @@ def hvp_times(w: wl.Workload, reps: int, loop: int = 20) -> list[dict]:
         r["ratio_to_grad"] = r["per_call"] / g["seconds"] if r["hvps"] else None
         r.pop("out", None)
     return rows
+
+
+def power_loop(op, linearize: bool, loop: int) -> Callable[[], object]:
+    """A call of ``loop`` power-iteration HVPs inside one jitted ``fori_loop``
+    on ``op``'s linear map (``linearize``: the gradient linearised once)."""
+    lm = op.linear_map(linearize=linearize)
+
+    @jax.jit
+    def power(lm, v0):
+        mv = lm.bind()
+
+        def body(_, u):
+            hu = mv(u)
+            scale = jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(hu)))
+            return jax.tree.map(lambda x: x / scale, hu)
+
+        return jax.lax.fori_loop(0, loop, body, v0)
+
+    v = op.unravel(jax.random.normal(jax.random.PRNGKey(0), (op.n,), jnp.float32))
+    return lambda: _block(power(lm, v))
 
 
 def eig_run(w: wl.Workload, k: int, which: str, reps: int, **options) -> dict:
@@ -344,13 +350,11 @@ def defaults_runs(w: wl.Workload, *, run_classify: bool, density_seconds_per_hvp
     """``eigenpairs(op, 1)`` with the default method (a compiling call, then a
     warm one) and ``classify`` with its default method.
 
-    ``classify`` does not report its HVPs: they are counted from the same
-    eigenpairs call it makes (12 pairs, both ends, key ``split(0)[0]``) plus
-    the default spectral density when the point is a saddle (its index is
-    estimated). With ``run_classify`` False (an overloaded machine, where
-    its ~1,700 CNN HVPs would take many minutes) classify is not called:
-    its path and HVPs come from its cost rule (``classify_cost``) and its
-    time is estimated at ``density_seconds_per_hvp`` an HVP.
+    ``classify`` reports the HVPs it spent (``CriticalPoint.num_matvecs``).
+    With ``run_classify`` False (an overloaded machine, where its planned
+    CNN HVPs would take many minutes) classify is not called: its path and
+    HVPs come from its cost rule (``classify_cost``) and its time is
+    estimated at ``density_seconds_per_hvp`` an HVP.
     """
     import hessian_tools as ht
     from hessian_tools.critical import classify_cost
@@ -375,15 +379,7 @@ def defaults_runs(w: wl.Workload, *, run_classify: bool, density_seconds_per_hvp
         index=int(cp.index),
         index_stderr=float(cp.index_stderr),
     )
-    if cp.exact:
-        r["hvps"] = n
-    else:
-        k_eig, _ = jax.random.split(jax.random.PRNGKey(0))
-        ep = ht.eigenpairs(fresh_operator(w), 12, which="both", key=k_eig, method="lanczos")
-        r["eig_hvps"] = int(ep.num_matvecs)
-        budget = inspect.signature(ht.spectral_density).parameters["num_matvecs"].default
-        r["density_hvps"] = budget if cp.index_stderr > 0 or cp.kind == "saddle" else 0
-        r["hvps"] = r["eig_hvps"] + r["density_hvps"]
+    r["hvps"] = int(cp.num_matvecs)  # what it spent, dense or not
     out["classify"] = r
     return out
 

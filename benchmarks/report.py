@@ -35,7 +35,8 @@ def table(title: str, columns: list[str], rows: list[list], note: str = "") -> s
         lines += [note, ""]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * len(columns))
-    for row in rows:
+    for row in rows:  # a short row's missing cells are empty ("—")
+        row = list(row) + [None] * (len(columns) - len(row))
         lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,10 @@ cost; the HVP cost inside the solvers and the schedule the library picks
 against PyHessian, hessian-eigenthings, matfree and ARPACK (issue 10); trace
 and its stderr calibration; spectral density; the default method on the CNN
 (dense only when cheaper); a 21x21 loss slice against a plain torch loop;
-warm starts along a training run; peak RSS.
+warm starts along a training run; peak RSS. Every time row of ours has a
+cold column beside its warm time (``COLD``): the same call first in a fresh
+process, with no compilation cache and with a filled one
+(``cold_start.cold_row``; ``--no-cold`` leaves it out).
 
 Our code runs in this process in float32 (x64 stays off here). The float64
 references run once in their own process (``references.py``) and are cached
@@ -35,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import cold_start
 import jax
 import numpy as np
 import ours
@@ -60,6 +64,35 @@ SECTIONS = (
 BIG = "W-mid"
 #: workloads of the eigenvalue tables (float64 references: references.py)
 EIG_WORKLOADS = (BIG, "small", "CNN", "eqx-MLP")
+#: the cold column of every time row of ours: its call first in a fresh process
+COLD = "cold (s): no cache / filled"
+#: preludes of the cold calls (``cold_start.row_child`` names)
+V = "v = jax.random.normal(jax.random.PRNGKey(0), (w.n,), jnp.float32)"
+OP = "op = ours.fresh_operator(w)"
+KEY = "key=jax.random.PRNGKey(0)"
+#: the HVP table's rows of ours (``ours.hvp_times``): (prelude, call)
+HVP_COLD = {
+    "ours: jax.grad (jit)": ("f = ours.jitted_grad(p)", "f()"),
+    "ours: op @ v, jvp-of-grad (new operator each call)": (V, "ours.fresh_operator(w).matvec(v)"),
+    "ours: op @ v, jvp-of-grad (same operator)": (f"{V}\n{OP}", "op.matvec(v)"),
+    "ours: 20 HVPs in a jitted loop, jvp-of-grad": (
+        "f = ours.power_loop(ours.fresh_operator(w), False, 20)",
+        "f()",
+    ),
+    "ours: 20 HVPs in a jitted loop, linearized once": (
+        "f = ours.power_loop(ours.fresh_operator(w), True, 20)",
+        "f()",
+    ),
+}
+
+
+TRACE_CALL = f"ht.trace(ours.fresh_operator(w), {KEY}, num_matvecs=100, method={{method!r}})"
+
+
+def eig_call(k: int, which: str, **options) -> str:
+    """The cold call of an ``eigenpairs`` row (``ours.eig_run``)."""
+    extra = "".join(f", {a}={v!r}" for a, v in options.items())
+    return f"ht.eigenpairs(ours.fresh_operator(w), {k}, which={which!r}, {KEY}{extra})"
 
 
 class Context:
@@ -86,6 +119,7 @@ class Context:
         self._peer_cache = {}
         self.hvp_seconds = {}
         self.summary = []  # (target, measured, ok)
+        self._cold = {}
         self.peers = detect_peers() if not args.no_peers else {"status": "disabled (--no-peers)"}
 
     def ref(self, name: str) -> dict:
@@ -127,6 +161,22 @@ class Context:
             return json.loads(proc.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
             return {"error": f"peers.py {task} failed: {proc.stderr.strip()[-400:]}"}
+
+    def cold(self, name: str, call: str, prelude: str = "") -> str | None:
+        """The cold cell of a row of ours: ``call`` first in fresh processes
+        (``cold_start.cold_row``), no cache / filled cache, in seconds; one
+        process each (and one filling the cache), as a row's call may take
+        minutes. The same call is measured once a run."""
+        if self.args.no_cold:
+            return None
+        if (name, prelude, call) not in self._cold:
+            try:
+                r = cold_start.cold_row(name, prelude, call, reps=1)
+                cell = f"{r['none']:.2f} / {r['filled']:.2f}"
+            except RuntimeError as exc:
+                cell = f"failed: {str(exc)[-120:]}"
+            self._cold[name, prelude, call] = cell
+        return self._cold[name, prelude, call]
 
     def target(self, what: str, measured: str, ok: bool | None) -> None:
         self.summary.append((what, measured, None if ok is None else bool(ok)))
@@ -191,6 +241,7 @@ def sec_hvp(ctx, out):
                     r["ratio_to_grad"],
                     r["compile_seconds"],
                     r["recompiles"],
+                    ctx.cold(name, HVP_COLD[r["impl"]][1], HVP_COLD[r["impl"]][0]),
                 ]
             )
             if "same operator" in r["impl"]:
@@ -222,10 +273,12 @@ def sec_hvp(ctx, out):
                 "÷ gradient (same impl.)",
                 "compile (s)",
                 "recompiles on new operator",
+                COLD,
             ],
             rows,
             "Median of repeated calls. 'jitted loop' rows time 20 HVPs inside one jitted "
-            "fori_loop (power iteration) and divide by 20.",
+            "fori_loop (power iteration) and divide by 20. Cold: the call (all 20 HVPs of a "
+            "loop) first in a fresh process.",
         )
     )
 
@@ -241,6 +294,7 @@ EIG_COLUMNS = [
     "converged",
     "compile (s)",
     "recompiles / note",
+    COLD,
 ]
 
 
@@ -324,7 +378,8 @@ def _eig_table(title, rows, extra=""):
         "Default settings (rtol 1e-4 in float32) unless stated, operator built inside the "
         "timed call; median of warm calls. Relative error: max over the k values, sorted "
         "algebraically, against the float64 reference; bound: the certified "
-        "`error_bounds`, and whether each true error is below its bound." + extra,
+        "`error_bounds`, and whether each true error is below its bound. Cold: the call "
+        "(operator built inside) first in a fresh process." + extra,
     )
 
 
@@ -341,7 +396,7 @@ def _ours_eig_rows(ctx, k, which, names):
             continue
         label = f"hessian_tools eigenpairs(k={k}, which={which!r})"
         label += ", one call (compile included)" if reps == 0 else ""
-        rows.append(_ours_row(name, label, r, ref))
+        rows.append([*_ours_row(name, label, r, ref), ctx.cold(name, eig_call(k, which))])
         res_by[name] = r
     return rows, res_by
 
@@ -394,6 +449,7 @@ def sec_top1(ctx, out):
                 bound,
                 holds,
                 None,
+                ctx.cold(BIG, eig_call(1, "largest")) if label.startswith("hessian") else None,
             ]
         )
     if len(med) == 2 and cert is not None:
@@ -420,10 +476,11 @@ def sec_top1(ctx, out):
                 "max bound / |λ|",
                 "every error <= bound",
                 "note",
+                COLD,
             ],
             rows,
             "One warm call per start vector (our key s; PyHessian after torch.manual_seed(s)), "
-            "operator built inside the call.",
+            "operator built inside the call. Cold: key 0's call first in a fresh process.",
         )
     )
 
@@ -448,6 +505,7 @@ def sec_top10(ctx, out):
             None,
             None,
             None,
+            ctx.cold(BIG, eig_call(k, "largest")),
         ]
     )
     # hessian-eigenthings' top-10 (peers.py --extras) takes ~400 HVPs: left out here
@@ -538,7 +596,8 @@ def sec_bottom5(ctx, out):
     w = wl.get_workload(BIG)
     loose = ours.eig_run(w, k, "smallest", 0, rtol=1e-3)
     label = "hessian_tools eigenpairs(k=5, 'smallest', rtol=1e-3), one call (compile included)"
-    rows.append(_ours_row(BIG, label, loose, ref))
+    cold = ctx.cold(BIG, eig_call(k, "smallest", rtol=1e-3))
+    rows.append([*_ours_row(BIG, label, loose, ref), cold])
     arp_rows, arp = _arpack_rows(ctx, BIG, k, "smallest", ref, ctx.arpack_bottom_tols)
     rows += arp_rows
     out.append(_eig_table("Most negative 5 eigenvalues", rows))
@@ -612,6 +671,9 @@ def sec_trace(ctx, out):
                 se,
                 calib,
                 q.get("compile_seconds"),
+                ctx.cold(BIG, TRACE_CALL.format(method=label.split("'")[1]))
+                if label.startswith("hessian_tools")
+                else None,
             ]
         )
         if "hessian_tools" in label and "'krylov'" in label:  # the default method
@@ -634,6 +696,7 @@ def sec_trace(ctx, out):
                 "median stderr / trace",
                 "beyond 2σ / std of z",
                 "compile (s) / note",
+                COLD,
             ],
             rows,
             "Reference: exact float64 trace from per-layer pre-activation Hessians "
@@ -699,6 +762,7 @@ def sec_density(ctx, out):
                 s["neg_frac"],
                 s["exact_neg_frac"],
                 abs(s["neg_frac"] - s["exact_neg_frac"]),
+                ctx.cold("small", f"ht.spectral_density(ours.fresh_operator(w), {KEY})"),
             ]
         )
         rows.append(
@@ -763,6 +827,7 @@ def sec_density(ctx, out):
                 "fraction < -1e-3 λ_max",
                 "exact fraction",
                 "|difference| / note",
+                COLD,
             ],
             rows,
             "W1: scipy.stats.wasserstein_distance between the exact eigenvalues and the "
@@ -784,10 +849,25 @@ def sec_inloop(ctx, out):
         ctx.hvp_seconds.setdefault(name, t1)
         ctx.block_seconds[name] = r["rows"][-1]["per_hvp"]
         ctx.density_seconds[name] = r["rows"][2]["per_hvp"]
-        rows.append([name, r["n"], r["schedule"], "standalone op @ v (jitted)", 1, t1 * 1e3, 1.0])
+        same_op = HVP_COLD["ours: op @ v, jvp-of-grad (same operator)"]
+        cold = ctx.cold(name, same_op[1], same_op[0])
+        rows.append(
+            [name, r["n"], r["schedule"], "standalone op @ v (jitted)", 1, t1 * 1e3, 1.0, cold]
+        )
+        calls = {  # the cold calls of the rows (ours.inloop_runs)
+            "eigenpairs(k=5, method='lanczos')": f"ht.eigenpairs(op, 5, {KEY}, method='lanczos')",
+            f"trace(num_matvecs={trace_m})": f"ht.trace(op, {KEY}, num_matvecs={trace_m})",
+            f"spectral_density(num_matvecs={density_m})": (
+                f"ht.spectral_density(op, {KEY}, num_matvecs={density_m})"
+            ),
+            "op @ V, V of shape (n, 8)": "op.matmat(block)",
+        }
+        block = "block = jax.random.normal(jax.random.PRNGKey(1), (op.n, 8), jnp.float32)"
         worst = []
         for q in r["rows"]:
-            rows.append([name, None, None, q["label"], q["hvps"], q["per_hvp"] * 1e3, q["ratio"]])
+            cold = ctx.cold(name, calls[q["label"]], f"{OP}\n{block}")
+            row = [name, None, None, q["label"], q["hvps"], q["per_hvp"] * 1e3, q["ratio"], cold]
+            rows.append(row)
             if not q["label"].startswith("op @ V"):
                 worst.append((q["ratio"], q["label"].split("(")[0]))
         ratio, what = max(worst)
@@ -807,6 +887,7 @@ def sec_inloop(ctx, out):
                 "HVPs",
                 "ms per HVP",
                 "÷ standalone HVP",
+                COLD,
             ],
             rows,
             "Per-HVP cost = the call's warm time / its num_matvecs (orthogonalisation and "
@@ -816,7 +897,8 @@ def sec_inloop(ctx, out):
             "use `lax.map` over blocks and compiled loops ('map, device'); products with one "
             "use `vmap` and loops driven from Python, one compiled step each ('vmap, host'). "
             "The solver calls reuse one operator; top-5 eigenpairs' error bounds and the "
-            "estimates are in the sections below.",
+            "estimates are in the sections below. Cold: the whole call (not per HVP) first in "
+            "a fresh process, on a new operator.",
         )
     )
 
@@ -861,19 +943,15 @@ def sec_defaults(ctx, out):
             e["seconds"],
             f"rel. error {_max_rel(e['values'], ref):.1e}, bound {rel_bound:.1e} |λ|, "
             f"error <= bound: {'yes' if holds else 'no'}",
+            ctx.cold(name, eig_call(1, "largest")),
         ],
         [
             "classify(loss, params, *args) (default method)",
             "dense" if c["exact"] else "lanczos",
             c["hvps"],
             c["seconds"],
-            (
-                f"{c['eig_hvps']} HVPs for 12 eigenpairs (both ends) + {c['density_hvps']} "
-                f"for the density (the cost rule planned {c['planned_hvps']}); "
-                if "eig_hvps" in c
-                else ""
-            )
-            + c_note,
+            f"the cost rule's plan with an index estimate: {c['planned_hvps']}; " + c_note,
+            ctx.cold(name, "ht.classify(p.loss, p.params, *p.args)") if c["ran"] else None,
         ],
         [
             "dense path (either call)",
@@ -898,11 +976,10 @@ def sec_defaults(ctx, out):
     out.append(
         report.table(
             f"Default method on the CNN (n = {n:,}): dense only when cheaper (issue 9)",
-            ["call", "path taken", "HVPs", "time (s)", "note"],
+            ["call", "path taken", "HVPs", "time (s)", "note", COLD],
             rows,
-            "eigenpairs: one warm call after a compiling one. classify does not report its "
-            "HVPs: they are counted from the same eigenpairs call it makes plus the default "
-            "spectral density when the point is a saddle (its index is estimated).",
+            "eigenpairs: one warm call after a compiling one. classify: its own count of the "
+            "HVPs it spent (`num_matvecs`).",
         )
     )
 
@@ -921,7 +998,12 @@ def sec_slice2d(ctx, out):
     )
     r = ours.slice2d_run(w, dirs, xs, ys, reps=ctx.reps)
     p = ctx.peer("slice2d", BIG, "--directions", path)
-    rows = [["hessian_tools landscape.slice_2d", xs.size * ys.size, r["seconds"], None, None]]
+    prelude = (
+        "from hessian_tools.landscape import slice_2d\n"
+        "dirs, _ = ours.random_directions(w)\nxs = ys = np.linspace(-1.0, 1.0, 21)"
+    )
+    cold = ctx.cold(BIG, "slice_2d(p.loss, p.params, dirs, xs, ys, *p.args)", prelude)
+    rows = [["hessian_tools landscape.slice_2d", xs.size * ys.size, r["seconds"], None, None, cold]]
     if "error" in p:
         rows.append(["plain torch loop (loss-landscape style)", None, None, None, p["error"]])
     else:
@@ -940,7 +1022,14 @@ def sec_slice2d(ctx, out):
     out.append(
         report.table(
             "2-D loss slice, 21 x 21 grid on [-1, 1]^2 (W-mid)",
-            ["implementation", "points", "time (s)", "max abs. difference of the grids", "note"],
+            [
+                "implementation",
+                "points",
+                "time (s)",
+                "max abs. difference of the grids",
+                "note",
+                COLD,
+            ],
             rows,
             "Two filter-normalised random directions (`ht.landscape.random_direction`, "
             "biases zeroed), the same for both. Ours: warm call (after a compiling one); "
@@ -975,12 +1064,24 @@ def sec_warm(ctx, out):
         hc, hw = sum(q["hvps"] for q in cold), sum(q["hvps"] for q in warm)
         tc = float(np.median([q["seconds"] for q in cold]))
         tw = float(np.median([q["seconds"] for q in warm]))
-        rows.append(_warm_row(f"top-{k}, cold: eigenpairs(op, {k}), new random start", cold))
+        first = f"ht.eigenpairs(ours.fresh_operator(w), {k}, {KEY}, method='lanczos')"
+        rows.append(
+            [
+                *_warm_row(f"top-{k}, cold: eigenpairs(op, {k}), new random start", cold),
+                ctx.cold(BIG, first),
+            ]
+        )
         note = (
             f"max |warm - cold| {max(q['diff'] for q in warm):.1e} λ_max (sum of both "
             f"bounds {max(q['abs_bounds'] for q in warm):.1e} λ_max)"
         )
-        rows.append(_warm_row(f"top-{k}, warm: track_spectrum(previous=record)", warm, note))
+        first = f"ht.track_spectrum(p.loss, p.params, *p.args, k={k})"
+        rows.append(
+            [
+                *_warm_row(f"top-{k}, warm: track_spectrum(previous=record)", warm, note),
+                ctx.cold(BIG, first),
+            ]
+        )
         ctx.target(
             f"warm-started top-{k} along training: <= 0.5x the cold HVPs",
             f"{hw} vs {hc} HVPs ({hw / hc:.2f}x) over {len(cold)} checkpoints; median "
@@ -1001,9 +1102,12 @@ def sec_warm(ctx, out):
                 "max bound / |λ|",
                 "converged",
                 "note",
+                COLD,
             ],
             rows,
-            "At each checkpoint after the first, a cold call (key = checkpoint) and a warm "
+            "Cold: the call (track_spectrum's with no previous record) first in a fresh "
+            "process. At each checkpoint after the first, a cold call (key = checkpoint) and "
+            "a warm "
             "one (v0 = the previous checkpoint's eigenvectors), both at the default rtol "
             "1e-4; the warm record of checkpoint 0 started cold and is not counted. No "
             "float64 reference exists at these checkpoints: the warm and cold values agree "
@@ -1070,6 +1174,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, 3 seeds")
     parser.add_argument("--only", default="", help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer libraries")
+    parser.add_argument(
+        "--no-cold", action="store_true", help="leave out the cold (fresh-process) column"
+    )
     parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s] or list(SECTIONS)

@@ -249,8 +249,8 @@ def main(argv=None) -> None:
         f"Command: `PYTHONPATH=. python benchmarks/transformer.py {' '.join(argv or sys.argv[1:])}`"
         f"  \nDate: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        "shared with other agents' jobs while it ran (absolute times are noise; "
-        f"compare ratios within the run); jax {jax.__version__}, Python "
+        f"load average {os.getloadavg()[0]:.1f} at the start (on a shared machine absolute "
+        f"times are noise; compare ratios within the run); jax {jax.__version__}, Python "
         f"{platform.python_version()}, float32.\n",
         f"Workload: NNX causal transformer, depth {spec.depth}, width {spec.width}, "
         f"{spec.heads} heads, vocabulary {spec.vocab}, {spec.num_seq} x {spec.seq} tokens "
