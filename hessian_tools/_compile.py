@@ -16,7 +16,7 @@ evaluations) keep ``jax.jit`` and its defaults: they compile in a fraction of
 a second, and there the other emitters ran slower (a standalone HVP 9%
 slower on W-mid, 13% on the Equinox MLP, 7% on the CNN; the solvers' warm
 top-1 and top-10 calls within 5% either way, except the Equinox MLP's top-1,
-whose HVP costs 1 ms: 12%; one process, the two programs alternating).
+whose HVP costs 1 ms: 11%; one process, the two programs alternating).
 
 The options are passed per program (``jax.jit(..., compiler_options=...)``),
 never as a process-wide flag: a user's own programs compile as they always
