@@ -79,15 +79,23 @@ def _first_value(task: str, res) -> tuple[float, int]:
     return float(res.values[0]), int(res.num_matvecs)
 
 
+def _use_cache(cache: str) -> None:
+    """JAX's persistent compilation cache in ``cache`` ("" for none): the
+    line an API user adds (docs/guide.md, "Speed")."""
+    if cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
 def child(name: str, cache: str, task: str = "top1") -> None:
     """One fresh-process first call of ours (``task``: ``OURS``; ``cache``:
     a folder, or "" for none)."""
     t0 = time.perf_counter()
     import jax
 
-    if cache:  # the one line an API user adds (docs/guide.md, "Speed")
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    _use_cache(cache)
     sys.path.insert(0, HERE)
     import workloads as wl
 
@@ -171,9 +179,7 @@ def row_child(name: str, prelude: str, call: str, cache: str) -> None:
     w (the workload), p (its problem)."""
     import jax
 
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    _use_cache(cache)
     sys.path.insert(0, HERE)
     import jax.numpy as jnp
     import numpy as np
