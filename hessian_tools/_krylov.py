@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hessian_tools._checks import as_key, is_traced
+from hessian_tools._checks import all_finite, as_key, is_traced
 from hessian_tools._operator import LinearMap, apply_batched
 from hessian_tools._progress import advance
 from hessian_tools._tree import (
@@ -389,10 +389,9 @@ def _as_stack(layout: Layout, v: Any) -> Any:
 def _check_start(v0: Any, name: str) -> None:
     if is_traced(v0):
         return
-    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(v0)]
-    if not all(np.all(np.isfinite(x)) for x in leaves):
+    if not all_finite(v0):
         raise ValueError(f"{name} must be finite; it holds NaN or inf.")
-    if not any(np.any(x != 0) for x in leaves):
+    if not any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(v0)):
         raise ValueError(f"{name} must be a nonzero vector; got all zeros.")
 
 

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools._checks import is_traced
+from hessian_tools._checks import all_finite, is_traced
 from hessian_tools._tree import Layout
 
 PyTree = Any
@@ -336,7 +336,7 @@ def as_square_matrix(a: Any) -> jax.Array:
         )
     if not jnp.issubdtype(matrix.dtype, jnp.floating):
         matrix = matrix.astype(jnp.result_type(float))
-    if not is_traced(matrix) and not bool(jnp.all(jnp.isfinite(matrix))):
+    if not is_traced(matrix) and not all_finite(matrix):
         raise FloatingPointError("the matrix holds NaN or inf entries.")
     return matrix
 
