@@ -13,7 +13,6 @@ from matplotlib import colors as mcolors
 from matplotlib import ticker as mticker
 from matplotlib.axes import Axes
 
-from hessian_tools._compile import jit
 from hessian_tools.plotting._common import axes as _axes
 from hessian_tools.plotting._critical import plot_critical_points, plot_trajectory
 
@@ -192,7 +191,7 @@ def plot_function_2d(
     gx, gy = np.meshgrid(xs, ys)
     dtype = jnp.result_type(float)
     grid = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype)
-    values = np.asarray(jit(jax.vmap(f))(grid), dtype=np.float64)
+    values = np.asarray(jax.jit(jax.vmap(f))(grid), dtype=np.float64)
     if values.shape != (grid.shape[0],):
         raise ValueError(
             f"f must map a (2,) array to a scalar; got output shape {values.shape[1:]}."
