@@ -21,7 +21,6 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from hessian_tools import _thick_restart
 from hessian_tools._checks import (
@@ -164,6 +163,8 @@ def dense_eigenpairs(
     xp = np if host else jnp
     a = np.asarray(matrix) if host else matrix
     if host:
+        import scipy.linalg  # here: importing it costs a fresh process 0.15 s
+
         w, v = scipy.linalg.eigh(a, driver="evd", check_finite=False)
     else:
         w, v = jnp.linalg.eigh(a)
