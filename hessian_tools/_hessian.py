@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from hessian_tools._checks import check_scalar_output, explain_loss_errors
+from hessian_tools._compile import jit
 from hessian_tools._data import Data
 from hessian_tools._params import Partition
 from hessian_tools._tree import Layout
@@ -31,6 +32,7 @@ __all__ = [
     "PyTree",
     "as_vector",
     "check_scalar_loss",
+    "checked_value_and_grad",
     "hessian_products",
     "hvp_tree",
     "value_and_grad",
@@ -102,7 +104,31 @@ def hessian_products(f: Loss, partition: Partition) -> tuple[Callable, Callable]
     return matvec, prepare
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))  # a product: _compile
-def value_and_grad(f: Loss, partition: Partition, variables: PyTree, fixed: tuple, data: Data):
+def _value_and_grad(f: Loss, partition: Partition, variables: PyTree, fixed: tuple, data: Data):
     fv = wrapped_loss(f, partition)
     return data.mean(lambda *args: jax.value_and_grad(fv)(variables, fixed, *args))
+
+
+#: the loss and gradient (a product: jax's own options, ``_compile``)
+value_and_grad = jax.jit(_value_and_grad, static_argnums=(0, 1))
+_value_and_grad_once = jit(_value_and_grad, once=True, static_argnums=(0, 1))
+
+#: the losses and partitions whose check ran (``checked_value_and_grad``)
+_checked: set = set()
+
+
+def checked_value_and_grad(
+    f: Loss, partition: Partition, variables: PyTree, fixed: tuple, data: Data
+):
+    """``value_and_grad`` for an operator's finiteness check at construction,
+    compiled in tiers. The first check of a loss and partition in a process
+    runs a program compiled without backend optimisation (``_compile``,
+    ``once``): a fresh process's first operator compiles its check in 0.07 s
+    against 0.31 (W-mid; CNN 0.09 against 0.48; Equinox MLP 0.04 against
+    0.21) and runs it in 14 ms against 7 (58 against 23; 1.8 against 1.0).
+    Later checks (an operator per checkpoint along training, a
+    block study's operators) compile and run the optimised program that
+    ``value_and_grad`` also is."""
+    first = (f, partition) not in _checked
+    _checked.add((f, partition))
+    return (_value_and_grad_once if first else value_and_grad)(f, partition, variables, fixed, data)

@@ -37,6 +37,7 @@ from hessian_tools._hessian import (
     PyTree,
     as_vector,
     check_scalar_loss,
+    checked_value_and_grad,
     hessian_products,
     hvp_tree,
     value_and_grad,
@@ -450,9 +451,10 @@ class HessianOperator(CurvatureOperator):
         check_scalar_loss(
             f, params, self.data.example_args(), self._space or self.partition, batches
         )
+        self._at_params = None  # (space, loss, gradient) from the check
         if check_finite and not is_traced(self.variables, self.data):
             with explain_nnx_errors("f"):  # e.g. a merge without copy=True
-                value, grad = self._value_and_grad()  # a block's: of all the variables
+                value, grad = self._value_and_grad(check=True)  # a block's: all variables
             _require_finite(("loss", value), ("gradient", grad))
 
     def _select(self, wrt: Any) -> None:
@@ -550,15 +552,23 @@ class HessianOperator(CurvatureOperator):
         value, grad = self._value_and_grad()
         return value, self.from_space(grad)
 
-    def _value_and_grad(self) -> tuple[jax.Array, PyTree]:
+    def _value_and_grad(self, check: bool = False) -> tuple[jax.Array, PyTree]:
         """Loss and gradient in the map's space: for a block, the gradient in
         all the variables (one compiled program for every block; the block's
-        masked products need all of it finite)."""
+        masked products need all of it finite). Computed once: the
+        construction's check (``check``: ``checked_value_and_grad``) keeps
+        them for later calls (``classify``, ``escape``)."""
+        space = self.partition if self._space is None else self._space
+        if self._at_params is not None and self._at_params[0] == space:
+            return self._at_params[1:]
+        run = checked_value_and_grad if check else value_and_grad
         if self._space is not None:
-            return value_and_grad(
-                self.f, self._space, self._space_variables, self._space_fixed, self.data
-            )
-        return value_and_grad(self.f, self.partition, self.variables, self.fixed, self.data)
+            out = run(self.f, self._space, self._space_variables, self._space_fixed, self.data)
+        else:
+            out = run(self.f, self.partition, self.variables, self.fixed, self.data)
+        if not is_traced(out):
+            self._at_params = (space, *out)
+        return out
 
 
 class MatvecOperator(CurvatureOperator):

@@ -259,3 +259,52 @@ def test_unsupported_dtypes_and_closed_over_nnx_modules_get_named_errors():
         pytest.raises(TypeError, match=r"closes over.*copy=True.*docs/recipes\.md"),
     ):
         ht.HessianOperator(loss, state, jnp.ones((4, 2), jnp.float32))
+
+
+def test_the_first_check_of_a_loss_compiles_cheaply_later_ones_the_optimised_program(
+    monkeypatch,
+):
+    # the construction's finiteness check runs in tiers
+    # (_hessian.checked_value_and_grad): a program compiled without
+    # optimisation the first time a process checks a loss, the optimised one
+    # after that; the loss and gradient it computed are kept by the operator
+    from hessian_tools import _hessian
+
+    calls = []
+
+    def counted(name, program):
+        def run(*args):
+            calls.append(name)
+            return program(*args)
+
+        return run
+
+    monkeypatch.setattr(
+        _hessian, "_value_and_grad_once", counted("once", _hessian._value_and_grad_once)
+    )
+    monkeypatch.setattr(_hessian, "value_and_grad", counted("optimised", _hessian.value_and_grad))
+    params, x, y = nested_mlp_problem(jax.random.PRNGKey(3), jnp.float64)
+
+    def loss(p, x, y):  # a new function object: never checked before
+        return nested_mlp_loss(p, x, y)
+
+    ops = [ht.HessianOperator(loss, params, x, y) for _ in range(3)]
+    assert calls == ["once", "optimised", "optimised"]
+    # value_and_grad() returns the check's values: nothing computed again,
+    # equal to an independent jax.value_and_grad
+    calls.clear()
+    value, grad = ops[0].value_and_grad()
+    assert calls == []
+    want_value, want_grad = jax.value_and_grad(loss)(params, x, y)
+    np.testing.assert_allclose(value, want_value, rtol=1e-12)
+    np.testing.assert_allclose(
+        ravel_pytree(grad)[0], ravel_pytree(want_grad)[0], rtol=1e-10, atol=1e-14
+    )
+
+    # the first (cheap) check still names a non-finite loss
+    def bad(p, x, y):
+        return nested_mlp_loss(p, x, y) * jnp.nan
+
+    with pytest.raises(FloatingPointError, match="loss"):
+        ht.HessianOperator(bad, params, x, y)
+    assert calls == ["once"]
