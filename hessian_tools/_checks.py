@@ -33,6 +33,7 @@ __all__ = [
     "check_same_structure",
     "check_scalar_output",
     "explain_loss_errors",
+    "host_rng",
     "is_traced",
     "require_finite",
 ]
@@ -97,6 +98,29 @@ def check_positive(name: str, value: Any, *, allow_none: bool = True) -> float |
     if not (np.isfinite(number) and number > 0):
         raise ValueError(f"{name} must be a positive, finite number; got {value!r}.")
     return number
+
+
+def host_rng(key: Any, name: str = "key") -> np.random.Generator:
+    """A numpy generator seeded from ``key`` (anything ``as_key`` takes,
+    concrete), for random vectors drawn on the host, where drawing them in a
+    compiled program would add its random-number code to the compilation. An
+    int seed and the legacy key ``jax.random.PRNGKey`` makes of it seed the
+    same stream.
+
+    Raises:
+        TypeError: as ``as_key``.
+    """
+    if key is None or (
+        isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_))
+    ):
+        seed = 0 if key is None else int(key) % 2**64
+        words = [seed >> 32, seed & 0xFFFFFFFF]  # PRNGKey(seed)'s words
+    else:
+        key = as_key(key, name)
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
+        words = np.asarray(key, np.uint32).ravel().tolist()
+    return np.random.default_rng(words)
 
 
 def as_key(key: Any, name: str = "key") -> jax.Array:

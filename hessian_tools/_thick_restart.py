@@ -29,11 +29,17 @@ from jax import lax
 
 from hessian_tools import _certify, _krylov
 from hessian_tools._certify import error_bounds
-from hessian_tools._checks import as_key, check_accumulate_dtype, check_int, is_traced
+from hessian_tools._checks import (
+    as_key,
+    check_accumulate_dtype,
+    check_int,
+    host_rng,
+    is_traced,
+)
 from hessian_tools._driver import drive
 from hessian_tools._operator import apply_batched
 from hessian_tools._progress import progress_bar
-from hessian_tools._tree import basis_combine, set_row
+from hessian_tools._tree import basis_combine, flat_stacks, set_row
 
 __all__ = [
     "Criterion",
@@ -117,9 +123,10 @@ class _Loop(NamedTuple):
     done: jax.Array
 
 
-def _restart(s: _krylov.State, theta, u, key, project, *, keep: int, which: str, acc: Any):
+def _restart(s: _krylov.State, theta, u, fresh, project, *, keep: int, which: str, acc: Any):
     """The basis and arrowhead after a thick restart that keeps ``keep``
-    Ritz pairs (all of them after a breakdown, room permitting)."""
+    Ritz pairs (all of them after a breakdown, room permitting, the basis
+    then continued from the random vector ``fresh(basis)``, stored form)."""
     m = s.coeffs.shape[1]
     rows = m + 1
     cols = s.num_columns
@@ -134,16 +141,14 @@ def _restart(s: _krylov.State, theta, u, key, project, *, keep: int, which: str,
     # row `kept` continues from the Lanczos residual (row `cols` of the basis)
     coeffs = coeffs.at[kept].set(jnp.where(jnp.arange(rows) == cols, 1.0, 0.0).astype(u.dtype))
     basis = basis_combine(coeffs, s.basis)
-    leaves, treedef = jax.tree.flatten(basis)
-    keys = jax.random.split(key, len(leaves))
-    fresh = jax.tree.unflatten(
-        treedef,
-        [jax.random.normal(kk, x.shape[1:], x.dtype) for kk, x in zip(keys, leaves, strict=True)],
-    )
-    fresh = project(fresh)  # in the operator's block (stored form)
-    fresh, _ = _krylov.gram_schmidt(basis, fresh)
-    fresh, _ = _krylov.unit(fresh, acc)
-    basis = lax.cond(broken, lambda b: set_row(b, kept, fresh), lambda b: b, basis)
+
+    def continued(b):  # a breakdown: the basis goes on from a new direction
+        v = project(fresh(b))  # in the operator's block (stored form)
+        v, _ = _krylov.gram_schmidt(b, v)
+        v, _ = _krylov.unit(v, acc)
+        return set_row(b, kept, v)
+
+    basis = lax.cond(broken, continued, lambda b: b, basis)
     beta = s.coeffs[s.size - 1, cols - 1]
     arrow = jnp.where(broken, 0, beta * u[cols - 1, pos])
     new = jnp.zeros_like(s.coeffs)
@@ -163,6 +168,7 @@ class Config(NamedTuple):
     acc: Any  # dtype of the projected matrix
     n: int  # the operator's dimension, capped at m + 1: only m < n matters here
     dtype: Any  # the operator's
+    host_draws: bool = False  # random vectors come from the host (``lanczos_eigenpairs``)
 
     @property
     def keep(self) -> int:
@@ -194,15 +200,18 @@ def _monitor(cfg: Config) -> Callable:
 
 
 def _begin(lm, v0, key, draw, cfg: Config) -> _Loop:
-    # the start vector: v0, or (``draw``) a Gaussian one drawn here, inside
-    # the compiled program (eager random draws compile programs of their own,
-    # a good part of a fresh process's first call)
-    key, sub = jax.random.split(key)
-    v0 = lax.cond(
-        draw,
-        lambda: lm.layout.unravel(jax.random.normal(sub, (lm.layout.n,), lm.layout.dtype)),
-        lambda: jax.tree.map(jnp.asarray, v0),
-    )
+    # the start vector: v0, or (``draw``, where the host draws nothing) a
+    # Gaussian one drawn here, inside the compiled program (eager random
+    # draws compile programs of their own)
+    if cfg.host_draws:
+        v0 = jax.tree.map(jnp.asarray, v0)
+    else:
+        key, sub = jax.random.split(key)
+        v0 = lax.cond(
+            draw,
+            lambda: lm.layout.unravel(jax.random.normal(sub, (lm.layout.n,), lm.layout.dtype)),
+            lambda: jax.tree.map(jnp.asarray, v0),
+        )
     # deflated against the locked vectors (zero rows in a plain solve)
     locked = lm.operands[1]
     v0 = _certify.project(locked, _certify.project(locked, v0))
@@ -211,7 +220,28 @@ def _begin(lm, v0, key, draw, cfg: Config) -> _Loop:
     return _Loop(state, zero, zero, jnp.zeros((), cfg.acc), key, jnp.asarray(False))
 
 
-def _end_cycle(lm, s: _krylov.State, loop: _Loop, start, crit: tuple, budget, cfg: Config):
+def _fresh_vector(key, spare, restarts, cfg: Config) -> Callable:
+    """The new direction after a breakdown (stored form): ``spare``, a
+    Gaussian vector the host drew, rotated by the restart count (the
+    entries of a rotated Gaussian vector are again independent Gaussians, and
+    uncorrelated with those of every other rotation: each breakdown of a
+    solve continues from a new direction, however many there are); without
+    host draws, a Gaussian vector drawn in the program from ``key``."""
+    if cfg.host_draws:
+        return lambda basis: jnp.roll(spare, restarts + 1, axis=-1)
+
+    def drawn(basis):  # one row shaped like the basis's
+        leaves, treedef = jax.tree.flatten(basis)
+        keys = jax.random.split(key, len(leaves))
+        return jax.tree.unflatten(
+            treedef,
+            [jax.random.normal(k, x.shape[1:], x.dtype) for k, x in zip(keys, leaves, strict=True)],
+        )
+
+    return drawn
+
+
+def _end_cycle(lm, s: _krylov.State, loop: _Loop, start, crit: tuple, budget, spare, cfg: Config):
     """After a cycle's steps: accept, or restart keeping ``cfg.keep`` pairs
     (a completeness check stops at a breakdown instead)."""
     used = loop.used + s.num_columns - start
@@ -226,7 +256,8 @@ def _end_cycle(lm, s: _krylov.State, loop: _Loop, start, crit: tuple, budget, cf
     spanned = broken & (cols >= crit_.dim)
     done = ok | (used >= budget) | spanned | (s.status == _krylov.NONFINITE)
     done = done | (broken & jnp.asarray(crit_.check))
-    key, sub = jax.random.split(loop.key)
+    key, sub = (loop.key, None) if cfg.host_draws else jax.random.split(loop.key)
+    fresh = _fresh_vector(sub, spare, loop.restarts, cfg)
 
     def project(stored):  # a stored-form vector, into the operator's block
         return lm.layout.flatten_leaves(lm.project(lm.layout.unflatten_leaves(stored)))
@@ -234,7 +265,9 @@ def _end_cycle(lm, s: _krylov.State, loop: _Loop, start, crit: tuple, budget, cf
     s = lax.cond(
         done,
         lambda s: s,
-        lambda s: _restart(s, theta, u, sub, project, keep=cfg.keep, which=cfg.which, acc=cfg.acc),
+        lambda s: _restart(
+            s, theta, u, fresh, project, keep=cfg.keep, which=cfg.which, acc=cfg.acc
+        ),
         s,
     )
     return _Loop(s, used, loop.restarts + (~done), norm, key, done)
@@ -295,9 +328,12 @@ def _finish(lm, loop: _Loop, crit: tuple, cfg: Config, true_residuals: bool) -> 
     }
 
 
-def _solve(drv, v0, key, draw, crit, breakdown_tol, budget, *, cfg: Config, true_residuals: bool):
+def _solve(
+    drv, v0, key, draw, spare, crit, breakdown_tol, budget, *, cfg: Config, true_residuals: bool
+):
     """Thick-restart Lanczos from ``v0`` (or, where ``draw``, a Gaussian
-    vector drawn from ``key``) on the driver ``drv`` (``_driver``):
+    vector drawn from ``key``; ``spare``: the host's random vector for
+    breakdowns, stored form, with ``cfg.host_draws``) on the driver ``drv`` (``_driver``):
     cycles of kernel steps, each ended by ``_end_cycle`` (accept or
     restart), until accepted or ``budget`` products are spent. The operator
     is ``P A P``, P the projector onto the complement of the locked vectors
@@ -318,7 +354,7 @@ def _solve(drv, v0, key, draw, crit, breakdown_tol, budget, *, cfg: Config, true
         )
         # the loop's old basis was consumed by the steps (donated on the host)
         return drv.call(
-            _end_cycle, drv.lm, s, loop._replace(krylov=None), start, crit, budget, cfg=cfg
+            _end_cycle, drv.lm, s, loop._replace(krylov=None), start, crit, budget, spare, cfg=cfg
         )
 
     loop = drv.call(_begin, drv.lm, v0, key, draw, cfg=cfg)
@@ -396,10 +432,16 @@ def lanczos_eigenpairs(
     budget = max(1000, 50 * m) if max_matvecs is None else check_int("max_matvecs", max_matvecs)
     if budget < k:
         raise ValueError(f"max_matvecs must be >= k = {k} (one product per pair); got {budget}.")
-    key = as_key(key)
     start = None if v0 is None else _krylov.start_vector(lm, None, v0)
+    # Random vectors (a start, a completeness check's probe, a new direction
+    # after a breakdown) are drawn on the host on one CPU device: drawn in
+    # the program, its random-number code took a fifth of a first call's
+    # compilation (W-mid); elsewhere, and under jax.jit, in the program.
+    host = flat_stacks() and not is_traced(start, key, lm.operands)
+    rng = host_rng(key) if host else None
+    key = np.zeros(2, np.uint32) if host else as_key(key)  # (unused with host draws)
     rtol = default_rtol(lm.dtype) if rtol is None else rtol
-    cfg = Config(k, which, m, acc, min(n, m + 1), jnp.dtype(lm.dtype))
+    cfg = Config(k, which, m, acc, min(n, m + 1), jnp.dtype(lm.dtype), host)
     crit = tuple(np.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype), n))
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
     traced = is_traced(start, key, lm.operands)
@@ -408,15 +450,23 @@ def lanczos_eigenpairs(
     unlocked = jax.tree.map(lambda x: np.zeros((k, *x.shape), x.dtype), lm.layout.structs())
     nothing = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), lm.layout.structs())
 
+    def gaussian() -> np.ndarray:  # the host's draw, in the layout's dtype
+        return rng.standard_normal(lm.layout.n, np.float64).astype(lm.layout.dtype)
+
     def run(start, key, budget, locked=None, check=False):
         deflated = _certify.deflated(lm, unlocked if locked is None else locked)
+        draw, spare = start is None, np.zeros(0, lm.layout.dtype)
+        if host:
+            start = lm.layout.unravel(gaussian()) if draw else start
+            draw, spare = False, gaussian()  # stored form: flat on one CPU device
         with progress_bar(budget, "eigenpairs", progress) as bar:
             out = drive(
                 _solve,
                 deflated,
                 nothing if start is None else start,
                 key,
-                np.asarray(start is None),
+                np.asarray(draw),
+                spare,
                 (*crit, np.asarray(check)),
                 bd_tol,
                 np.asarray(budget, np.int32),

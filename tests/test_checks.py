@@ -160,3 +160,23 @@ def test_other_spellings_of_which_point_to_ours(which, hint):
     with pytest.raises(ValueError, match="which must be 'largest', 'smallest' or 'both'") as info:
         ht.eigenpairs(jnp.eye(4), 1, which=which)
     assert hint in str(info.value)
+
+
+def test_host_draws_follow_the_key_policy():
+    # an int, its legacy key and the typed key of the same seed seed one
+    # numpy stream (the solvers' host-drawn start vectors)
+    draws = [
+        _checks.host_rng(k).standard_normal(4)
+        for k in (7, jax.random.PRNGKey(7), jax.random.key(7), np.int64(7))
+    ]
+    for d in draws[1:]:
+        np.testing.assert_array_equal(d, draws[0])
+    np.testing.assert_array_equal(
+        _checks.host_rng(None).standard_normal(3), _checks.host_rng(0).standard_normal(3)
+    )
+    assert not np.array_equal(
+        _checks.host_rng(8).standard_normal(4), draws[0]
+    )  # another seed, another stream
+    assert np.all(np.isfinite(_checks.host_rng(-3).standard_normal(2)))
+    with pytest.raises(TypeError, match="PRNG key"):
+        _checks.host_rng(True)

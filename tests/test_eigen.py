@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from _util import (
     TraceCounter,
+    dense_reference,
     eigh_reference,
     mlp_loss,
     mlp_problem,
@@ -224,16 +225,17 @@ def test_jit_gives_the_eager_values():
     eager = eigenpairs(
         HessianOperator(quartic_loss, params, a), 2, key=jax.random.PRNGKey(3), method="lanczos"
     )
-    np.testing.assert_allclose(np.asarray(values), np.asarray(eager.values), rtol=1e-12)
-    # eager programs compile with the library's options (_compile), a user's jit
-    # with its own: the products round differently, and the bounds' measured
-    # product error (at eps ||A|| here) with them
-    slack = 100 * np.finfo(np.float64).eps * np.max(np.abs(eager.values))
-    np.testing.assert_allclose(bounds, eager.error_bounds, rtol=1e-6, atol=slack)
+    # eagerly the random start is drawn on the host (numpy), under jit in the
+    # program (jax.random): two certified solves of one operator, each within
+    # its bounds of the dense Hessian's eigenvalues at the same point
+    truth = eigh_reference(dense_reference(quartic_loss, params, a), 2, "largest")
+    for got, bound in ((values, bounds), (eager.values, eager.error_bounds)):
+        assert np.all(np.abs(np.asarray(got) - truth) <= np.asarray(bound))
+        assert np.all(np.asarray(bound) <= 1e-8 * np.abs(truth))
     # eagerly the completeness check adds its HVPs (15%, at least 6); under
-    # jit it is skipped
+    # jit it is skipped (the two solves may differ by a step or two)
     assert bool(converged) == eager.converged
-    assert 6 <= eager.num_matvecs - int(spent) <= max(6, 0.15 * int(spent) + 1)
+    assert 6 - 2 <= eager.num_matvecs - int(spent) <= max(6, 0.15 * int(spent) + 1) + 2
     assert eager.complete
 
 

@@ -67,3 +67,27 @@ def test_restarts_keep_the_answer_exact():
     assert np.all(err <= np.asarray(r.error_bounds))
     v = np.asarray(r.vectors)
     np.testing.assert_allclose(v.T @ v, np.eye(3), atol=1e-7)
+
+
+def test_every_breakdown_continues_from_a_new_direction():
+    # the zero matrix: every Krylov space is one vector long, so k vectors
+    # take k breakdowns, each continuing from a new random direction (on one
+    # CPU device the host's, rotated per restart): the k returned vectors are
+    # orthonormal only if no direction repeats
+    for k, which in ((4, "largest"), (5, "both")):
+        r = eigenpairs(jnp.zeros((60, 60)), k, which=which, method="lanczos", key=3)
+        assert r.converged and r.num_restarts >= k - 1
+        np.testing.assert_array_equal(np.asarray(r.values), 0.0)
+        v = np.asarray(r.vectors)
+        np.testing.assert_allclose(v.T @ v, np.eye(k), atol=1e-8)
+    # the directions themselves: one Gaussian vector, rotated by the restart
+    # count, gives nearly orthogonal directions (a repeated one would lie in
+    # the basis already, leaving only rounding noise to continue from)
+    cfg = _thick_restart.Config(2, "largest", 10, jnp.float64, 11, jnp.float64, True)
+    spare = np.random.default_rng(0).standard_normal(4000)
+    rows = np.stack(
+        [_thick_restart._fresh_vector(None, spare, jnp.asarray(c), cfg)(None) for c in range(6)]
+    )
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    cos = rows @ rows.T - np.eye(6)
+    assert np.max(np.abs(cos)) < 0.1  # independent directions: about 1/sqrt(4000)
