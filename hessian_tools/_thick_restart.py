@@ -451,14 +451,17 @@ def lanczos_eigenpairs(
     nothing = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), lm.layout.structs())
 
     def gaussian() -> np.ndarray:  # the host's draw, in the layout's dtype
-        return rng.standard_normal(lm.layout.n, np.float64).astype(lm.layout.dtype)
+        native = np.float64 if np.dtype(lm.layout.dtype).itemsize >= 8 else np.float32
+        return rng.standard_normal(lm.layout.n, native).astype(lm.layout.dtype, copy=False)
 
     def run(start, key, budget, locked=None, check=False):
         deflated = _certify.deflated(lm, unlocked if locked is None else locked)
         draw, spare = start is None, np.zeros(0, lm.layout.dtype)
-        if host:
-            start = lm.layout.unravel(gaussian()) if draw else start
-            draw, spare = False, gaussian()  # stored form: flat on one CPU device
+        if host:  # one draw per solve: the spare (stored form, flat on one
+            # CPU device) is rotated before use, so it may be the start itself
+            spare = gaussian()
+            start = lm.layout.unravel(spare, put=False) if draw else start
+            draw = False
         with progress_bar(budget, "eigenpairs", progress) as bar:
             out = drive(
                 _solve,
