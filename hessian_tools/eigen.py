@@ -294,8 +294,12 @@ def eigenpairs(
         k: number of eigenpairs, 1 <= k <= n (k < n for Lanczos).
         which: "largest" (values descending), "smallest" (ascending) or
             "both" (ascending).
-        key: PRNG key for the start vector and restarts (default
-            ``PRNGKey(0)``).
+        key: PRNG key or int seed for the random vectors: the start, the
+            completeness check's, restarts after a breakdown (default
+            ``PRNGKey(0)``). On one CPU device they are drawn on the host,
+            by numpy seeded from the key; elsewhere, and inside
+            ``jax.jit``, by ``jax.random`` in the compiled solver. A key
+            always gives the same result in one setting.
         v0: start vector instead of a random one: a flat (n,) array or a
             pytree like params (e.g. the previous checkpoint's top
             eigenvector).
