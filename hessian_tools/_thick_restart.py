@@ -203,8 +203,8 @@ def _begin(lm, v0, key, draw, cfg: Config) -> _Loop:
     # the start vector: v0, or (``draw``, where the host draws nothing) a
     # Gaussian one drawn here, inside the compiled program (eager random
     # draws compile programs of their own)
-    if cfg.host_draws:
-        v0 = jax.tree.map(jnp.asarray, v0)
+    if cfg.host_draws:  # flat (n,) from the host, cut into leaves here
+        v0 = lm.layout.unravel(jnp.asarray(v0))
     else:
         key, sub = jax.random.split(key)
         v0 = lax.cond(
@@ -451,18 +451,21 @@ def lanczos_eigenpairs(
     unlocked = jax.tree.map(lambda x: np.zeros((k, *x.shape), x.dtype), lm.layout.structs())
     nothing = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), lm.layout.structs())
 
-    def gaussian() -> np.ndarray:  # the host's draw, in the layout's dtype
-        native = np.float64 if np.dtype(lm.layout.dtype).itemsize >= 8 else np.float32
-        return rng.standard_normal(lm.layout.n, native).astype(lm.layout.dtype, copy=False)
+    dtype, size = np.dtype(lm.layout.dtype), lm.layout.n
+    native = np.float64 if dtype.itemsize >= 8 else np.float32
+
+    def flat(tree) -> np.ndarray:  # a start on the host, flat: cut in the program
+        leaves = [np.ravel(np.asarray(x, dtype)) for x in jax.tree.leaves(tree)]
+        return np.concatenate(leaves) if len(leaves) > 1 else leaves[0]
 
     def run(start, key, budget, locked=None, check=False):
         deflated = _certify.deflated(lm, unlocked if locked is None else locked)
-        draw, spare = start is None, np.zeros(0, lm.layout.dtype)
-        if host:  # one draw per solve: the spare (stored form, flat on one
-            # CPU device) is rotated before use, so it may be the start itself
-            spare = gaussian()
-            start = lm.layout.unravel(spare, put=False) if draw else start
-            draw = False
+        draw, spare = start is None, np.zeros(0, dtype)
+        if host:  # one draw per solve, in the layout's dtype: the spare (flat,
+            # the stored form on one CPU device) is rotated before use, so it
+            # may be the start itself
+            spare = rng.standard_normal(size, native).astype(dtype, copy=False)
+            start, draw = (spare if draw else flat(start)), False
         with progress_bar(budget, "eigenpairs", progress) as bar:
             out = drive(
                 _solve,

@@ -304,22 +304,18 @@ class Layout:
         parts = [jnp.reshape(x, (*lead, -1)).astype(self.dtype) for x in leaves]
         return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
-    def unravel(self, flat: jax.Array, put: bool = True) -> PyTree:
+    def unravel(self, flat: jax.Array) -> PyTree:
         """Inverse of ``ravel``: ``(n,)`` to a vector, ``(k, n)`` to a stack.
         A numpy array is cut on the host and its leaves put on the device
-        (no program per shape, unlike ``jnp``'s eager split and reshape),
-        or (``put=False``) left as numpy arrays: an argument of a compiled
-        call, which transfers them all at once (a ``device_put`` per leaf
-        costs 0.1-0.3 ms)."""
+        (no program per shape, unlike ``jnp``'s eager split and reshape)."""
         lead = flat.shape[:-1]
         cuts = np.cumsum(self.sizes)[:-1]
         if isinstance(flat, np.ndarray):
             parts = np.split(flat, cuts, axis=-1) if cuts.size else [flat]
             leaves = [
-                np.reshape(p, lead + s).astype(d, copy=False)
+                jax.device_put(np.reshape(p, lead + s).astype(d))
                 for p, s, d in zip(parts, self.shapes, self.dtypes, strict=True)
             ]
-            leaves = [jax.device_put(x) for x in leaves] if put else leaves
             return jax.tree.unflatten(self.treedef, leaves)
         parts = jnp.split(flat, cuts, axis=-1) if cuts.size else [flat]
         leaves = [
