@@ -20,17 +20,25 @@ def _sin2(x):
 
 
 def test_the_options_apply_on_cpu_only():
-    want = _compile.CPU_OPTIONS if jax.default_backend() == "cpu" else {}
-    assert _compile.compiler_options() == want
+    cpu = jax.default_backend() == "cpu"
+    assert _compile.compiler_options() == (_compile.CPU_OPTIONS if cpu else {})
+    # programs run once per compilation: no backend optimisation either
+    assert _compile.compiler_options(True) == (_compile.ONCE_OPTIONS if cpu else {})
+    if cpu:
+        assert _compile.ONCE_OPTIONS["xla_backend_optimization_level"] == 0
 
 
 def test_an_option_this_jaxlib_lacks_falls_back_to_none(monkeypatch):
     monkeypatch.setattr(_compile, "CPU_OPTIONS", {"xla_no_such_option_here": True})
+    monkeypatch.setattr(_compile, "ONCE_OPTIONS", {"xla_no_such_option_here": True})
     _compile.compiler_options.cache_clear()
     try:
         assert _compile.compiler_options() == {}
+        assert _compile.compiler_options(True) == {}
         f = jit(lambda x: x + 1)
         assert float(f(np.float32(1))) == 2.0
+        g = jit(lambda x: x + 2, once=True)
+        assert float(g(np.float32(1))) == 3.0
     finally:
         _compile.compiler_options.cache_clear()
 
