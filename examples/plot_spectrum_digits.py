@@ -317,7 +317,7 @@ fig.tight_layout()
 # i-th eigenvalue only when ``converged`` is True, which also needs the
 # completeness check to have found nothing beyond the returned values.
 
-early = ht.eigenpairs(op, K, key=jax.random.PRNGKey(4), max_matvecs=20)
+early = ht.eigenpairs(op, K, key=jax.random.PRNGKey(0), max_matvecs=20)
 error = np.abs(np.asarray(early.values, np.float64) - exact)
 excess = error / np.asarray(early.error_bounds, np.float64)
 print(f"max_matvecs=20: converged {bool(early.converged)}, max error / bound {excess.max():.0f}")
