@@ -438,14 +438,14 @@ def lanczos_eigenpairs(
     # the program, their random-number code was 51 of its 221 fusions on
     # W-mid (its first call's compilation now takes about 15% less CPU
     # time); elsewhere, and under jax.jit, in the program.
-    host = flat_stacks() and not is_traced(start, key, lm.operands)
+    traced = is_traced(start, key, lm.operands)
+    host = flat_stacks() and not traced
     rng = host_rng(key) if host else None
     key = np.zeros(2, np.uint32) if host else as_key(key)  # (unused with host draws)
     rtol = default_rtol(lm.dtype) if rtol is None else rtol
     cfg = Config(k, which, m, acc, min(n, m + 1), jnp.dtype(lm.dtype), host)
     crit = tuple(np.asarray(x, acc) for x in (rtol, atol, noise_floor(lm.dtype), n))
     bd_tol = _krylov.default_breakdown_tol(n, lm.dtype)
-    traced = is_traced(start, key, lm.operands)
     # numpy zeros (no eager jax programs): nothing locked in a solve (the
     # completeness check locks the returned vectors), no v0 when drawn
     unlocked = jax.tree.map(lambda x: np.zeros((k, *x.shape), x.dtype), lm.layout.structs())
