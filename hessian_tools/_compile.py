@@ -25,6 +25,14 @@ more and the compilation much less: the check compiled in 0.06-0.08 s against
 0.31 s on W-mid, 0.09 against 0.48 on the CNN and 0.04 against 0.21 on the
 Equinox MLP, and ran in 14 ms against 7, 58 against 23 and 1.8 against 1.0.
 
+A solver program that a first call runs briefly compiles in tiers
+(``jit(..., tiered=True)``, ``_Tiered``): without backend optimisation for
+its first use, the optimised program in a background thread from its second
+use on. Where a use's products are predicted to take long (or their cost
+is unknown) it compiles the optimised program at once (``tier_of_use``).
+With JAX's persistent compilation cache on, programs compile once per
+machine: the optimised one only.
+
 The options are passed per program (``jax.jit(..., compiler_options=...)``),
 never as a process-wide flag: a user's own programs compile as they always
 did. They are chosen at a function's first call, for the default backend:
@@ -35,14 +43,28 @@ program, about 10 ms).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["CPU_OPTIONS", "ONCE_OPTIONS", "compiler_options", "jit"]
+__all__ = [
+    "CHEAP_RUN_SECONDS",
+    "CPU_OPTIONS",
+    "ONCE_OPTIONS",
+    "TIERS",
+    "compiler_options",
+    "jit",
+    "repeated",
+    "tier_of_use",
+    "tiers_apply",
+    "wait_for_compilations",
+]
 
 #: per-program XLA options on CPU: the older emitters, which compile the
 #: solvers' many small fusions faster (see the module docstring)
@@ -108,15 +130,176 @@ class _Jitted:
         return getattr(self._get(), name)
 
 
+#: whether ``jit(..., tiered=True)`` programs compile in tiers (see
+#: ``_Tiered``); the test suite turns it off (deterministic programs) and
+#: tests the tiers on their own
+TIERS = True
+
+
+def tiers_apply() -> bool:
+    """Whether tiered programs compile in tiers now: on CPU (where
+    ``compiler_options`` gives options), and not with JAX's persistent
+    compilation cache on (there a program compiles once per machine and
+    loads in a fraction of a second afterwards: the optimised one is
+    worth compiling)."""
+    return TIERS and bool(compiler_options(True)) and not jax.config.jax_compilation_cache_dir
+
+
+#: a user's call runs a fast-compiled program first (``_Tiered``) when its
+#: predicted products times a product's measured cost is at most this: the
+#: slower run then costs at most about what the faster compilation saved
+#: (0.5-1.8 s on the 2-core CPU; see ``_Tiered``)
+CHEAP_RUN_SECONDS = 1.5
+
+
+def tier_of_use(products: int, product_seconds: float | None) -> str:
+    """The ``use`` of a user's call of a tiered program: ``"cheap"`` when
+    ``products`` products of ``product_seconds`` each (a loss and gradient
+    compiled without optimisation: ``_hessian.check_seconds``) take at most
+    ``CHEAP_RUN_SECONDS``, else (or unknown, None, or inside ``repeated``)
+    ``"full"``."""
+    if getattr(_local, "repeated", False):
+        return "full"
+    if product_seconds is None or products * product_seconds > CHEAP_RUN_SECONDS:
+        return "full"
+    return "cheap"
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def repeated():
+    """Within it, the library's calls are uses of programs about to run many
+    times (``block_spectra``'s loop over blocks): they compile the optimised
+    tier at once. Compiling the fast tier first there only adds work: in a
+    12-block study of the transformer the optimised program compiled in the
+    background anyway, beside the blocks."""
+    before = getattr(_local, "repeated", False)
+    _local.repeated = True
+    try:
+        yield
+    finally:
+        _local.repeated = before
+
+
+class _Tiered:
+    """A solver program compiled in two tiers on CPU, as a JIT compiler does.
+
+    A *use* is one call a user made (a solve; its completeness check and
+    re-solves are not new uses: ``use=None``). The first use of a program
+    (its static settings and argument shapes) that the caller predicts to
+    be short (``use="cheap"``) compiles it without backend optimisation
+    (``ONCE_OPTIONS``): on W-mid 0.55 s against 1.9 s, the solve then
+    running about 1.8x slower per product (Equinox MLP 0.6 s against 1.1 s,
+    2x; the small transformer 1.8 s against 3.6 s, 1.4x). The second use
+    starts compiling the optimised program in a background thread (lowered
+    here, in the caller's context: the trace is cached, 1 ms) and runs the
+    fast-compiled one meanwhile; every use after that compilation finished
+    runs the optimised program. A use predicted long (``use="full"``)
+    compiles, or waits for, the optimised program. So a process that asks
+    once never compiles the optimised program, and one that asks again
+    never waits for it. Pending compilations are waited for at exit (an
+    XLA compilation must not outlive the interpreter).
+
+    Without tiers (``tiers_apply``), or inside another trace, it is
+    ``jit``'s program."""
+
+    def __init__(self, fun: Callable, kwargs: dict[str, Any]):
+        self._fun, self._kwargs = fun, kwargs
+        self._plain = _Jitted(fun, kwargs)
+        self._cheap: Any = None
+        self._states: dict = {}  # signature -> "cheap", a pending Thread, or "full"
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fun)
+
+    def __call__(self, *args: Any, use: str | None = "full", **kwargs: Any) -> Any:
+        if not tiers_apply() or _traced(args, kwargs):
+            return self._plain(*args, **kwargs)
+        full = self._plain._get()
+        key = _signature(args, kwargs)
+        with self._lock:
+            state = self._states.get(key)
+        if isinstance(state, threading.Thread) and (not state.is_alive() or use == "full"):
+            state.join()  # a long use waits for the optimised program
+            state = "full"
+        if state is None or (state == "cheap" and use == "full"):
+            state = "cheap" if use == "cheap" else "full"  # "full": compiled here
+        elif state == "cheap" and use == "cheap":  # a second use: compile it aside
+            state = self._compile_aside(full.lower(*args, **kwargs))
+        with self._lock:
+            self._states[key] = state
+        if state == "full":
+            return full(*args, **kwargs)
+        if self._cheap is None:
+            self._cheap = jax.jit(
+                self._fun, compiler_options=compiler_options(True), **self._kwargs
+            )
+        return self._cheap(*args, **kwargs)
+
+    def _compile_aside(self, lowered: Any) -> threading.Thread:
+        def work():
+            try:
+                lowered.compile()  # fills jit's cache: the next full call finds it
+            except Exception:  # the call in the foreground raises it, if it recurs
+                pass
+
+        thread = threading.Thread(target=work, name="hessian_tools-compile", daemon=True)
+        _pending.append(thread)
+        thread.start()
+        return thread
+
+    def __getattr__(self, name: str) -> Any:  # lower, trace, clear_cache, ...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._plain, name)
+
+
+#: background compilations (``_Tiered``), waited for at exit
+_pending: list[threading.Thread] = []
+
+
+@atexit.register
+def wait_for_compilations() -> None:
+    """Wait until every background compilation has finished (at exit, and
+    where warm calls are timed: the benchmarks)."""
+    while _pending:
+        _pending.pop().join()
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    """What tells compiled programs apart: static settings, structure,
+    shapes and dtypes."""
+    dynamic = {k: v for k, v in kwargs.items() if not _hashable(v)}
+    static = tuple(sorted((k, v) for k, v in kwargs.items() if k not in dynamic))
+    leaves, treedef = jax.tree.flatten((args, dynamic))
+    avals = tuple(
+        (np.shape(x), getattr(x, "dtype", type(x)), bool(getattr(x, "weak_type", False)))
+        for x in leaves
+    )
+    return static, treedef, avals
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return not isinstance(value, (jax.Array, np.ndarray))
+
+
 def _traced(*values: Any) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(values))
 
 
-def jit(fun: Callable | None = None, *, once: bool = False, **kwargs: Any) -> Any:
+def jit(
+    fun: Callable | None = None, *, once: bool = False, tiered: bool = False, **kwargs: Any
+) -> Any:
     """``jax.jit(fun, **kwargs)`` compiled with ``compiler_options(once)``
     (``once``: a program run once per compilation, compiled with no backend
-    optimisation); as ``jax.jit``, usable as ``@jit`` and
-    ``functools.partial(jit, ...)``."""
+    optimisation; ``tiered``: a solver program compiled in tiers, see
+    ``_Tiered``, called with ``use=``); as ``jax.jit``, usable as ``@jit``
+    and ``functools.partial(jit, ...)``."""
     if fun is None:
-        return functools.partial(jit, once=once, **kwargs)
-    return _Jitted(fun, kwargs, once)
+        return functools.partial(jit, once=once, tiered=tiered, **kwargs)
+    return _Tiered(fun, kwargs) if tiered else _Jitted(fun, kwargs, once)

@@ -234,13 +234,20 @@ def _host_step(lm, state, arrays: tuple, *, options: _Steps, batched: bool):
     return jax.vmap(masked)(state)
 
 
-@functools.partial(jit, static_argnames=("algorithm", "static", "progress"))
+@functools.partial(jit, tiered=True, static_argnames=("algorithm", "static", "progress"))
 def _compiled(lm, args, token, *, algorithm, static, progress):
     drv = _Device(lm, token if progress else None)
     return algorithm(drv, *args, **dict(static))
 
 
-def drive(algorithm: Callable, lm: LinearMap, *args: Any, bar: Any = None, **static: Any) -> Any:
+def drive(
+    algorithm: Callable,
+    lm: LinearMap,
+    *args: Any,
+    bar: Any = None,
+    use: str | None = "full",
+    **static: Any,
+) -> Any:
     """``algorithm(drv, *args, **static)`` with the driver ``lm.loop`` asks
     for (see the module docstring); a compiled loop under an outer
     ``jax.jit``, where values are not concrete.
@@ -252,6 +259,10 @@ def drive(algorithm: Callable, lm: LinearMap, *args: Any, bar: Any = None, **sta
         *args: arrays and pytrees of arrays (traced).
         bar: a progress bar (``_progress``), advanced by the products spent;
             None or a disabled bar for none.
+        use: for the compiled program's tiers (``_compile._Tiered``):
+            ``"cheap"``, a user's call predicted short; ``"full"``, one
+            predicted long or unknown; None, a further run of the same call
+            (a completeness check).
         **static: hashable settings (part of the compiled code's key).
     """
     if lm.loop == "host" and not is_traced(args, lm.operands):
@@ -264,4 +275,5 @@ def drive(algorithm: Callable, lm: LinearMap, *args: Any, bar: Any = None, **sta
         algorithm=algorithm,
         static=tuple(sorted(static.items())),
         progress=bool(token),
+        use=use,
     )

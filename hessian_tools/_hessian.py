@@ -13,6 +13,7 @@ and the landscape's directions, slices and curvature metric.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "PyTree",
     "as_vector",
     "check_scalar_loss",
+    "check_seconds",
     "checked_value_and_grad",
     "hessian_products",
     "hvp_tree",
@@ -113,8 +115,27 @@ def _value_and_grad(f: Loss, partition: Partition, variables: PyTree, fixed: tup
 value_and_grad = jax.jit(_value_and_grad, static_argnums=(0, 1))
 _value_and_grad_once = jit(_value_and_grad, once=True, static_argnums=(0, 1))
 
-#: the losses and partitions whose check ran (``checked_value_and_grad``)
-_checked: set = set()
+#: the losses and partitions whose check ran (``checked_value_and_grad``):
+#: the first check's compiled program, until ``check_seconds`` timed it
+_checked: dict = {}
+
+
+def check_seconds(
+    f: Loss, partition: Partition, variables: PyTree, fixed: tuple, data: Data
+) -> float | None:
+    """Seconds that a loss and gradient of ``f`` and ``partition`` take to
+    run compiled without backend optimisation: the first finiteness check's
+    program, run once more and timed here at the first request (its first
+    run carries a one-time cost of about 25 ms). The measure of a product's
+    cost that a solver's first call is planned on (``_compile.tier_of_use``);
+    None before a check ran."""
+    entry = _checked.get((f, partition))
+    if entry is None or isinstance(entry, float):
+        return entry
+    start = time.perf_counter()
+    jax.block_until_ready(entry(variables, fixed, data))
+    _checked[(f, partition)] = seconds = time.perf_counter() - start
+    return seconds
 
 
 def checked_value_and_grad(
@@ -128,7 +149,10 @@ def checked_value_and_grad(
     0.21) and runs it in 14 ms against 7 (58 against 23; 1.8 against 1.0).
     Later checks (an operator per checkpoint along training, a
     block study's operators) compile and run the optimised program that
-    ``value_and_grad`` also is."""
-    first = (f, partition) not in _checked
-    _checked.add((f, partition))
-    return (_value_and_grad_once if first else value_and_grad)(f, partition, variables, fixed, data)
+    ``value_and_grad`` also is. The first check's program is kept for
+    ``check_seconds``."""
+    if (f, partition) in _checked:
+        return value_and_grad(f, partition, variables, fixed, data)
+    compiled = _value_and_grad_once.lower(f, partition, variables, fixed, data).compile()
+    _checked[(f, partition)] = compiled
+    return compiled(variables, fixed, data)

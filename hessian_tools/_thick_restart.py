@@ -36,6 +36,7 @@ from hessian_tools._checks import (
     host_rng,
     is_traced,
 )
+from hessian_tools._compile import tier_of_use, tiers_apply
 from hessian_tools._driver import drive
 from hessian_tools._operator import apply_batched
 from hessian_tools._progress import progress_bar
@@ -410,9 +411,13 @@ def lanczos_eigenpairs(
     accumulate_dtype,
     true_residuals,
     progress,
+    product_seconds=None,
 ) -> dict:
     """Validate the options, run ``_solve`` and return its results (Python
     numbers when not traced); see ``hessian_tools.eigen.eigenpairs``.
+    ``product_seconds``: None, or a function that measures a product's
+    cost (``HessianOperator._product_seconds``), which plans the compiled
+    program's first call (``_compile.tier_of_use``).
 
     Raises:
         ValueError: k >= n, a basis below k + 2, a budget below k.
@@ -458,6 +463,11 @@ def lanczos_eigenpairs(
         leaves = [np.ravel(np.asarray(x, flat_dtype)) for x in jax.tree.leaves(tree)]
         return np.concatenate(leaves) if len(leaves) > 1 else leaves[0]
 
+    # the solve is a user's call; its completeness check and re-solves are not
+    planned = product_seconds is not None and lm.loop == "device" and tiers_apply()
+    seconds = product_seconds() if planned and not traced else None
+    uses = [tier_of_use(lanczos_cost(n, k, which, max_basis), seconds)]
+
     def run(start, key, budget, locked=None, check=False):
         deflated = _certify.deflated(lm, unlocked if locked is None else locked)
         draw, spare = start is None, np.zeros(0, flat_dtype)
@@ -478,6 +488,7 @@ def lanczos_eigenpairs(
                 bd_tol,
                 np.asarray(budget, np.int32),
                 bar=bar,
+                use=uses.pop() if uses else None,
                 cfg=cfg,
                 true_residuals=bool(true_residuals),
             )

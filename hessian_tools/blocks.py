@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from hessian_tools._checks import as_key
+from hessian_tools._compile import repeated
 from hessian_tools._params import Partition
 from hessian_tools.density import SpectralDensity, spectral_density
 from hessian_tools.eigen import eigenpairs
@@ -150,18 +151,20 @@ def block_spectra(
     # mask, data for the same compiled solvers (HessianOperator.block)
     everything = HessianOperator(f, params, *args, batches=batches, wrt=lambda path: True)
     out = []
-    for i, (name, wrt) in enumerate(blocks.items()):
-        k_eig, k_trace, k_density = jax.random.split(jax.random.fold_in(key, i), 3)
-        op = everything.block(wrt)
-        ep = eigenpairs(op, min(k, op.n), key=k_eig, rtol=rtol, method=method)
-        est = trace(op, key=k_trace, num_matvecs=max(4, min(trace_matvecs, op.n)))
-        spent = int(ep.num_matvecs) + est.num_matvecs
-        dens = None
-        if density:
-            steps = max(1, min(density_matvecs // 4, op.n))
-            dens = spectral_density(op, key=k_density, num_steps=steps, num_probes=4)
-            spent += int(dens.num_matvecs)
-        out.append(BlockSpectrum(name, op.n, ep.values, ep.error_bounds, est, spent, dens))
+    # the same programs for every block: their optimised tier at once
+    with repeated():
+        for i, (name, wrt) in enumerate(blocks.items()):
+            k_eig, k_trace, k_density = jax.random.split(jax.random.fold_in(key, i), 3)
+            op = everything.block(wrt)
+            ep = eigenpairs(op, min(k, op.n), key=k_eig, rtol=rtol, method=method)
+            est = trace(op, key=k_trace, num_matvecs=max(4, min(trace_matvecs, op.n)))
+            spent = int(ep.num_matvecs) + est.num_matvecs
+            dens = None
+            if density:
+                steps = max(1, min(density_matvecs // 4, op.n))
+                dens = spectral_density(op, key=k_density, num_steps=steps, num_probes=4)
+                spent += int(dens.num_matvecs)
+            out.append(BlockSpectrum(name, op.n, ep.values, ep.error_bounds, est, spent, dens))
     return out
 
 

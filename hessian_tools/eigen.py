@@ -416,6 +416,7 @@ def eigenpairs(
         accumulate_dtype=accumulate_dtype,
         true_residuals=true_residuals,
         progress=progress,
+        product_seconds=getattr(op, "_product_seconds", None),
     )
     # differentiable: jax.grad / jax.jvp of the values (hessian_tools._eigen_grad)
     values = attach(lm, out["values"], out["vectors"], out["bounds"], out["complete"])

@@ -37,6 +37,7 @@ from hessian_tools._hessian import (
     PyTree,
     as_vector,
     check_scalar_loss,
+    check_seconds,
     checked_value_and_grad,
     hessian_products,
     hvp_tree,
@@ -551,6 +552,15 @@ class HessianOperator(CurvatureOperator):
         the variables, at params."""
         value, grad = self._value_and_grad()
         return value, self.from_space(grad)
+
+    def _product_seconds(self) -> float | None:
+        """A product's measured cost for planning a solver's first call:
+        the run time of this loss's finiteness check program in the map's
+        space (``_hessian.check_seconds``; None where no check ran)."""
+        if self._space is None:
+            return check_seconds(self.f, self.partition, self.variables, self.fixed, self.data)
+        space = (self._space_variables, self._space_fixed, self.data)
+        return check_seconds(self.f, self._space, *space)
 
     def _value_and_grad(self, check: bool = False) -> tuple[jax.Array, PyTree]:
         """Loss and gradient in the map's space: for a block, the gradient in

@@ -28,6 +28,14 @@ from hypothesis import settings  # noqa: E402 (XLA_FLAGS first)
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+# Solver programs compile once each here, not in tiers with background
+# compilations (hessian_tools._compile._Tiered): the tests of the tiers turn
+# them on (test_compile.py); everywhere else a result does not depend on
+# which tier ran, and no compilation outlives its test.
+from hessian_tools import _compile  # noqa: E402 (XLA_FLAGS first)
+
+_compile.TIERS = False
+
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("ci")
 

@@ -3,6 +3,7 @@ its programs only, the same values as ``jax.jit``, and every way a user may
 call it (nested in their jit, vmap, grad)."""
 
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -80,3 +81,126 @@ def test_the_wrapper_is_a_jit():
     assert hasattr(_sin2, "clear_cache")
     with pytest.raises(AttributeError):
         _ = _sin2.__no_such_dunder__
+
+
+# --------------------------------------------------------------------------
+# Tiers: a solver program's first use compiled fast, the optimised one aside
+
+
+@pytest.fixture
+def tiers(monkeypatch):
+    """Tiers on (the suite turns them off: conftest.py), on CPU."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the tiers apply on CPU only (compiler_options)")
+    monkeypatch.setattr(_compile, "TIERS", True)
+    assert _compile.tiers_apply()
+
+
+def _programs(tiered):
+    """Compiled programs of each tier: (fast-compiled, optimised)."""
+    cheap = 0 if tiered._cheap is None else tiered._cheap._cache_size()
+    return cheap, tiered._plain._get()._cache_size()
+
+
+def _state(tiered, *args, **kwargs):
+    state = tiered._states.get(_compile._signature(args, kwargs))
+    return "pending" if isinstance(state, threading.Thread) else state
+
+
+def test_tiers_first_use_fast_second_compiles_aside_then_optimised(tiers):
+    f = jit(lambda x, *, scale: jnp.cumsum(jnp.sin(x)) * scale, tiered=True)
+    x = np.linspace(0.0, 1.0, 7)
+    want = np.cumsum(np.sin(x)) * 3
+    np.testing.assert_allclose(f(x, scale=3, use="cheap"), want, rtol=1e-12)
+    assert _programs(f) == (1, 0) and _state(f, x, scale=3) == "cheap"
+    # a further run of the same call (use=None) stays in its tier
+    np.testing.assert_allclose(f(x, scale=3, use=None), want, rtol=1e-12)
+    assert _programs(f) == (1, 0)
+    # the second use runs the fast-compiled program while the optimised one
+    # compiles in a thread; the uses after it run that one, compiled once
+    np.testing.assert_allclose(f(x, scale=3, use="cheap"), want, rtol=1e-12)
+    assert _state(f, x, scale=3) == "pending"
+    f._states[_compile._signature((x,), {"scale": 3})].join()
+    np.testing.assert_allclose(f(x, scale=3, use="cheap"), want, rtol=1e-12)
+    assert _state(f, x, scale=3) == "full" and _programs(f) == (1, 1)
+    # other shapes and static settings are other programs, with tiers of their own
+    assert _state(f, x[:3], scale=3) is None and _state(f, x, scale=2) is None
+    np.testing.assert_allclose(f(x[:3], scale=2, use="cheap"), want[:3] / 1.5, rtol=1e-12)
+    assert _programs(f) == (2, 1)
+
+
+def test_tiers_a_long_use_compiles_or_waits_for_the_optimised_program(tiers):
+    f = jit(lambda x: jnp.cos(x) + 1, tiered=True)
+    x = np.linspace(0.0, 1.0, 5)
+    f(x, use="full")  # predicted long (or unknown): never the fast-compiled one
+    assert _programs(f) == (0, 1) and _state(f, x) == "full"
+    g = jit(lambda x: jnp.cos(x) + 2, tiered=True)
+    g(x, use="cheap")
+    g(x, use="cheap")  # compiling aside
+    assert _state(g, x) in ("pending", "full")  # "full": it finished already
+    np.testing.assert_allclose(g(x, use="full"), np.cos(x) + 2, rtol=1e-12)
+    assert _state(g, x) == "full" and _programs(g) == (1, 1)
+    h = jit(lambda x: jnp.cos(x) + 3, tiered=True)
+    h(x, use="cheap")
+    h(x, use="full")  # a long second use: the optimised program, compiled here
+    assert _state(h, x) == "full" and _programs(h) == (1, 1)
+
+
+def test_tiers_off_with_the_persistent_cache_and_inside_a_trace(tiers, tmp_path):
+    f = jit(lambda x: x * 2, tiered=True)
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    try:  # a program compiled once per machine: the optimised one
+        assert not _compile.tiers_apply()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert _compile.tiers_apply()
+    x = np.arange(3.0)
+    np.testing.assert_allclose(jax.jit(lambda y: f(y, use="cheap") + 1)(x), x * 2 + 1)
+    assert f._cheap is None and f._states == {}
+
+
+def test_tier_of_use_weighs_the_predicted_run():
+    assert _compile.tier_of_use(60, None) == "full"  # unknown cost
+    assert _compile.tier_of_use(60, 0.01) == "cheap"  # 0.6 s
+    assert _compile.tier_of_use(240, 0.01) == "full"  # 2.4 s: the slower run costs more
+    limit = _compile.CHEAP_RUN_SECONDS
+    assert _compile.tier_of_use(10, limit / 10) == "cheap"
+    assert _compile.tier_of_use(11, limit / 10) == "full"
+
+
+def test_tiers_of_a_hessian_solve_hold_its_bounds(tiers):
+    from _util import dense_reference, nested_mlp_loss, nested_mlp_problem
+
+    from hessian_tools import _driver
+
+    params, x, y = nested_mlp_problem(jax.random.PRNGKey(5), jnp.float64)
+
+    def loss(p, x, y):  # a new loss: its first check in this process
+        return nested_mlp_loss(p, x, y)
+
+    op = ht.HessianOperator(loss, params, x, y)
+    seconds = op._product_seconds()  # the check's program, run again and timed
+    assert seconds is not None and 0 < seconds < 1 and op._product_seconds() == seconds
+    assert ht.HessianOperator(loss, params, x, y, check_finite=False)._product_seconds() == seconds
+    w = np.linalg.eigvalsh(dense_reference(loss, params, x, y))
+    before = len(_driver._compiled._states)
+    for key in range(3):  # fast-compiled, fast during the optimised compile, either
+        top = ht.eigenpairs(op, 2, key=key, method="lanczos")
+        assert top.converged
+        np.testing.assert_array_less(
+            np.abs(np.asarray(top.values) - w[::-1][:2]), top.error_bounds + 1e-12
+        )
+    assert len(_driver._compiled._states) == before + 1  # one program, solve and check
+    assert _driver._compiled._cheap._cache_size() >= 1
+
+
+def test_repeated_uses_compile_the_optimised_tier_at_once():
+    # block_spectra's loop: the same programs for every block
+    assert _compile.tier_of_use(1, 1e-6) == "cheap"
+    with _compile.repeated():
+        assert _compile.tier_of_use(1, 1e-6) == "full"
+        with _compile.repeated():
+            assert _compile.tier_of_use(1, 1e-6) == "full"
+        assert _compile.tier_of_use(1, 1e-6) == "full"
+    assert _compile.tier_of_use(1, 1e-6) == "cheap"
