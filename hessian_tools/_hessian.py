@@ -128,12 +128,16 @@ def check_seconds(
     program, run once more and timed here at the first request (its first
     run carries a one-time cost of about 25 ms). The measure of a product's
     cost that a solver's first call is planned on (``_compile.tier_of_use``);
-    None before a check ran."""
+    None before a check ran, or for arguments of other shapes than the
+    check's (another batch size: nothing is compiled for them here)."""
     entry = _checked.get((f, partition))
     if entry is None or isinstance(entry, float):
         return entry
     start = time.perf_counter()
-    jax.block_until_ready(entry(variables, fixed, data))
+    try:
+        jax.block_until_ready(entry(variables, fixed, data))
+    except (TypeError, ValueError):  # other shapes: the compiled check does not apply
+        return None
     _checked[(f, partition)] = seconds = time.perf_counter() - start
     return seconds
 

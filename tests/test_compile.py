@@ -204,3 +204,21 @@ def test_repeated_uses_compile_the_optimised_tier_at_once():
             assert _compile.tier_of_use(1, 1e-6) == "full"
         assert _compile.tier_of_use(1, 1e-6) == "full"
     assert _compile.tier_of_use(1, 1e-6) == "cheap"
+
+
+def test_tiers_plan_nothing_for_other_shapes_than_the_first_check(tiers):
+    # the first check's program is compiled for its data's shapes; an operator
+    # of the same loss on another batch size gets no measure (optimised tier)
+    from _util import nested_mlp_loss, nested_mlp_problem
+
+    params, x, y = nested_mlp_problem(jax.random.PRNGKey(6), jnp.float64, n_samples=9)
+
+    def loss(p, x, y):  # a new loss: its first check in this process
+        return nested_mlp_loss(p, x, y)
+
+    ht.HessianOperator(loss, params, x, y)
+    wider = ht.HessianOperator(loss, params, jnp.concatenate([x, x]), jnp.concatenate([y, y]))
+    assert wider._product_seconds() is None
+    top = ht.eigenpairs(wider, 1, key=0, method="lanczos")
+    assert top.converged
+    assert ht.HessianOperator(loss, params, x, y)._product_seconds() > 0
