@@ -138,11 +138,16 @@ TIERS = True
 
 def tiers_apply() -> bool:
     """Whether tiered programs compile in tiers now: on CPU (where
-    ``compiler_options`` gives options), and not with JAX's persistent
-    compilation cache on (there a program compiles once per machine and
-    loads in a fraction of a second afterwards: the optimised one is
-    worth compiling)."""
-    return TIERS and bool(compiler_options(True)) and not jax.config.jax_compilation_cache_dir
+    ``compiler_options`` gives options), with jit on, and not with JAX's
+    persistent compilation cache on (there a program compiles once per
+    machine and loads in a fraction of a second afterwards: the optimised
+    one is worth compiling)."""
+    return (
+        TIERS
+        and not jax.config.jax_disable_jit
+        and not jax.config.jax_compilation_cache_dir
+        and bool(compiler_options(True))
+    )
 
 
 #: a user's call runs a fast-compiled program first (``_Tiered``) when its

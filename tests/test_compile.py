@@ -155,6 +155,9 @@ def test_tiers_off_with_the_persistent_cache_and_inside_a_trace(tiers, tmp_path)
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
     assert _compile.tiers_apply()
+    with jax.disable_jit():
+        assert not _compile.tiers_apply()
+        np.testing.assert_allclose(f(np.arange(3.0), use="cheap"), np.arange(3.0) * 2)
     x = np.arange(3.0)
     np.testing.assert_allclose(jax.jit(lambda y: f(y, use="cheap") + 1)(x), x * 2 + 1)
     assert f._cheap is None and f._states == {}
