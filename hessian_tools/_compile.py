@@ -211,9 +211,8 @@ class _Tiered:
     ``jit``'s program."""
 
     def __init__(self, fun: Callable, kwargs: dict[str, Any]):
-        self._fun, self._kwargs = fun, kwargs
         self._plain = _Jitted(fun, kwargs)
-        self._cheap: Any = None
+        self._cheap = _Jitted(fun, kwargs, once=True)  # the fast-compiled tier
         self._states: dict = {}  # signature -> "cheap", a pending Thread, or "full"
         self._lock = threading.Lock()
         functools.update_wrapper(self, fun)
@@ -234,13 +233,7 @@ class _Tiered:
             state = self._compile_aside(full.lower(*args, **kwargs))
         with self._lock:
             self._states[key] = state
-        if state == "full":
-            return full(*args, **kwargs)
-        if self._cheap is None:
-            self._cheap = jax.jit(
-                self._fun, compiler_options=compiler_options(True), **self._kwargs
-            )
-        return self._cheap(*args, **kwargs)
+        return (full if state == "full" else self._cheap._get())(*args, **kwargs)
 
     def _compile_aside(self, lowered: Any) -> threading.Thread:
         def work():
