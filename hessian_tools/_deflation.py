@@ -23,9 +23,16 @@ import jax.numpy as jnp
 from hessian_tools import _krylov
 from hessian_tools._compile import jit
 from hessian_tools._driver import drive
+from hessian_tools._hutchinson import deflated_samples, draw_probes
 from hessian_tools._tree import basis_combine, get_rows
 
-__all__ = ["KRYLOV_SPLIT", "krylov_basis", "krylov_shape", "xtrace_estimates"]
+__all__ = [
+    "KRYLOV_SPLIT",
+    "krylov_basis",
+    "krylov_shape",
+    "krylov_trace",
+    "xtrace_estimates",
+]
 
 #: (products per block, share of m spent on the basis) of the krylov methods
 KRYLOV_SPLIT = {"trace": (25, 0.55), "diagonal": (10, 0.8)}
@@ -71,6 +78,47 @@ def _krylov_basis(drv, probes, breakdown_tol, *, depth, acc, diagonal):
     # k * depth products, whatever the data: the count stays static
     state = drv.run(state, cols, acc=acc, breakdown_tol=breakdown_tol, stop_on_breakdown=False)
     return drv.call(_basis_parts, drv.lm, state, diagonal=diagonal)
+
+
+def krylov_trace(
+    lm, keys, breakdown_tol, bar, *, block: int, depth: int, samples: int, acc: Any, use: str
+):
+    """The whole krylov trace estimate in one program: ``block`` probes drawn
+    from ``keys[0]`` (as ``Products.probes``), their Krylov basis
+    (``krylov_basis``), then Hutchinson on the deflated rest with
+    ``samples`` probes from ``keys[1]`` (as ``_hutchinson.sequential`` draws
+    them in one chunk), every product by the loop's one linearisation.
+    One compilation instead of the basis program plus the Hutchinson part's
+    own (probe draws, a stack of products, projections, statistics); the
+    figures are at ``estimators._one_program``.
+
+    ``use``: the call's tier (``_driver.drive``).
+
+    Returns ``(status, value, stderr, finite)``: the kernel's status, the
+    estimate ``tr(V^T A V)`` plus the Hutchinson mean, its standard error,
+    and whether the Hutchinson products were finite.
+    """
+    return drive(
+        _krylov_trace,
+        lm,
+        keys,
+        breakdown_tol,
+        bar=bar,
+        use=use,
+        block=block,
+        depth=depth,
+        samples=samples,
+        acc=acc,
+    )
+
+
+def _krylov_trace(drv, keys, breakdown_tol, *, block, depth, samples, acc):
+    probes = drv.call(draw_probes, drv.lm, keys[0], count=block)
+    basis, _, status, low, _ = _krylov_basis(
+        drv, probes, breakdown_tol, depth=depth, acc=acc, diagonal=False
+    )
+    mean, err, finite = drv.call(deflated_samples, drv.lm, basis, keys[1], count=samples)
+    return status, low + mean, err, finite
 
 
 def _basis_parts(lm, state: _krylov.State, diagonal: bool):

@@ -33,13 +33,15 @@ import numpy as np
 from hessian_tools._checks import all_finite, check_int, is_traced
 from hessian_tools._chunks import chunks, fit
 from hessian_tools._compile import jit
-from hessian_tools._operator import LinearMap, apply_linear_map, block_rows
+from hessian_tools._operator import LinearMap, apply_batched, apply_linear_map, block_rows
 from hessian_tools._tree import Layout, basis_combine, stack_dot
 
 __all__ = [
     "DeflatedQuad",
     "Products",
     "Samples",
+    "deflated_samples",
+    "draw_probes",
     "exact_diagonal",
     "mean_stderr",
     "project_out",
@@ -59,6 +61,12 @@ def _rademacher(keys: jax.Array, lm: LinearMap, project: bool) -> Any:
     return lm.project(z) if project else z
 
 
+def draw_probes(lm: LinearMap, key: jax.Array, *, count: int) -> Any:
+    """``count`` Rademacher probes as a stack (flat draw, one key per probe),
+    in the map's block (``LinearMap.project``)."""
+    return _rademacher(jax.random.split(key, count), lm, True)
+
+
 class Products:
     """Applies the operator to stacks of probes in chunks, counting HVPs and
     refusing non-finite products."""
@@ -72,7 +80,7 @@ class Products:
     def probes(self, key: jax.Array, k: int) -> Any:
         """k Rademacher probes as a stack (flat draw, one key per probe), in
         the operator's block (``LinearMap.project``)."""
-        return _rademacher(jax.random.split(key, k), self.lm, True)
+        return draw_probes(self.lm, key, count=k)
 
     def __call__(self, z: Any) -> Any:
         """``A z_i`` for a stack of vectors, chunk by chunk (``_chunks``)."""
@@ -140,6 +148,24 @@ def _deflated_chunk(basis, z, p, ap, layout):
     d = layout.ravel(z) * layout.ravel(project_out(basis, ap, layout))
     mean = jnp.mean(d, axis=0)
     return quad(p, ap), mean, jnp.sum(jnp.square(d - mean[None]), axis=0)
+
+
+def deflated_samples(lm: LinearMap, basis: Any, key: jax.Array, *, count: int) -> tuple:
+    """``DeflatedQuad`` over ``count`` probes at once, traced into the caller's
+    program (the krylov trace's one program, ``_deflation.krylov_trace``):
+    the same probes as ``sequential`` draws from ``key`` in one chunk, their
+    products by ``lm``'s own (shared) product.
+
+    Returns ``(mean, stderr, finite)``: the mean of ``p_i . A p_i``, its
+    standard error, and whether every product was finite.
+    """
+    z = _rademacher(jax.random.split(key, count), lm, False)
+    p = project_out(basis, z, lm.layout)
+    ap = apply_batched(lm.bind(), p, lm.batching)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(ap)]))
+    q, _, m2 = _deflated_chunk(basis, z, p, ap, lm.layout)
+    variance = 2 * jnp.sum(m2) / (count - 1)  # of one sample p^T A p (DeflatedQuad.result)
+    return jnp.mean(q), jnp.sqrt(variance / count), finite
 
 
 @jit

@@ -18,7 +18,7 @@ from hessian_tools._hutchinson import DeflatedQuad, Products, Samples, project_o
 from hessian_tools._operator import as_linear_map
 from hessian_tools._progress import progress_bar
 from hessian_tools.estimators import Estimate, _deflate, diagonal, trace
-from hessian_tools.operators import HessianOperator
+from hessian_tools.operators import HessianOperator, MatvecOperator
 
 TRACE_METHODS = ["krylov", "hutch++", "hutchinson", "xtrace"]
 DIAG_METHODS = ["krylov", "diag++", "hutchinson"]
@@ -329,6 +329,47 @@ def test_trace_of_hessian_operator_with_pytree_params():
         est = trace(op, key=jax.random.PRNGKey(1), num_matvecs=24, method=method, chunk_size=5)
         assert est.num_matvecs <= 24
         assert abs(float(est.value) - exact) < 5 * float(est.stderr) + 1e-10
+
+
+def test_krylov_trace_in_one_program_is_the_chunked_estimate(monkeypatch):
+    # with a fixed budget the krylov trace is one program (probes, basis,
+    # Hutchinson part); chunks smaller than its probes take the chunked path:
+    # the same probes, so the same estimate
+    programs = []
+    one_program = _deflation.krylov_trace
+    monkeypatch.setattr(
+        _deflation, "krylov_trace", lambda *a, **kw: programs.append(1) or one_program(*a, **kw)
+    )
+    a = outlier_matrix(200)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((30, 7)))
+    params = {"w": jnp.asarray(rng.standard_normal((7, 9))), "v": jnp.ones(9)}
+    f = lambda p, x: jnp.mean(jnp.tanh(x @ p["w"] + p["v"][None, :]) ** 2)
+    block = HessianOperator(f, params, x).block("w")  # a masked map, n = 63
+    for op, m in ((a, 60), (block, 30)):
+        one = trace(op, key=jax.random.PRNGKey(3), num_matvecs=m)
+        assert programs == [1]
+        chunked = trace(op, key=jax.random.PRNGKey(3), num_matvecs=m, chunk_size=2)
+        assert programs == [1]
+        np.testing.assert_allclose(
+            [one.value, one.stderr], [chunked.value, chunked.stderr], rtol=1e-10
+        )
+        assert one.num_matvecs == chunked.num_matvecs == m
+        programs.clear()
+
+
+def test_a_nonfinite_product_of_the_hutchinson_part_is_refused():
+    # NaN for the long vectors of the Hutchinson part only (the basis vectors
+    # have norm 1): with m = 20 the basis spends 11 products (one probe,
+    # depth 11), then 9 probes: the one program reports products 12 to 20,
+    # the chunked path its first chunk of 2
+    def matvec(v, a):
+        return jnp.where(jnp.sum(v**2) > 2.0, jnp.nan, 1.0) * (a @ v)
+
+    op = MatvecOperator(matvec, jnp.zeros(40), outlier_matrix(40))
+    for chunk_size in (None, 2):
+        with pytest.raises(FloatingPointError, match=r"NaN or inf \(products 12 to (20|13)\)"):
+            trace(op, key=0, num_matvecs=20, chunk_size=chunk_size)
 
 
 def test_estimate_is_a_pytree():
