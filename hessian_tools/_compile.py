@@ -235,6 +235,24 @@ class _Tiered:
             self._states[key] = state
         return (full if state == "full" else self._cheap._get())(*args, **kwargs)
 
+    def prefetch(self, *args: Any, **kwargs: Any) -> None:
+        """Start compiling the optimised program for these arguments in a
+        background thread (lowered here, in the caller's context), for a
+        call about to come after other work: ``block_spectra`` compiles its
+        trace program beside its eigensolver's. The next use waits for it
+        (``use="full"``) or runs it once finished. Nothing where tiers do
+        not apply, inside another trace, or where the program is known."""
+        if not tiers_apply() or _traced(args, kwargs):
+            return
+        key = _signature(args, kwargs)
+        with self._lock:
+            if key in self._states:
+                return
+            self._states[key] = None  # claimed: a second prefetch does nothing
+        thread = self._compile_aside(self._plain._get().lower(*args, **kwargs))
+        with self._lock:
+            self._states[key] = thread
+
     def _compile_aside(self, lowered: Any) -> threading.Thread:
         def work():
             try:

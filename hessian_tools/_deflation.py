@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from hessian_tools import _krylov
 from hessian_tools._compile import jit
-from hessian_tools._driver import drive
+from hessian_tools._driver import drive, prefetch
 from hessian_tools._hutchinson import deflated_samples, draw_probes
 from hessian_tools._tree import basis_combine, get_rows
 
@@ -31,6 +31,7 @@ __all__ = [
     "krylov_basis",
     "krylov_shape",
     "krylov_trace",
+    "prefetch_krylov_trace",
     "xtrace_estimates",
 ]
 
@@ -110,6 +111,12 @@ def krylov_trace(
         samples=samples,
         acc=acc,
     )
+
+
+def prefetch_krylov_trace(lm, keys, breakdown_tol, **options: Any) -> None:
+    """Start compiling ``krylov_trace``'s program for these arguments in the
+    background (``_driver.prefetch``); the same keywords but ``bar``."""
+    prefetch(_krylov_trace, lm, keys, breakdown_tol, **options)
 
 
 def _krylov_trace(drv, keys, breakdown_tol, *, block, depth, samples, acc):

@@ -48,7 +48,7 @@ from hessian_tools._checks import is_traced
 from hessian_tools._compile import jit
 from hessian_tools._operator import LinearMap, apply_batched
 
-__all__ = ["drive"]
+__all__ = ["drive", "prefetch"]
 
 
 def _with_args(monitor: Callable | None, args: tuple) -> Callable | None:
@@ -276,4 +276,21 @@ def drive(
         static=tuple(sorted(static.items())),
         progress=bool(token),
         use=use,
+    )
+
+
+def prefetch(algorithm: Callable, lm: LinearMap, *args: Any, **static: Any) -> None:
+    """Start compiling, in the background, the program that ``drive(algorithm,
+    lm, *args, **static)`` (no progress bar) will run, where it is one
+    compiled program on CPU (``_compile._Tiered.prefetch``); nothing for the
+    host driver, whose pieces are small."""
+    if lm.loop == "host" or is_traced(args, lm.operands):
+        return
+    _compiled.prefetch(
+        lm,
+        args,
+        jnp.asarray(0, jnp.int32),
+        algorithm=algorithm,
+        static=tuple(sorted(static.items())),
+        progress=False,
     )

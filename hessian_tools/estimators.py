@@ -208,6 +208,25 @@ def _krylov_trace(products: Products, key: jax.Array, plan: dict, use: str = "fu
     return value, err
 
 
+def prefetch_trace(op: Any, *, key: Any, num_matvecs: int) -> None:
+    """Start compiling the program of ``trace(op, key=key,
+    num_matvecs=num_matvecs)`` (krylov, no rtol, no progress bar) in the
+    background, for a caller with other work to do first
+    (``block_spectra``: its eigensolver compiles meanwhile). Nothing where
+    that trace is not one compiled program (exact, host-driven, chunked) or
+    programs compile in the foreground (``_compile._Tiered.prefetch``)."""
+    lm = as_linear_map(op)
+    m = int(num_matvecs)
+    if m >= int(lm.dim):
+        return
+    plan = _one_program(Products(lm, None, None), m)
+    if plan is None:
+        return
+    bd_tol = _krylov.default_breakdown_tol(lm.n, lm.dtype)
+    keys = tuple(jax.random.split(as_key(key)))
+    _deflation.prefetch_krylov_trace(lm, keys, bd_tol, **plan)
+
+
 def _xtrace(products: Products, key: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """XTrace with k Rademacher probes (2k products)."""
     layout = products.layout

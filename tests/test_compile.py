@@ -145,6 +145,21 @@ def test_tiers_a_long_use_compiles_or_waits_for_the_optimised_program(tiers):
     assert _state(h, x) == "full" and _programs(h) == (1, 1)
 
 
+def test_a_prefetched_program_compiles_aside_and_its_call_waits_for_it(tiers):
+    f = jit(lambda x: jnp.tan(x) + 1, tiered=True)
+    x = np.linspace(0.0, 1.0, 6)
+    f.prefetch(x)
+    assert _state(f, x) == "pending" and _programs(f) == (0, 0)
+    f.prefetch(x)  # known: nothing more
+    np.testing.assert_allclose(f(x, use="full"), np.tan(x) + 1, rtol=1e-12)
+    assert _state(f, x) == "full" and _programs(f) == (0, 1)
+    # nothing inside another trace, nor where tiers do not apply
+    jax.jit(lambda y: f.prefetch(y) or y)(x)
+    with jax.disable_jit():
+        f.prefetch(x[:2])
+    assert _state(f, x[:2]) is None and len(f._states) == 1
+
+
 def test_a_short_first_trace_runs_the_fast_compiled_program(tiers):
     from _util import nested_mlp_loss, nested_mlp_problem
 
@@ -164,6 +179,32 @@ def test_a_short_first_trace_runs_the_fast_compiled_program(tiers):
     again = ht.trace(op, key=1, num_matvecs=12)  # the optimised program
     np.testing.assert_allclose(first.value, again.value, rtol=1e-10)
     np.testing.assert_allclose(first.stderr, again.stderr, rtol=1e-8)
+
+
+def test_block_spectra_compiles_its_trace_beside_its_eigensolver(tiers):
+    from _util import mlp_loss, mlp_problem
+
+    from hessian_tools import _deflation, _driver
+
+    params, x, y = mlp_problem((8, 10, 12, 9, 3), samples=30, seed=4, dtype=jnp.float64)
+
+    def loss(p, x, y):  # a new loss: new programs
+        return mlp_loss(p, x, y)
+
+    blocks = {"w0": r"^\[0\]\[0\]", "w1": r"^\[1\]\[0\]"}
+    prefetched = []
+    original = _driver._compiled.prefetch
+    _driver._compiled.prefetch = lambda *a, **kw: prefetched.append(kw) or original(*a, **kw)
+    try:
+        got = ht.block_spectra(loss, params, x, y, blocks=blocks, trace_matvecs=40)
+    finally:
+        del _driver._compiled.prefetch
+    assert [kw["algorithm"] for kw in prefetched] == [_deflation._krylov_trace]
+    _compile.TIERS = False
+    want = ht.block_spectra(loss, params, x, y, blocks=blocks, trace_matvecs=40)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.trace.value, b.trace.value, rtol=1e-10)
+        np.testing.assert_allclose(a.values, b.values, rtol=1e-10)
 
 
 def test_tiers_off_with_the_persistent_cache_and_inside_a_trace(tiers, tmp_path):
