@@ -346,7 +346,10 @@ def test_krylov_trace_in_one_program_is_the_chunked_estimate(monkeypatch):
     params = {"w": jnp.asarray(rng.standard_normal((7, 9))), "v": jnp.ones(9)}
     f = lambda p, x: jnp.mean(jnp.tanh(x @ p["w"] + p["v"][None, :]) ** 2)
     block = HessianOperator(f, params, x).block("w")  # a masked map, n = 63
-    for op, m in ((a, 60), (block, 30)):
+    # m = 90: 4 basis probes, 42 Hutchinson probes (not a multiple of 4)
+    k, depth = krylov_shape(90, "trace")
+    assert (90 - k * depth) % k != 0
+    for op, m in ((a, 60), (a, 90), (block, 30)):
         one = trace(op, key=jax.random.PRNGKey(3), num_matvecs=m)
         assert programs == [1]
         chunked = trace(op, key=jax.random.PRNGKey(3), num_matvecs=m, chunk_size=2)
