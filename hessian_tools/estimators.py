@@ -309,6 +309,12 @@ def trace(
     When ``num_matvecs >= n`` the trace is computed exactly from n products
     with basis vectors (``method="exact"``, stderr 0).
 
+    Compilation: ``"krylov"`` with a fixed budget (no ``rtol``) is one
+    compiled program (probes, basis and Hutchinson part; where the solvers
+    iterate in compiled loops and the probes fit in one chunk), and a short
+    first call compiles it fast, as ``eigenpairs`` does (the user guide's
+    "Speed" section).
+
     Args:
         op: a ``CurvatureOperator`` (``HessianOperator``, ``GGNOperator``, ...)
             or a square array.

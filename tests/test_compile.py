@@ -2,6 +2,8 @@
 its programs only, the same values as ``jax.jit``, and every way a user may
 call it (nested in their jit, vmap, grad)."""
 
+import contextlib
+import logging
 import os
 import threading
 
@@ -145,13 +147,50 @@ def test_tiers_a_long_use_compiles_or_waits_for_the_optimised_program(tiers):
     assert _state(h, x) == "full" and _programs(h) == (1, 1)
 
 
+class _Compiles(logging.Handler):
+    """Counts XLA compilations of programs named ``name`` (``jax_log_compiles``)."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name, self.count = name, 0
+
+    def emit(self, record):
+        message = record.getMessage()
+        self.count += message.startswith("Finished XLA compilation") and self.name in message
+
+
+@contextlib.contextmanager
+def _compiles(name):
+    handler, logger = _Compiles(name), logging.getLogger("jax")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    jax.config.update("jax_log_compiles", True)
+    try:
+        yield handler
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def test_a_prefetched_program_compiles_aside_and_its_call_waits_for_it(tiers):
-    f = jit(lambda x: jnp.tan(x) + 1, tiered=True)
+    def tan_plus_one(x):
+        return jnp.tan(x) + 1
+
+    f = jit(tan_plus_one, tiered=True)
     x = np.linspace(0.0, 1.0, 6)
-    f.prefetch(x)
-    assert _state(f, x) == "pending" and _programs(f) == (0, 0)
-    f.prefetch(x)  # known: nothing more
-    np.testing.assert_allclose(f(x, use="full"), np.tan(x) + 1, rtol=1e-12)
+    with _compiles("tan_plus_one") as handler:
+        f.prefetch(x)
+        assert _state(f, x) == "pending" and _programs(f) == (0, 0)
+        f.prefetch(x)  # known: nothing more
+        f._states[_compile._signature((x,), {})].join()
+        assert handler.count == 1  # compiled in the background
+        np.testing.assert_allclose(f(x, use="full"), np.tan(x) + 1, rtol=1e-12)
+        f(x, use="full")
+    assert handler.count == 1  # the calls ran that program: no compilation of their own
     assert _state(f, x) == "full" and _programs(f) == (0, 1)
     # nothing inside another trace, nor where tiers do not apply
     jax.jit(lambda y: f.prefetch(y) or y)(x)
@@ -196,10 +235,15 @@ def test_block_spectra_compiles_its_trace_beside_its_eigensolver(tiers):
     original = _driver._compiled.prefetch
     _driver._compiled.prefetch = lambda *a, **kw: prefetched.append(kw) or original(*a, **kw)
     try:
-        got = ht.block_spectra(loss, params, x, y, blocks=blocks, trace_matvecs=40)
+        with _compiles("_compiled") as solvers:
+            got = ht.block_spectra(loss, params, x, y, blocks=blocks, trace_matvecs=40)
+            _compile.wait_for_compilations()
     finally:
         del _driver._compiled.prefetch
     assert [kw["algorithm"] for kw in prefetched] == [_deflation._krylov_trace]
+    # one solver program: the trace's, prefetched, then run (a second would
+    # mean the call missed it; these small blocks' eigenpairs are dense)
+    assert solvers.count == 1
     _compile.TIERS = False
     want = ht.block_spectra(loss, params, x, y, blocks=blocks, trace_matvecs=40)
     for a, b in zip(got, want, strict=True):
