@@ -220,7 +220,7 @@ def test_a_short_first_trace_runs_the_fast_compiled_program(tiers):
     np.testing.assert_allclose(first.stderr, again.stderr, rtol=1e-8)
 
 
-def test_block_spectra_compiles_its_trace_beside_its_eigensolver(tiers):
+def test_block_spectra_prefetches_its_trace_program(tiers):
     from _util import mlp_loss, mlp_problem
 
     from hessian_tools import _deflation, _driver
