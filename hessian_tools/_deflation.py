@@ -19,11 +19,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from hessian_tools import _krylov
 from hessian_tools._compile import jit
 from hessian_tools._driver import drive, prefetch
-from hessian_tools._hutchinson import deflated_samples, draw_probes
+from hessian_tools._hutchinson import deflated_stats, draw_probes, projected, rademacher
+from hessian_tools._operator import apply_batched
+from hessian_tools._progress import advance
 from hessian_tools._tree import basis_combine, get_rows
 
 __all__ = [
@@ -69,7 +72,14 @@ def krylov_basis(lm, probes, breakdown_tol, bar, *, depth: int, acc: Any, diagon
     and ``diag(V V^T A)`` as a pytree (None unless ``diagonal``).
     """
     return drive(
-        _krylov_basis, lm, probes, breakdown_tol, bar=bar, depth=depth, acc=acc, diagonal=diagonal
+        _krylov_basis,
+        lm,
+        probes,
+        breakdown_tol,
+        bar=bar,
+        depth=depth,
+        acc=acc,
+        diagonal=diagonal,
     )
 
 
@@ -82,16 +92,30 @@ def _krylov_basis(drv, probes, breakdown_tol, *, depth, acc, diagonal):
 
 
 def krylov_trace(
-    lm, keys, breakdown_tol, bar, *, block: int, depth: int, samples: int, acc: Any, use: str
+    lm,
+    keys,
+    breakdown_tol,
+    bar,
+    *,
+    block: int,
+    depth: int,
+    samples: int,
+    acc: Any,
+    use: str,
 ):
-    """The whole krylov trace estimate in one program: ``block`` probes drawn
-    from ``keys[0]`` (as ``Products.probes``), their Krylov basis
-    (``krylov_basis``), then Hutchinson on the deflated rest with
-    ``samples`` probes from ``keys[1]`` (as ``_hutchinson.sequential`` draws
-    them in one chunk), every product by the loop's one linearisation.
-    One compilation instead of the basis program plus the Hutchinson part's
-    own (probe draws, a stack of products, projections, statistics); the
-    figures are at ``estimators._one_program``.
+    """The whole krylov trace estimate in one program of one loop: ``block``
+    probes drawn from ``keys[0]`` (as ``Products.probes``), ``depth`` steps
+    of block Lanczos building their Krylov basis V (as ``krylov_basis``),
+    then Hutchinson on ``(I - VV^T) A (I - VV^T)`` with ``samples`` probes
+    from ``keys[1]`` (the ones ``_hutchinson.sequential`` draws in one
+    chunk). The probes are projected once, in bulk, when the basis is
+    complete; then the loop multiplies ``block`` of them per iteration (the
+    last block's padding skipped), and the statistics are taken once after
+    it. Every product is the loop's one product, so the program holds the
+    operator's product once: a second loop of products cost as much
+    compilation again, and projecting ``block`` probes per iteration read
+    the whole basis each time (``estimators._one_program`` has the
+    figures). For the device driver (``drv.mv``).
 
     ``use``: the call's tier (``_driver.drive``).
 
@@ -120,12 +144,82 @@ def prefetch_krylov_trace(lm, keys, breakdown_tol, **options: Any) -> None:
 
 
 def _krylov_trace(drv, keys, breakdown_tol, *, block, depth, samples, acc):
-    probes = drv.call(draw_probes, drv.lm, keys[0], count=block)
-    basis, _, status, low, _ = _krylov_basis(
-        drv, probes, breakdown_tol, depth=depth, acc=acc, diagonal=False
+    lm, cols = drv.lm, block * depth
+    state = _krylov.start(lm, draw_probes(lm, keys[0], count=block), cols, acc)
+    rounds = -(-samples // block)
+    # the Hutchinson probes (sequential's, in one chunk), padded with zero rows
+    z = lm.layout.flatten_leaves(rademacher(lm, jax.random.split(keys[1], samples)))
+    pad = lambda x: jnp.concatenate(
+        [x, jnp.zeros((rounds * block - samples, *x.shape[1:]), x.dtype)]
     )
-    mean, err, finite = drv.call(deflated_samples, drv.lm, basis, keys[1], count=samples)
-    return status, low + mean, err, finite
+    z = jax.tree.map(pad, z)
+
+    def body(carry):
+        t, state, p, ap, finite = carry
+        basis_step = t < depth
+        at = (t - depth) * block
+        # the probes projected once, when the basis is complete
+        p = lax.cond(t == depth, lambda: projected(state.basis, z, cols), lambda: p)
+        count = jnp.where(basis_step, block, jnp.minimum(block, samples - at))
+        rows = lax.cond(
+            basis_step, lambda: _krylov.step_rows(state), lambda: get_rows(p, at, block)
+        )
+        prods = _first_products(drv.mv, rows, count, lm.batching)
+        state = lax.cond(
+            basis_step,
+            lambda: _krylov.insert_products(
+                state, prods, acc=acc, breakdown_tol=breakdown_tol, reorthogonalize=True
+            ),
+            lambda: state,
+        )
+        ap = lax.cond(
+            basis_step,
+            lambda: ap,
+            lambda: jax.tree.map(
+                lambda a, x: lax.dynamic_update_slice_in_dim(a, x, at, 0), ap, prods
+            ),
+        )
+        finite = finite & (basis_step | _all_finite(prods))
+        if drv.token is not None:
+            advance(drv.token, jnp.where(basis_step, block, 0))
+        return t + 1, state, p, ap, finite
+
+    def cond(carry):
+        t, state, _, _, finite = carry
+        return (t < depth + rounds) & (state.status != _krylov.NONFINITE) & finite
+
+    zeros = jax.tree.map(jnp.zeros_like, z)
+    start = (jnp.asarray(0, jnp.int32), state, zeros, zeros, jnp.asarray(True))
+    _, state, p, ap, finite = lax.while_loop(cond, body, start)
+    basis, _, _, low, _ = _basis_parts(lm, state, diagonal=False)
+    z, p, ap = (
+        lm.layout.unflatten_leaves(jax.tree.map(lambda x: x[:samples], x)) for x in (z, p, ap)
+    )
+    mean, err = deflated_stats(basis, z, p, ap, lm.layout)
+    return state.status, low + mean, err, finite
+
+
+def _first_products(mv: Any, rows: Any, count: Any, batching: str) -> Any:
+    """``A r`` for the first ``count`` rows of a stack, zeros for the rest:
+    under ``lax.map`` the products past ``count`` are skipped (``lax.cond``),
+    under ``vmap`` every row is multiplied and the rest zeroed."""
+    if batching == "map":
+        index = jnp.arange(jax.tree.leaves(rows)[0].shape[0])
+
+        def one(args):
+            i, r = args
+            return lax.cond(i < count, mv, lambda r: jax.tree.map(jnp.zeros_like, r), r)
+
+        return lax.map(one, (index, rows))
+    products = apply_batched(mv, rows, batching)
+    valid = jnp.arange(jax.tree.leaves(rows)[0].shape[0]) < count
+    return jax.tree.map(
+        lambda x: jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), products
+    )
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _basis_parts(lm, state: _krylov.State, diagonal: bool):

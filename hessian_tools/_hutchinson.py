@@ -33,19 +33,21 @@ import numpy as np
 from hessian_tools._checks import all_finite, check_int, is_traced
 from hessian_tools._chunks import chunks, fit
 from hessian_tools._compile import jit
-from hessian_tools._operator import LinearMap, apply_batched, apply_linear_map, block_rows
+from hessian_tools._operator import LinearMap, apply_linear_map, block_rows
 from hessian_tools._tree import Layout, basis_combine, stack_dot
 
 __all__ = [
     "DeflatedQuad",
     "Products",
     "Samples",
-    "deflated_samples",
+    "deflated_stats",
     "draw_probes",
     "exact_diagonal",
     "mean_stderr",
     "project_out",
+    "projected",
     "quad",
+    "rademacher",
     "sequential",
 ]
 
@@ -59,6 +61,12 @@ def _rademacher(keys: jax.Array, lm: LinearMap, project: bool) -> Any:
     rows = jax.vmap(lambda k: jax.random.rademacher(k, (lm.n,), lm.dtype))(keys)
     z = lm.layout.unravel(rows)
     return lm.project(z) if project else z
+
+
+def rademacher(lm: LinearMap, keys: jax.Array) -> Any:
+    """Rademacher probes in the map's layout, one per key, not projected onto
+    its block (``sequential``'s probes)."""
+    return _rademacher(keys, lm, False)
 
 
 def draw_probes(lm: LinearMap, key: jax.Array, *, count: int) -> Any:
@@ -114,9 +122,17 @@ def project_out(basis: Any, z: Any, layout: Layout) -> Any:
     """``z_i - V V^T z_i`` for each vector of the stack z (leaves
     ``(k, *leaf.shape)``); the basis V is stacked in the
     form the Lanczos kernel keeps (``Layout.flatten_leaves``)."""
-    flat = layout.flatten_leaves(z)
-    projected = jax.tree.map(jnp.subtract, flat, basis_combine(stack_dot(flat, basis), basis))
-    return layout.unflatten_leaves(projected)
+    return layout.unflatten_leaves(projected(basis, layout.flatten_leaves(z)))
+
+
+def projected(basis: Any, w: Any, rows: int | None = None) -> Any:
+    """``w_i - V V^T w_i`` for a stack w, both in the kernel's stored form;
+    V the first ``rows`` rows of ``basis`` (all by default), read in place
+    (no copy of them out of a loop's state)."""
+    coeffs = stack_dot(w, basis)
+    if rows is not None:
+        coeffs = jnp.where(jnp.arange(coeffs.shape[1]) < rows, coeffs, 0)
+    return jax.tree.map(jnp.subtract, w, basis_combine(coeffs, basis))
 
 
 def mean_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -150,22 +166,16 @@ def _deflated_chunk(basis, z, p, ap, layout):
     return quad(p, ap), mean, jnp.sum(jnp.square(d - mean[None]), axis=0)
 
 
-def deflated_samples(lm: LinearMap, basis: Any, key: jax.Array, *, count: int) -> tuple:
-    """``DeflatedQuad`` over ``count`` probes at once, traced into the caller's
-    program (the krylov trace's one program, ``_deflation.krylov_trace``):
-    the same probes as ``sequential`` draws from ``key`` in one chunk, their
-    products by ``lm``'s own (shared) product.
-
-    Returns ``(mean, stderr, finite)``: the mean of ``p_i . A p_i``, its
-    standard error, and whether every product was finite.
-    """
-    z = _rademacher(jax.random.split(key, count), lm, False)
-    p = project_out(basis, z, lm.layout)
-    ap = apply_batched(lm.bind(), p, lm.batching)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(ap)]))
-    q, _, m2 = _deflated_chunk(basis, z, p, ap, lm.layout)
-    variance = 2 * jnp.sum(m2) / (count - 1)  # of one sample p^T A p (DeflatedQuad.result)
-    return jnp.mean(q), jnp.sqrt(variance / count), finite
+def deflated_stats(basis: Any, z: Any, p: Any, ap: Any, layout: Layout) -> tuple:
+    """``DeflatedQuad`` of g probes in one chunk, traced into the caller's
+    program (the krylov trace's, ``_deflation.krylov_trace``): the probes z,
+    ``p = (I - VV^T) z`` and ``A p`` as stacks in ``layout``, the basis V in
+    the stored form. Returns the mean of ``p_i . A p_i`` and its standard
+    error (``DeflatedQuad.result``)."""
+    q, _, m2 = _deflated_chunk(basis, z, p, ap, layout)
+    g = q.shape[0]
+    variance = 2 * jnp.sum(m2) / (g - 1)  # of one sample p^T A p
+    return jnp.mean(q), jnp.sqrt(variance / g)
 
 
 @jit

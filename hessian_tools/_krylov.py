@@ -75,6 +75,7 @@ __all__ = [
     "flat_product",
     "gram_schmidt",
     "init",
+    "insert_products",
     "mark_converged",
     "padded_projection",
     "raise_if_nonfinite",
@@ -83,6 +84,7 @@ __all__ = [
     "start",
     "start_vector",
     "step",
+    "step_rows",
     "unit",
 ]
 
@@ -233,9 +235,34 @@ def step(
 ) -> State:
     """One step: multiply the last ``b`` basis vectors (one block product),
     then insert the ``b`` results."""
+    products = apply_batched(mv, step_rows(state), batching)
+    return insert_products(
+        state,
+        products,
+        acc=acc,
+        breakdown_tol=breakdown_tol,
+        reorthogonalize=reorthogonalize,
+    )
+
+
+def step_rows(state: State) -> PyTree:
+    """The rows a step multiplies: the last ``b`` basis vectors."""
+    return get_rows(state.basis, state.size - state.block, state.block)
+
+
+def insert_products(
+    state: State,
+    products: PyTree,
+    *,
+    acc: Any,
+    breakdown_tol: Any,
+    reorthogonalize: bool,
+) -> State:
+    """The second half of ``step``: insert the products of ``step_rows``
+    (a stack of ``b``); a non-finite one sets the status NONFINITE and
+    inserts zeros."""
     b = state.block
     first = state.size - b
-    products = apply_batched(mv, get_rows(state.basis, first, b), batching)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(products)]))
     products = jax.tree.map(lambda x: jnp.where(finite, x, 0), products)
     carry = (state.basis, state.coeffs, state.scale)

@@ -156,10 +156,15 @@ def _one_program(products: Products, m: int) -> dict | None:
     Against the basis program plus the Hutchinson part's own programs, a
     first estimate (100 products, fresh processes, alternating) took 3.0 s
     against 3.8 s on W-mid, 1.8 against 3.0 s on the Equinox MLP and
-    3.9-4.4 s against 6.6 s on the small transformer; warm, within 3%
-    either way (one process, alternating: W-mid 1.00-1.03x, Equinox MLP
-    1.03x, transformer 0.93x: the products compile with the solvers'
-    options, ``_compile``)."""
+    3.9-4.4 s against 6.6 s on the small transformer, with the Hutchinson
+    products in a loop of their own. In the basis loop (one product in the
+    program), the per-block study's trace program compiled in 2.3-2.7 s
+    against 4.4-5.7 s. Warm, one program ÷ the chunked path (one process,
+    alternating): W-mid 1.01-1.04x, Equinox MLP 0.98-1.05x, the small
+    transformer 0.89-0.91x (the products compile with the solvers'
+    options, ``_compile``). Projecting 4 probes per iteration instead of
+    all of them once made W-mid 1.10-1.19x: each projection reads the
+    whole basis."""
     if products.lm.loop != "device":
         return None
     k, depth = _deflation.krylov_shape(m, "trace")
