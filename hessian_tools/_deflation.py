@@ -101,7 +101,6 @@ def krylov_trace(
     depth: int,
     samples: int,
     acc: Any,
-    use: str,
 ):
     """The whole krylov trace estimate in one program of one loop: ``block``
     probes drawn from ``keys[0]`` (as ``Products.probes``), ``depth`` steps
@@ -117,8 +116,6 @@ def krylov_trace(
     the whole basis each time (``estimators._one_program`` has the
     figures). For the device driver (``drv.mv``).
 
-    ``use``: the call's tier (``_driver.drive``).
-
     Returns ``(status, value, stderr, finite)``: the kernel's status, the
     estimate ``tr(V^T A V)`` plus the Hutchinson mean, its standard error,
     and whether the Hutchinson products were finite.
@@ -129,7 +126,6 @@ def krylov_trace(
         keys,
         breakdown_tol,
         bar=bar,
-        use=use,
         block=block,
         depth=depth,
         samples=samples,

@@ -41,7 +41,6 @@ import numpy as np
 
 from hessian_tools import _deflation, _krylov
 from hessian_tools._checks import as_key, check_choice, check_int, check_positive, is_traced
-from hessian_tools._compile import tier_of_use, tiers_apply
 from hessian_tools._hutchinson import (
     DeflatedQuad,
     Products,
@@ -174,27 +173,14 @@ def _one_program(products: Products, m: int) -> dict | None:
     return dict(block=k, depth=depth, samples=g, acc=products.lm.dtype)
 
 
-def _use(op: Any, m: int) -> str:
-    """The use of the one program by a user's call of m products
-    (``_compile.tier_of_use``): a short first call compiles fast, as
-    ``eigenpairs``' does, where the operator measured its product's cost
-    (``HessianOperator._product_seconds``)."""
-    measure = getattr(op, "_product_seconds", None)
-    if measure is None or not tiers_apply() or is_traced(getattr(op, "variables", None)):
-        return "full"
-    return tier_of_use(m, measure())
-
-
-def _krylov_trace(products: Products, key: jax.Array, plan: dict, use: str = "full") -> tuple:
+def _krylov_trace(products: Products, key: jax.Array, plan: dict) -> tuple:
     """The krylov trace with a fixed budget, in one program
     (``_deflation.krylov_trace``): the same probes and value as the basis
     (``_deflate``), then ``sequential`` in one chunk."""
     lm, spent = products.lm, plan["block"] * plan["depth"]
     bd_tol = _krylov.default_breakdown_tol(lm.n, lm.dtype)
     keys = tuple(jax.random.split(key))
-    status, value, err, finite = _deflation.krylov_trace(
-        lm, keys, bd_tol, products.bar, use=use, **plan
-    )
+    status, value, err, finite = _deflation.krylov_trace(lm, keys, bd_tol, products.bar, **plan)
     if not is_traced(status):
         if int(status) == _krylov.NONFINITE:
             raise FloatingPointError(
@@ -315,10 +301,9 @@ def trace(
     with basis vectors (``method="exact"``, stderr 0).
 
     Compilation: ``"krylov"`` with a fixed budget (no ``rtol``) is one
-    compiled program (probes, basis and Hutchinson part; where the solvers
-    iterate in compiled loops and the probes fit in one chunk), and a short
-    first call compiles it fast, as ``eigenpairs`` does (the user guide's
-    "Speed" section).
+    compiled program of one loop (probes, basis and Hutchinson part; where
+    the solvers iterate in compiled loops and the probes fit in one chunk);
+    the user guide's "Speed" section has the figures.
 
     Args:
         op: a ``CurvatureOperator`` (``HessianOperator``, ``GGNOperator``, ...)
@@ -367,7 +352,7 @@ def trace(
             return Estimate(value, err, products.count, method)
         plan = _one_program(products, m) if method == "krylov" and rtol is None else None
         if plan is not None:
-            value, err = _krylov_trace(products, key, plan, _use(op, m))
+            value, err = _krylov_trace(products, key, plan)
             return Estimate(value, err, products.count, method)
         k1, k2 = jax.random.split(key)
         v, low, g = _deflate(products, k1, m, method, "trace")

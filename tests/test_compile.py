@@ -199,27 +199,6 @@ def test_a_prefetched_program_compiles_aside_and_its_call_waits_for_it(tiers):
     assert _state(f, x[:2]) is None and len(f._states) == 1
 
 
-def test_a_short_first_trace_runs_the_fast_compiled_program(tiers):
-    from _util import nested_mlp_loss, nested_mlp_problem
-
-    from hessian_tools import _driver
-
-    params, x, y = nested_mlp_problem(jax.random.PRNGKey(8), jnp.float64)
-
-    def loss(p, x, y):  # a new loss: new programs
-        return nested_mlp_loss(p, x, y)
-
-    op = ht.HessianOperator(loss, params, x, y)
-    assert op.n == 27  # above the budget: the krylov estimate, not the exact one
-    fast = _driver._compiled._cheap._cache_size()
-    first = ht.trace(op, key=1, num_matvecs=12)
-    assert _driver._compiled._cheap._cache_size() == fast + 1
-    _compile.TIERS = False
-    again = ht.trace(op, key=1, num_matvecs=12)  # the optimised program
-    np.testing.assert_allclose(first.value, again.value, rtol=1e-10)
-    np.testing.assert_allclose(first.stderr, again.stderr, rtol=1e-8)
-
-
 def test_block_spectra_prefetches_its_trace_program(tiers):
     from _util import mlp_loss, mlp_problem
 
