@@ -143,12 +143,13 @@ def _krylov_trace(drv, keys, breakdown_tol, *, block, depth, samples, acc):
     lm, cols = drv.lm, block * depth
     state = _krylov.start(lm, draw_probes(lm, keys[0], count=block), cols, acc)
     rounds = -(-samples // block)
-    # the Hutchinson probes (sequential's, in one chunk), padded with zero rows
-    z = lm.layout.flatten_leaves(rademacher(lm, jax.random.split(keys[1], samples)))
+    # the Hutchinson probes (sequential's, in one chunk), padded with zero
+    # rows, with the parameters' shardings (the loop's carry keeps them)
+    z = rademacher(lm, jax.random.split(keys[1], samples))
     pad = lambda x: jnp.concatenate(
         [x, jnp.zeros((rounds * block - samples, *x.shape[1:]), x.dtype)]
     )
-    z = jax.tree.map(pad, z)
+    z = lm.layout.flatten_leaves(lm.conform(jax.tree.map(pad, z), lead=1))
 
     def body(carry):
         t, state, p, ap, finite = carry
