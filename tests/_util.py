@@ -1,10 +1,13 @@
 """Shared test helpers: matrices with a given spectrum, float64 references,
-the MLPs used across the suite, and a trace counter for compile-reuse tests."""
+the MLPs used across the suite, and trace and compilation counters for
+compile-reuse tests."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -266,3 +269,35 @@ def transformer_loss(params, tokens, heads=2, softmax_dtype=None):
     logits = h @ params["head"]
     logp = jax.nn.log_softmax(logits)
     return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
+
+
+class _Compilations(logging.Handler):
+    """Counts XLA compilations (``jax_log_compiles``) of programs whose name
+    contains ``name`` (every program for "")."""
+
+    def __init__(self, name: str = ""):
+        super().__init__()
+        self.name, self.count = name, 0
+
+    def emit(self, record):
+        message = record.getMessage()
+        self.count += message.startswith("Finished XLA compilation") and self.name in message
+
+
+@contextlib.contextmanager
+def counting_compilations(name: str = ""):
+    """Within it, ``handler.count`` counts XLA compilations (those whose
+    program name contains ``name``), in any thread."""
+    handler, logger = _Compilations(name), logging.getLogger("jax")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    jax.config.update("jax_log_compiles", True)
+    try:
+        yield handler
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -1,13 +1,11 @@
 """Blocks of the Hessian (wrt=, hessian_tools.blocks) against the dense
 float64 Hessian's sub-blocks; a block is data, not a new program."""
 
-import logging
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _util import dense_reference, mlp_loss, mlp_problem
+from _util import counting_compilations, dense_reference, mlp_loss, mlp_problem
 
 import hessian_tools as ht
 
@@ -17,32 +15,10 @@ def mlp():
     return mlp_problem((6, 5, 3), samples=40, dtype=jnp.float64)
 
 
-class _Compilations(logging.Handler):
-    """Counts XLA compilations (``jax_log_compiles``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def emit(self, record):
-        self.count += record.getMessage().startswith("Finished XLA compilation")
-
-
 @pytest.fixture
 def compilations():
-    handler, logger = _Compilations(), logging.getLogger("jax")
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    jax.config.update("jax_log_compiles", True)
-    try:
+    with counting_compilations() as handler:
         yield handler
-    finally:
-        jax.config.update("jax_log_compiles", False)
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
 
 
 def test_block_operator_is_the_dense_sub_block(mlp):

@@ -2,8 +2,6 @@
 its programs only, the same values as ``jax.jit``, and every way a user may
 call it (nested in their jit, vmap, grad)."""
 
-import contextlib
-import logging
 import os
 import threading
 
@@ -11,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _util import counting_compilations
 
 import hessian_tools as ht
 from hessian_tools import _compile
@@ -147,42 +146,13 @@ def test_tiers_a_long_use_compiles_or_waits_for_the_optimised_program(tiers):
     assert _state(h, x) == "full" and _programs(h) == (1, 1)
 
 
-class _Compiles(logging.Handler):
-    """Counts XLA compilations of programs named ``name`` (``jax_log_compiles``)."""
-
-    def __init__(self, name):
-        super().__init__()
-        self.name, self.count = name, 0
-
-    def emit(self, record):
-        message = record.getMessage()
-        self.count += message.startswith("Finished XLA compilation") and self.name in message
-
-
-@contextlib.contextmanager
-def _compiles(name):
-    handler, logger = _Compiles(name), logging.getLogger("jax")
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    jax.config.update("jax_log_compiles", True)
-    try:
-        yield handler
-    finally:
-        jax.config.update("jax_log_compiles", False)
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
 def test_a_prefetched_program_compiles_aside_and_its_call_waits_for_it(tiers):
     def tan_plus_one(x):
         return jnp.tan(x) + 1
 
     f = jit(tan_plus_one, tiered=True)
     x = np.linspace(0.0, 1.0, 6)
-    with _compiles("tan_plus_one") as handler:
+    with counting_compilations("tan_plus_one") as handler:
         f.prefetch(x)
         assert _state(f, x) == "pending" and _programs(f) == (0, 0)
         f.prefetch(x)  # known: nothing more
@@ -214,7 +184,7 @@ def test_block_spectra_prefetches_its_trace_program(tiers):
     original = _driver._compiled.prefetch
     _driver._compiled.prefetch = lambda *a, **kw: prefetched.append(kw) or original(*a, **kw)
     try:
-        with _compiles("_compiled") as solvers:
+        with counting_compilations("_compiled") as solvers:
             got = ht.block_spectra(loss, params, x, y, blocks=blocks, trace_matvecs=40)
             _compile.wait_for_compilations()
     finally:
