@@ -33,6 +33,7 @@ __all__ = [
     "check_same_structure",
     "check_scalar_output",
     "explain_loss_errors",
+    "finite_in_program",
     "host_rng",
     "is_traced",
     "require_finite",
@@ -168,7 +169,13 @@ def all_finite(tree: Any) -> bool:
 
 @jit
 def _all_finite_compiled(leaves: list) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return finite_in_program(leaves)
+
+
+def finite_in_program(tree: Any) -> jax.Array:
+    """Whether every entry of ``tree``'s arrays is finite, as a boolean array
+    inside a compiled program (``all_finite`` asks from the host)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def require_finite(name: str, value: Any, where: str = "at params") -> None:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from hessian_tools import _krylov
+from hessian_tools._checks import finite_in_program
 from hessian_tools._compile import jit
 from hessian_tools._driver import drive, prefetch
 from hessian_tools._hutchinson import deflated_stats, draw_probes, projected, rademacher
@@ -176,7 +177,7 @@ def _krylov_trace(drv, keys, breakdown_tol, *, block, depth, samples, acc):
                 lambda a, x: lax.dynamic_update_slice_in_dim(a, x, at, 0), ap, prods
             ),
         )
-        finite = finite & (basis_step | _all_finite(prods))
+        finite = finite & (basis_step | finite_in_program(prods))
         if drv.token is not None:
             advance(drv.token, jnp.where(basis_step, block, 0))
         return t + 1, state, p, ap, finite
@@ -213,10 +214,6 @@ def _first_products(mv: Any, rows: Any, count: Any, batching: str) -> Any:
     return jax.tree.map(
         lambda x: jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), products
     )
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _basis_parts(lm, state: _krylov.State, diagonal: bool):

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hessian_tools._checks import all_finite, as_key, is_traced
+from hessian_tools._checks import all_finite, as_key, finite_in_program, is_traced
 from hessian_tools._operator import LinearMap, apply_batched
 from hessian_tools._progress import advance
 from hessian_tools._tree import (
@@ -263,7 +263,7 @@ def insert_products(
     inserts zeros."""
     b = state.block
     first = state.size - b
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(products)]))
+    finite = finite_in_program(products)
     products = jax.tree.map(lambda x: jnp.where(finite, x, 0), products)
     carry = (state.basis, state.coeffs, state.scale)
 
