@@ -127,11 +127,7 @@ def _deflate(products: Products, key: jax.Array, m: int, method: str, target: st
         parts = _deflation.krylov_basis(lm, probes, bd_tol, products.bar, **options)
         v, _, status, low_trace, low_diag = parts
         spent = k * depth  # static: the loop goes on through a breakdown
-        if not is_traced(status) and int(status) == _krylov.NONFINITE:
-            raise FloatingPointError(
-                f"an operator product returned NaN or inf while building the Krylov basis "
-                f"(within the first {spent} products); check the loss and params."
-            )
+        _refuse_nonfinite_basis(status, spent)
         products.count += spent
         low = low_trace if target == "trace" else layout.ravel(low_diag)
         return v, low, m - spent
@@ -178,15 +174,10 @@ def _krylov_trace(products: Products, key: jax.Array, plan: dict) -> tuple:
     (``_deflation.krylov_trace``): the same probes and value as the basis
     (``_deflate``), then ``sequential`` in one chunk."""
     lm, spent = products.lm, plan["block"] * plan["depth"]
-    bd_tol = _krylov.default_breakdown_tol(lm.n, lm.dtype)
-    keys = tuple(jax.random.split(key))
-    status, value, err, finite = _deflation.krylov_trace(lm, keys, bd_tol, products.bar, **plan)
+    args = _trace_program_args(lm, key)
+    status, value, err, finite = _deflation.krylov_trace(lm, *args, products.bar, **plan)
+    _refuse_nonfinite_basis(status, spent)
     if not is_traced(status):
-        if int(status) == _krylov.NONFINITE:
-            raise FloatingPointError(
-                f"an operator product returned NaN or inf while building the Krylov basis "
-                f"(within the first {spent} products); check the loss and params."
-            )
         if not bool(finite):
             raise FloatingPointError(
                 f"an operator product returned NaN or inf (products {spent + 1} to "
@@ -213,9 +204,22 @@ def prefetch_trace(op: Any, *, key: Any, num_matvecs: int) -> None:
     plan = _one_program(Products(lm, None, None), m)
     if plan is None:
         return
-    bd_tol = _krylov.default_breakdown_tol(lm.n, lm.dtype)
-    keys = tuple(jax.random.split(as_key(key)))
-    _deflation.prefetch_krylov_trace(lm, keys, bd_tol, **plan)
+    _deflation.prefetch_krylov_trace(lm, *_trace_program_args(lm, as_key(key)), **plan)
+
+
+def _trace_program_args(lm: Any, key: jax.Array) -> tuple:
+    """The one program's array arguments (its two keys, the breakdown
+    tolerance): the same for the call and its prefetch, whose signatures
+    must match."""
+    return tuple(jax.random.split(key)), _krylov.default_breakdown_tol(lm.n, lm.dtype)
+
+
+def _refuse_nonfinite_basis(status: Any, spent: int) -> None:
+    if not is_traced(status) and int(status) == _krylov.NONFINITE:
+        raise FloatingPointError(
+            f"an operator product returned NaN or inf while building the Krylov basis "
+            f"(within the first {spent} products); check the loss and params."
+        )
 
 
 def _xtrace(products: Products, key: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
