@@ -143,7 +143,8 @@ def block_spectra(
     program compiles in a background thread while the eigensolver's
     compiles and every block's eigenpairs run (the eigenpairs first, then
     the traces): a 12-block study of a one-layer NNX transformer took
-    12.8-13.8 s cold against 17.7-20.9 s (``benchmarks/blocks.py study``).
+    12.0-15.1 s cold, 17.7-20.9 s before this and the one-program trace
+    (``benchmarks/blocks.py study``; ``benchmarks/RESULTS.md``).
 
     Raises:
         ValueError: a block that selects no variables (the message lists the
