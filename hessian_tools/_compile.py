@@ -12,13 +12,14 @@ solver's own code (a diagonal operator) 1.88 s against 1.17 s.
 
 They also compile at backend optimisation level 1
 (``xla_backend_optimization_level``, XLA's default 3; on CPU it chooses
-LLVM's optimisation pipeline): the same programs compiled in 15-25% less CPU time, and
-ran as fast (the one-program trace and the thick-restart solver, each
-program compiled both ways in one process and run 30 times alternating,
-both orders: the transformer 0.98-0.99x and 0.99x, the Equinox MLP
-1.00-1.02x and 0.99-1.01x, W-mid's eigensolver 1.00x), except W-mid's
-trace, 1.8-2.2% slower (13 ms in 0.65 s, against 0.45 s less CPU time
-compiling it). Level 2 measured the same as level 1.
+LLVM's optimisation pipeline): the same programs compiled in 11-27% less
+CPU time and ran as fast (the one-program trace and the thick-restart
+solver, each compiled both ways in one process and run 30 times
+alternating, both orders: the transformer 0.98-0.99x and 0.99x, the
+Equinox MLP 1.00-1.02x and 0.99-1.01x, W-mid's eigensolver 1.00x), except
+W-mid's trace, 1.8-2.2% slower (13 ms in 0.65 s, against 0.45 s less CPU
+time compiling it). Level 2 measured about the same (compiling 11-20% less,
+W-mid's trace 1-2% slower).
 
 The solvers' programs use ``jit``. Programs that are products and little
 else (``op @ v``, stacks of products, the loss and gradient, loss

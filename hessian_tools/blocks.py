@@ -143,8 +143,9 @@ def block_spectra(
     program compiles in a background thread while the eigensolver's
     compiles and every block's eigenpairs run (the eigenpairs first, then
     the traces): a 12-block study of a one-layer NNX transformer took
-    12.0-15.1 s cold, 17.7-20.9 s before this and the one-program trace
-    (``benchmarks/blocks.py study``; ``benchmarks/RESULTS.md``).
+    9.8-10.4 s cold, 17.7-20.9 s before this, the one-program trace and the
+    solvers' optimisation level 1 (``benchmarks/blocks.py study``;
+    ``benchmarks/RESULTS.md``).
 
     Raises:
         ValueError: a block that selects no variables (the message lists the
