@@ -35,6 +35,13 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 from hessian_tools import _compile  # noqa: E402 (XLA_FLAGS first)
 
 _compile.TIERS = False
+# The solvers' programs pass their own optimisation level (CPU_OPTIONS),
+# which overrides XLA_FLAGS: without it they compile at the suite's level
+# too (the miscompilation guards keep the library's options).
+if WORKER != "default_xla":
+    _compile.CPU_OPTIONS = {
+        k: v for k, v in _compile.CPU_OPTIONS.items() if k != "xla_backend_optimization_level"
+    }
 
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("ci")
