@@ -57,6 +57,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import importlib
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -71,6 +73,7 @@ __all__ = [
     "TIERS",
     "compiler_options",
     "jit",
+    "prepare_lapack",
     "repeated",
     "tier_of_use",
     "tiers_apply",
@@ -107,6 +110,35 @@ def compiler_options(once: bool = False) -> dict[str, Any]:
 
 def _probe(x: Any) -> Any:
     return x + 1
+
+
+def prepare_lapack() -> None:
+    """Start importing scipy's LAPACK wrappers in a background thread, once
+    per process, on CPU: jaxlib imports them (``scipy.linalg.cython_lapack``,
+    with the whole of ``scipy.linalg``) when it lowers the first program with
+    an ``eigh``, which every solver program holds. Called where an operator
+    is made, the import runs while its finiteness check compiles and runs
+    (both release the GIL): a fresh W-mid process's operator and first
+    ``eigenpairs(op, 1)`` took 0.69-0.75 s against 0.73-0.87 s with a filled
+    compilation cache (the import is 0.15-0.19 s; five alternating processes
+    each, ``benchmarks/RESULTS.md``)."""
+    global _lapack_started
+    if _lapack_started or "scipy.linalg.cython_lapack" in sys.modules:
+        return
+    _lapack_started = True
+    if jax.default_backend() != "cpu":
+        return
+
+    def work():
+        try:
+            importlib.import_module("scipy.linalg.cython_lapack")
+        except Exception:  # jaxlib's own import, later, raises it if it recurs
+            pass
+
+    threading.Thread(target=work, name="hessian_tools-lapack", daemon=True).start()
+
+
+_lapack_started = False
 
 
 class _Jitted:

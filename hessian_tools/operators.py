@@ -31,6 +31,7 @@ from hessian_tools._checks import (
     require_finite,
 )
 from hessian_tools._chunks import chunks, fit
+from hessian_tools._compile import prepare_lapack
 from hessian_tools._data import Data
 from hessian_tools._hessian import (
     Loss,
@@ -446,6 +447,7 @@ class HessianOperator(CurvatureOperator):
         wrt: Any = None,
     ):
         super().__init__(params, wrt)
+        prepare_lapack()  # for the solvers' eigh, while the check compiles
         self.f = f
         self.data = Data.create(args, batches)
         self._select(wrt)

@@ -3,6 +3,8 @@ its programs only, the same values as ``jax.jit``, and every way a user may
 call it (nested in their jit, vmap, grad)."""
 
 import os
+import subprocess
+import sys
 import threading
 
 import jax
@@ -28,6 +30,30 @@ def test_the_options_apply_on_cpu_only():
     assert _compile.compiler_options(True) == (_compile.ONCE_OPTIONS if cpu else {})
     if cpu:
         assert _compile.ONCE_OPTIONS["xla_backend_optimization_level"] == 0
+
+
+_LAPACK_SCRIPT = """
+import sys, threading
+import jax.numpy as jnp
+import hessian_tools as ht
+assert "scipy.linalg" not in sys.modules
+op = ht.HessianOperator(lambda w: jnp.sum(w ** 4), jnp.arange(3.0))
+for t in threading.enumerate():
+    if t.name == "hessian_tools-lapack":
+        t.join()
+print("scipy.linalg.cython_lapack" in sys.modules)
+"""
+
+
+def test_an_operator_prepares_lapack_for_the_solvers():
+    # a fresh process: jaxlib's LAPACK wrappers imported in the background
+    # while the operator's check runs, before any program with an eigh
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", _LAPACK_SCRIPT], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
 
 
 def test_an_option_this_jaxlib_lacks_falls_back_to_none(monkeypatch):
