@@ -112,16 +112,20 @@ def _probe(x: Any) -> Any:
     return x + 1
 
 
+_lapack_started = False
+
+
 def prepare_lapack() -> None:
     """Start importing scipy's LAPACK wrappers in a background thread, once
     per process, on CPU: jaxlib imports them (``scipy.linalg.cython_lapack``,
     with the whole of ``scipy.linalg``) when it lowers the first program with
     an ``eigh``, which every solver program holds. Called where an operator
     is made, the import runs while its finiteness check compiles and runs
-    (both release the GIL): a fresh W-mid process's operator and first
-    ``eigenpairs(op, 1)`` took 0.69-0.75 s against 0.73-0.87 s with a filled
-    compilation cache (the import is 0.15-0.19 s; five alternating processes
-    each, ``benchmarks/RESULTS.md``)."""
+    (both release the GIL): in a fresh W-mid process with a filled
+    compilation cache, the operator and the first ``eigenpairs(op, 1)``
+    took 0.68 s against 0.82 s (the import is 0.15-0.19 s; medians of five
+    alternating processes, ``benchmarks/cold_start.py``,
+    ``benchmarks/RESULTS.md``)."""
     global _lapack_started
     if _lapack_started or "scipy.linalg.cython_lapack" in sys.modules:
         return
@@ -136,9 +140,6 @@ def prepare_lapack() -> None:
             pass
 
     threading.Thread(target=work, name="hessian_tools-lapack", daemon=True).start()
-
-
-_lapack_started = False
 
 
 class _Jitted:
