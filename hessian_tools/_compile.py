@@ -17,9 +17,10 @@ CPU time and ran as fast (the one-program trace and the thick-restart
 solver, each compiled both ways in one process and run 30 times
 alternating, both orders: the transformer 0.98-0.99x and 0.99x, the
 Equinox MLP 1.00-1.02x and 0.99-1.01x, W-mid's eigensolver 1.00x), except
-W-mid's trace, 1.8-2.2% slower (13 ms in 0.65 s, against 0.45 s less CPU
-time compiling it). Level 2 measured about the same (compiling 11-20% less,
-W-mid's trace 1-2% slower).
+W-mid's trace, 1.8-2.2% slower (2-3% against plain Hutchinson across
+processes: 15-20 ms in 0.7 s, against 0.45 s less CPU time compiling
+it). Level 2 measured about the same (compiling 11-20% less, W-mid's
+trace 1-2% slower).
 
 The solvers' programs use ``jit``. Programs that are products and little
 else (``op @ v``, stacks of products, the loss and gradient, loss
