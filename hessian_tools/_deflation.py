@@ -26,7 +26,7 @@ from hessian_tools._checks import finite_in_program
 from hessian_tools._compile import jit
 from hessian_tools._driver import drive, prefetch
 from hessian_tools._hutchinson import deflated_stats, draw_probes, projected, rademacher
-from hessian_tools._operator import apply_batched
+from hessian_tools._operator import apply_first
 from hessian_tools._progress import advance
 from hessian_tools._tree import basis_combine, get_rows
 
@@ -162,7 +162,7 @@ def _krylov_trace(drv, keys, breakdown_tol, *, block, depth, samples, acc):
         rows = lax.cond(
             basis_step, lambda: _krylov.step_rows(state), lambda: get_rows(p, at, block)
         )
-        prods = _first_products(drv.mv, rows, count, lm.batching)
+        prods = apply_first(drv.mv, rows, count, lm.batching)
         state = lax.cond(
             basis_step,
             lambda: _krylov.insert_products(
@@ -195,25 +195,6 @@ def _krylov_trace(drv, keys, breakdown_tol, *, block, depth, samples, acc):
     )
     mean, err = deflated_stats(basis, z, p, ap, lm.layout)
     return state.status, low + mean, err, finite
-
-
-def _first_products(mv: Any, rows: Any, count: Any, batching: str) -> Any:
-    """``A r`` for the first ``count`` rows of a stack, zeros for the rest:
-    under ``lax.map`` the products past ``count`` are skipped (``lax.cond``),
-    under ``vmap`` every row is multiplied and the rest zeroed."""
-    if batching == "map":
-        index = jnp.arange(jax.tree.leaves(rows)[0].shape[0])
-
-        def one(args):
-            i, r = args
-            return lax.cond(i < count, mv, lambda r: jax.tree.map(jnp.zeros_like, r), r)
-
-        return lax.map(one, (index, rows))
-    products = apply_batched(mv, rows, batching)
-    valid = jnp.arange(jax.tree.leaves(rows)[0].shape[0]) < count
-    return jax.tree.map(
-        lambda x: jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), products
-    )
 
 
 def _basis_parts(lm, state: _krylov.State, diagonal: bool):

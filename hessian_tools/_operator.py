@@ -47,6 +47,7 @@ PyTree = Any
 __all__ = [
     "LinearMap",
     "apply_batched",
+    "apply_first",
     "apply_linear_map",
     "as_linear_map",
     "as_square_matrix",
@@ -183,6 +184,26 @@ def apply_batched(mv: Callable, vectors: PyTree, batching: str) -> PyTree:
     return jax.lax.map(mv, vectors)
 
 
+def apply_first(mv: Callable, rows: PyTree, count: Any, batching: str) -> PyTree:
+    """``mv`` of the first ``count`` vectors of a stack, zeros for the rest
+    (``count`` traced: one program whatever it is). Under ``lax.map`` the
+    products past ``count`` are skipped (``lax.cond``); under ``vmap`` every
+    vector is multiplied and the rest zeroed."""
+    index = jnp.arange(jax.tree.leaves(rows)[0].shape[0])
+    if batching == "map":
+
+        def one(args):
+            i, r = args
+            return jax.lax.cond(i < count, mv, lambda r: jax.tree.map(jnp.zeros_like, r), r)
+
+        return jax.lax.map(one, (index, rows))
+    products = apply_batched(mv, rows, batching)
+    valid = index < count
+    return jax.tree.map(
+        lambda x: jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), products
+    )
+
+
 @jax.jit  # products: jax's own options (_compile)
 def apply_linear_map(lm: LinearMap, vectors: PyTree) -> PyTree:
     """``A v`` for each vector of a stack, compiled once per operator type and
@@ -209,13 +230,8 @@ def _apply_first(lm: LinearMap, vs: jax.Array, count: jax.Array) -> jax.Array:
     (``lax.cond``) past ``count``: one program per operator type and k,
     whatever the count."""
     mv = lm.bind()
-
-    def row(args):
-        i, v = args
-        product = lambda u: lm.layout.ravel(mv(lm.layout.unravel(u)))
-        return jax.lax.cond(i < count, product, jnp.zeros_like, v)
-
-    return jax.lax.map(row, (jnp.arange(vs.shape[0]), vs))
+    product = lambda u: lm.layout.ravel(mv(lm.layout.unravel(u)))
+    return apply_first(product, vs, count, "map")
 
 
 def block_rows(lm: LinearMap, idx: np.ndarray, rows: np.ndarray, cap: int) -> np.ndarray:
