@@ -290,6 +290,7 @@ def counting_compilations(name: str = ""):
     program name contains ``name``), in any thread."""
     handler, logger = _Compilations(name), logging.getLogger("jax")
     level, propagate = logger.level, logger.propagate
+    logged = jax.config.jax_log_compiles
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -297,7 +298,7 @@ def counting_compilations(name: str = ""):
     try:
         yield handler
     finally:
-        jax.config.update("jax_log_compiles", False)
+        jax.config.update("jax_log_compiles", logged)
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
